@@ -1,0 +1,10 @@
+"""trkit: tensor rings for PyTorch.
+
+The format (`TensorRing`), its algebra, planned contraction (`trkit.contract`), decompositions
+(`tr_svd`, `tr_als`, ...), rounding, serialisation and neural layers (`trkit.nn`).
+"""
+from trkit._version import __version__
+from trkit import contract
+from trkit.ring import TensorRing
+
+__all__ = ["__version__", "TensorRing", "contract"]

@@ -1,0 +1,3 @@
+from trkit._version import __version__  # one distribution, one version
+
+__all__ = ["__version__"]
