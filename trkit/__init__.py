@@ -6,5 +6,6 @@ The format (`TensorRing`), its algebra, planned contraction (`trkit.contract`), 
 from trkit._version import __version__
 from trkit import contract
 from trkit.ring import TensorRing
+from trkit.algebra import inner
 
-__all__ = ["__version__", "TensorRing", "contract"]
+__all__ = ["__version__", "TensorRing", "contract", "inner"]

@@ -65,6 +65,31 @@ class TensorRing:
             _validate(cores)
         self._cores = cores
 
+    @classmethod
+    def random(cls, shape: Sequence[int], ranks, *, dtype=torch.float64, device=None,
+               generator: torch.Generator | None = None, seed: int | None = None) -> "TensorRing":
+        """Ring with i.i.d. normal cores scaled so entries have variance ~1.
+
+        Args:
+            shape: mode sizes ``(n_1, ..., n_d)``.
+            ranks: ``(r_1, ..., r_d)`` or one int for all bonds.
+            seed: convenience for ``generator=torch.Generator().manual_seed(seed)``.
+        """
+        shape = [int(n) for n in shape]
+        d = len(shape)
+        ranks = [int(ranks)] * d if isinstance(ranks, (int, np.integer)) else [int(r) for r in ranks]
+        if len(ranks) != d:
+            raise ValueError(f"got {len(ranks)} ranks for {d} modes; need one rank per mode")
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        cores = []
+        for k in range(d):
+            r0, r1 = ranks[k], ranks[(k + 1) % d]
+            # variance 1/sqrt(r0 r1) per core keeps each entry's variance ~1 whatever the ranks
+            g = torch.randn(r0, shape[k], r1, generator=generator, dtype=dtype) / (r0 * r1) ** 0.25
+            cores.append(g.to(device) if device is not None else g)
+        return cls(cores)
+
     # ---- basic properties -------------------------------------------------------------
     @property
     def cores(self) -> list[torch.Tensor]:
@@ -132,6 +157,12 @@ class TensorRing:
 
     def to_numpy(self) -> np.ndarray:
         return self.to_dense().detach().cpu().numpy()
+
+    # ---- algebra (implemented in trkit.algebra) ---------------------------------------
+    def norm(self) -> torch.Tensor:
+        """Frobenius norm without densifying (transfer-matrix sweep; see ``trkit.algebra.inner``)."""
+        from trkit import algebra
+        return algebra.norm(self)
 
 
 def _validate(cores: list[torch.Tensor]) -> None:
