@@ -1,0 +1,105 @@
+"""Render docs/benchmarks.md from the JSON files the benchmark scripts write.
+
+Every ``benchmarks/results/<name>.json`` becomes a section. Any top-level value that is a list of
+flat dicts is rendered as a table (columns in first-seen order); ``env`` is printed as the setting
+the numbers were measured under; ``notes``/``targets`` (strings or lists of strings) as bullets.
+
+    python benchmarks/render_docs.py            # writes docs/benchmarks.md
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = ROOT / "docs" / "benchmarks.md"
+
+INTRO = """# Benchmarks
+
+Each table is generated from the JSON that a script in `benchmarks/` writes
+(`python benchmarks/<name>.py`, then `python benchmarks/render_docs.py`). Timings are medians of
+repeated runs on the machine named under each table, all sides of a comparison in the same run
+with the same thread settings; read them as ratios, not absolute speeds. CPU numbers come from a
+shared 2-core machine.
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    if v is None:
+        return "–"
+    return str(v).replace("|", "\\|")
+
+
+def table(rows: list[dict]) -> str:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _is_table(v) -> bool:
+    return isinstance(v, list) and v and all(isinstance(r, dict) for r in v) and all(
+        not isinstance(x, (dict, list)) or isinstance(x, (list, tuple)) and len(x) <= 8
+        for r in v for x in r.values())
+
+
+def section(name: str, data: dict) -> str:
+    out = [f"## {data.get('title', name)}", "", f"Source: `benchmarks/{name}.py` → `benchmarks/results/{name}.json`", ""]
+    if data.get("command"):
+        out += [f"Command: `{data['command']}`", ""]
+    for key, value in data.items():
+        if _is_table(value):
+            if key not in ("rows", "results", "table"):
+                out += [f"### {key.replace('_', ' ')}", ""]
+            out += [table(value), ""]
+    for key in ("targets", "notes"):
+        v = data.get(key)
+        if v:
+            out += [f"**{key.capitalize()}**", ""]
+            items = v if isinstance(v, list) else [v]
+            if isinstance(v, dict):
+                items = [f"{k}: {x}" for k, x in v.items()]
+            out += [f"- {_fmt(x) if not isinstance(x, str) else x}" for x in items] + [""]
+    env = data.get("env")
+    if isinstance(env, dict):
+        out += ["Measured under: " + ", ".join(f"{k}={_fmt(v)}" for k, v in env.items()), ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parts = [INTRO]
+    files = sorted(RESULTS.glob("*.json"))
+    if not files:
+        parts.append("_No benchmark results yet: run the scripts in `benchmarks/`._\n")
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            print(f"skipping {f}: not valid JSON ({err})", file=sys.stderr)
+            continue
+        parts.append(section(f.stem, data))
+    tmp = OUT.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, OUT)
+    print(f"wrote {OUT} from {len(files)} result file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
