@@ -6,6 +6,9 @@ The format (`TensorRing`), its algebra, planned contraction (`trkit.contract`), 
 from trkit._version import __version__
 from trkit import contract
 from trkit.ring import TensorRing
-from trkit.algebra import inner
+from trkit.algebra import (inner, norm, add, sub, scale, hadamard, mode_product, contract_vectors,
+                           tensorize)
+from trkit.io import save, load, from_tensorly, to_tensorly
 
-__all__ = ["__version__", "TensorRing", "contract", "inner"]
+__all__ = ["__version__", "TensorRing", "contract", "inner", "norm", "add", "sub", "scale", "hadamard",
+           "mode_product", "contract_vectors", "tensorize", "save", "load", "from_tensorly", "to_tensorly"]

@@ -89,3 +89,136 @@ def norm(a) -> torch.Tensor:
     # sqrt before exp doubles the representable range (float32 norms up to ~1e38, not ~1e19);
     # clamp because rounding can make a tiny positive <a, a> slightly negative.
     return torch.sqrt(t.real.clamp_min(0)) * torch.exp(0.5 * log_scale)
+
+
+def add(a, b) -> TensorRing:
+    """``a + b`` with ranks ``r_k + s_k``: core slices are block-diagonal ``diag(A_k[:, i, :], B_k[:, i, :])``.
+
+    Two tensor trains (``r_1 = s_1 = 1``, order >= 2) stay a tensor train: the first core is
+    ``[A_1 B_1]``, the last ``[A_d; B_d]``, so their ranks are ``(1, r_2 + s_2, ..., r_d + s_d)``.
+    """
+    a, b = _as_ring(a, "a"), _as_ring(b, "b")
+    ca, cb = _common(a, b, "add")
+    d = len(ca)
+    out = []
+    for k in range(d):
+        x, y = ca[k], cb[k]
+        (ra, n, ra1), (rb, _, rb1) = x.shape, y.shape
+        if a.is_tensor_train and b.is_tensor_train and d >= 2 and k in (0, d - 1):
+            out.append(torch.cat([x, y], dim=2 if k == 0 else 0))
+            continue
+        top = torch.cat([x, x.new_zeros(ra, n, rb1)], dim=2)
+        bottom = torch.cat([y.new_zeros(rb, n, ra1), y], dim=2)
+        out.append(torch.cat([top, bottom], dim=0))
+    return TensorRing(out, validate=False)
+
+
+def scale(a, alpha) -> TensorRing:
+    """``alpha * a`` (ranks unchanged): ``alpha`` (a number or 0-d tensor, differentiable) multiplies core 0."""
+    a = _as_ring(a, "a")
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"scale: alpha must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
+        alpha = alpha.reshape(()).to(a.device)
+    elif not isinstance(alpha, (int, float, complex, np.number)):
+        raise TypeError(f"scale: alpha must be a number or a 0-d tensor, got {type(alpha).__name__}")
+    cores = list(a.cores)
+    cores[0] = cores[0] * alpha
+    return TensorRing(cores, validate=False)
+
+
+def sub(a, b) -> TensorRing:
+    """``a - b``; ranks as for :func:`add`."""
+    return add(a, scale(_as_ring(b, "b"), -1.0))
+
+
+def hadamard(a, b) -> TensorRing:
+    """Elementwise product ``a * b`` with ranks ``r_k * s_k`` (slices ``A_k[:, i, :] kron B_k[:, i, :]``)."""
+    a, b = _as_ring(a, "a"), _as_ring(b, "b")
+    ca, cb = _common(a, b, "hadamard")
+    out = []
+    for x, y in zip(ca, cb):
+        (ra, n, ra1), (rb, _, rb1) = x.shape, y.shape
+        out.append(torch.einsum("aib,cid->acibd", x, y).reshape(ra * rb, n, ra1 * rb1))
+    return TensorRing(out, validate=False)
+
+
+def mode_product(a, matrix, mode: int) -> TensorRing:
+    """Mode-``k`` product ``X x_k M`` for ``M`` of shape ``(J, n_k)``: mode ``k`` becomes size ``J``.
+
+    Dense: ``torch.movedim(torch.tensordot(X, M, dims=([k], [1])), -1, k)`` (tensorly's ``mode_dot``).
+    Ranks unchanged; cost ``O(r_k J n_k r_{k+1})``.
+    """
+    a = _as_ring(a, "a")
+    m = as_tensor(matrix).to(device=a.device)
+    d = a.ndim
+    if not isinstance(mode, (int, np.integer)) or not -d <= mode < d:
+        raise IndexError(f"mode must be an int in [{-d}, {d}), got {mode!r}")
+    mode = int(mode) % d
+    if m.ndim != 2 or m.shape[1] != a.shape[mode]:
+        raise ValueError(f"mode_product: matrix must have shape (J, {a.shape[mode]}) for mode {mode}, "
+                         f"got {tuple(m.shape)}")
+    m = m.to(torch.promote_types(m.dtype, a.dtype)) if m.is_floating_point() else m.to(a.dtype)
+    cores = [c.to(m.dtype) for c in a.cores]
+    cores[mode] = torch.einsum("jn,anb->ajb", m, cores[mode])
+    return TensorRing(cores, validate=False)
+
+
+def contract_vectors(a, vectors: Sequence) -> torch.Tensor:
+    """``sum_i X[i_1..i_d] v_1[i_1] ... v_d[i_d]`` (0-d tensor), one vector per mode.
+
+    Each core collapses to the ``(r_k, r_{k+1})`` matrix ``sum_i v_k[i] G_k[:, i, :]``; the product
+    starts at the smallest rank. Cost ``O(d n r^2 + d r^3)``.
+    """
+    a = _as_ring(a, "a")
+    if len(vectors) != a.ndim:
+        raise ValueError(f"contract_vectors: need {a.ndim} vectors (one per mode), got {len(vectors)}")
+    mats = []
+    for k, (g, v) in enumerate(zip(a.cores, vectors)):
+        v = as_tensor(v).to(device=a.device)
+        if v.ndim != 1 or v.shape[0] != a.shape[k]:
+            raise ValueError(f"contract_vectors: vector {k} must have shape ({a.shape[k]},), got {tuple(v.shape)}")
+        dtype = torch.promote_types(v.dtype, g.dtype)
+        mats.append(torch.einsum("anb,n->ab", g.to(dtype), v.to(dtype)))
+    start = min(range(a.ndim), key=lambda k: a.ranks[k])
+    prod = mats[start]
+    for j in range(1, a.ndim):
+        prod = prod @ mats[(start + j) % a.ndim].to(prod.dtype)
+    return torch.diagonal(prod).sum()
+
+
+def tensorize(x, modes: Sequence, *, interleave: bool = False) -> torch.Tensor:
+    """Reshape a dense tensor into many small modes (row-major), ready for a TR decomposition.
+
+    Args:
+        x: tensor or numpy array.
+        modes: a flat list of sizes whose product is ``x.numel()`` (plain reshape), or one list
+            per axis of ``x`` (e.g. ``([4, 8], [2, 16])`` for a 32 x 32 matrix) splitting each axis.
+        interleave: with one list per axis of equal length, order the modes
+            ``(i_1, j_1, i_2, j_2, ...)`` (the usual TT-matrix layout) instead of ``(i_1, i_2, j_1, j_2)``.
+    Returns:
+        tensor of shape ``modes`` (flattened, possibly interleaved).
+    """
+    t = as_tensor(x)
+    per_axis = len(modes) > 0 and all(isinstance(m, (list, tuple)) for m in modes)
+    if not per_axis:
+        sizes = [int(m) for m in modes]
+        if math.prod(sizes) != t.numel():
+            raise ValueError(f"tensorize: modes {sizes} multiply to {math.prod(sizes)}, but x has "
+                             f"{t.numel()} entries (shape {tuple(t.shape)})")
+        return t.reshape(sizes)
+    if len(modes) != t.ndim:
+        raise ValueError(f"tensorize: got {len(modes)} mode lists for a tensor with {t.ndim} axes")
+    for ax, ms in enumerate(modes):
+        if math.prod(ms) != t.shape[ax]:
+            raise ValueError(f"tensorize: modes {list(ms)} multiply to {math.prod(ms)}, but axis {ax} "
+                             f"has size {t.shape[ax]}")
+    out = t.reshape([int(m) for ms in modes for m in ms])
+    if not interleave:
+        return out
+    counts = {len(ms) for ms in modes}
+    if len(counts) != 1:
+        raise ValueError(f"tensorize: interleave needs the same number of modes per axis, got "
+                         f"{[len(ms) for ms in modes]}")
+    c, na = counts.pop(), len(modes)
+    return out.permute([ax * c + j for j in range(c) for ax in range(na)])

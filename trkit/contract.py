@@ -1,21 +1,32 @@
 """Planned tensor contraction: every einsum in trkit goes through here.
 
-An equation plus operand shapes is planned once with opt_einsum (path chosen by a cost model:
-FLOPs, with the size of the largest intermediate as a cap), compiled into a
-``ContractExpression`` and kept in an LRU cache keyed by ``(equation, shapes, optimize)``.
-Later calls with the same key skip planning entirely.
+An equation plus operand shapes is planned once with opt_einsum, compiled into a
+``ContractExpression`` and kept in an LRU cache keyed by ``(equation, shapes, optimize,
+memory_limit)``; later calls with the same key skip planning entirely.
+
+Cost model (``optimize="best"``, the default): paths from several opt_einsum optimizers
+(``optimal``/``dp`` via ``auto-hq``, ``greedy``, and ``random-greedy`` for many operands) are
+compared by FLOPs; among paths within 5% of the fewest FLOPs the one with the smallest largest
+intermediate wins, and ``memory_limit`` (elements) caps every intermediate.
+
+Ring-specific plans live here too: :func:`ring_dense_plan` picks where to cut a ring so that
+``TensorRing.to_dense`` is two chains of matmuls and one GEMM, and :func:`explain` accepts the
+operation names ``"to_dense"``, ``"norm"``, ``"inner"`` and ``"entries"``.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import opt_einsum
 import torch
 
-__all__ = ["contract", "contract_path", "explain", "set_cache_size", "cache_info", "clear_cache"]
+__all__ = ["contract", "contract_path", "naive_flops", "explain", "ring_dense_plan", "RingPlan",
+           "set_cache_size", "cache_info", "clear_cache"]
 
-_DEFAULT_OPTIMIZE = "auto-hq"
+_DEFAULT_OPTIMIZE = "best"
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 _cache_size = 512
 _hits = 0
@@ -43,6 +54,27 @@ def clear_cache() -> None:
     _hits = _misses = 0
 
 
+def _best_path(equation: str, shapes: Sequence[tuple], memory_limit=None):
+    """Fewest FLOPs over several optimizers; near-ties (5%) go to the smaller largest intermediate."""
+    candidates = ["auto-hq", "greedy"] + (["random-greedy"] if len(shapes) > 16 else [])
+    found = []
+    for opt in candidates:
+        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=opt,
+                                              memory_limit=memory_limit)
+        found.append((int(info.opt_cost), int(info.largest_intermediate), path, info))
+    fewest = min(f[0] for f in found)
+    near = [f for f in found if f[0] <= 1.05 * fewest]
+    best = min(near, key=lambda f: (f[1], f[0]))
+    return best[2], best[3]
+
+
+def _plan(equation: str, shapes: Sequence[tuple], optimize, memory_limit=None):
+    if isinstance(optimize, str) and optimize == "best":
+        return _best_path(equation, shapes, memory_limit)
+    return opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize,
+                                    memory_limit=memory_limit)
+
+
 def _expression(equation: str, shapes: tuple, optimize, memory_limit):
     global _hits, _misses
     key = (equation, shapes, str(optimize), memory_limit)
@@ -52,7 +84,8 @@ def _expression(equation: str, shapes: tuple, optimize, memory_limit):
         _cache.move_to_end(key)
         return expr
     _misses += 1
-    expr = opt_einsum.contract_expression(equation, *shapes, optimize=optimize, memory_limit=memory_limit)
+    path, _ = _plan(equation, shapes, optimize, memory_limit)
+    expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
     if _cache_size > 0:
         _cache[key] = expr
         if len(_cache) > _cache_size:
@@ -64,6 +97,12 @@ def contract(equation: str, *operands: torch.Tensor, optimize=_DEFAULT_OPTIMIZE,
     """Evaluate an einsum ``equation`` along a cached, cost-planned path.
 
     Same semantics as ``torch.einsum``; differentiable; any device and dtype.
+
+    Args:
+        equation: einsum equation, e.g. ``"aib,bjc->aijc"``.
+        operands: tensors whose shapes match the equation.
+        optimize: ``"best"`` (see the module cost model) or any opt_einsum ``optimize`` value.
+        memory_limit: cap on intermediate size in elements (``None``: no cap).
     """
     shapes = tuple(tuple(op.shape) for op in operands)
     expr = _expression(equation, shapes, optimize, memory_limit)
@@ -72,37 +111,178 @@ def contract(equation: str, *operands: torch.Tensor, optimize=_DEFAULT_OPTIMIZE,
 
 def contract_path(equation: str, *shapes_or_tensors, optimize=_DEFAULT_OPTIMIZE):
     """Return opt_einsum's ``(path, PathInfo)`` for the equation and shapes (no tensors needed)."""
-    shapes = [tuple(s.shape) if hasattr(s, "shape") else tuple(s) for s in shapes_or_tensors]
-    return opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)
+    return _plan(equation, _shapes(shapes_or_tensors), optimize)
+
+
+def _shapes(shapes_or_tensors) -> list[tuple]:
+    return [tuple(s.shape) if hasattr(s, "shape") else tuple(s) for s in shapes_or_tensors]
 
 
 def naive_flops(equation: str, *shapes_or_tensors) -> int:
     """FLOPs of contracting the operands strictly left to right (the order a hand-written loop uses)."""
-    shapes = [tuple(s.shape) if hasattr(s, "shape") else tuple(s) for s in shapes_or_tensors]
+    shapes = _shapes(shapes_or_tensors)
     n = len(shapes)
     path = [(0, 1)] * (n - 1) if n > 1 else [(0,)]
     _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=path)
     return int(info.opt_cost)
 
 
+@dataclass(frozen=True)
+class RingPlan:
+    """How ``to_dense`` contracts a ring: cut at bonds ``cut = (p, q)``, merge cores ``p..q-1`` and
+    ``q..p-1`` (cyclically) as chains of matmuls, then one GEMM of cost ``2 N r_p r_q``.
+
+    ``path`` is the same order as an opt_einsum path over ``dense_equation(d)``, so ``flops`` and
+    ``largest_intermediate`` use opt_einsum's accounting and compare directly with its optimizers.
+    """
+    cut: tuple[int, int]
+    path: tuple
+    flops: int
+    largest_intermediate: int
+
+
+def _arc_flops(shape, ranks, ks) -> tuple[int, int]:
+    """FLOPs and result size of merging the cores ``ks`` left to right (opt_einsum convention)."""
+    d = len(shape)
+    r0, n_acc, flops = ranks[ks[0]], shape[ks[0]], 0
+    for k in ks[1:]:
+        flops += 2 * r0 * n_acc * ranks[k] * shape[k] * ranks[(k + 1) % d]
+        n_acc *= shape[k]
+    return flops, r0 * n_acc * ranks[(ks[-1] + 1) % d]
+
+
+@functools.lru_cache(maxsize=1024)
+def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
+    """Choose the cut ``(p, q)`` with the fewest FLOPs for densifying a ring (cached per shape/ranks).
+
+    Cuts with ``p != 0`` pay one extra pass over the output (a permutation), counted as ``N``.
+    """
+    shape, ranks = tuple(int(n) for n in shape), tuple(int(r) for r in ranks)
+    d, total = len(shape), 1
+    for n in shape:
+        total *= n
+    if d < 2:
+        raise ValueError(f"ring_dense_plan needs at least 2 cores, got {d}")
+    best = None
+    for p in range(d):
+        for q in range(p + 1, p + d):
+            left = [k % d for k in range(p, q)]
+            right = [k % d for k in range(q, p + d)]
+            (fl, sl), (fr, sr) = _arc_flops(shape, ranks, left), _arc_flops(shape, ranks, right)
+            flops = fl + fr + 2 * total * ranks[p] * ranks[q % d]
+            score = flops + (total if p else 0)
+            if best is None or score < best[0]:
+                best = (score, flops, p, q % d, left, right, max(sl, sr, total))
+    _, flops, p, q, left, right, largest = best
+    return RingPlan(cut=(p, q), path=_arc_path(d, left, right), flops=flops, largest_intermediate=largest)
+
+
+def _arc_path(d: int, left: list[int], right: list[int]) -> tuple:
+    """The plan as an opt_einsum path (positions in a list that shrinks and appends results)."""
+    ops, path, fresh = list(range(d)), [], d
+
+    def pair(x, y):
+        nonlocal fresh
+        i, j = ops.index(x), ops.index(y)
+        path.append((min(i, j), max(i, j)))
+        ops.remove(x), ops.remove(y)
+        ops.append(fresh)
+        fresh += 1
+        return fresh - 1
+
+    acc = []
+    for arc in (left, right):
+        a = arc[0]
+        for k in arc[1:]:
+            a = pair(a, k)
+        acc.append(a)
+    pair(acc[0], acc[1])
+    return tuple(path)
+
+
+def _inner_equation(d: int) -> str:
+    """Einsum for <a, b> with operands a_1..a_d, b_1..b_d (the order one would write by hand)."""
+    import string
+    letters = string.ascii_letters
+    if 3 * d > len(letters):
+        raise ValueError(f"order {d} is too large for a single inner-product equation")
+    ab, bb, m = letters[:d], letters[d:2 * d], letters[2 * d:3 * d]
+    ta = [ab[k] + m[k] + ab[(k + 1) % d] for k in range(d)]
+    tb = [bb[k] + m[k] + bb[(k + 1) % d] for k in range(d)]
+    return ",".join(ta + tb) + "->"
+
+
+def _ring_report(op: str, args) -> dict:
+    from trkit.ring import TensorRing, dense_equation
+    rings = [a if isinstance(a, TensorRing) else TensorRing(a) for a in args[: 2 if op == "inner" else 1]]
+    a = rings[0]
+    d, shape = a.ndim, a.shape
+    if op == "to_dense":
+        plan = ring_dense_plan(shape, a.ranks)
+        return {"equation": dense_equation(d), "path": [tuple(p) for p in plan.path],
+                "strategy": f"cut at bonds {plan.cut}: two matmul chains, then one GEMM",
+                "flops": plan.flops, "largest_intermediate": plan.largest_intermediate,
+                "naive_flops": naive_flops(dense_equation(d), *a.cores)}
+    if op in ("norm", "inner"):
+        b = rings[1] if op == "inner" else a
+        ra, rb = a.ranks, b.ranks
+        start = min(range(d), key=lambda k: ra[k] * rb[k])
+        flops, largest, m = 0, 0, (ra[start], rb[start])
+        for j in range(d):
+            k = (start + j) % d
+            ga, gb = (ra[k], shape[k], ra[(k + 1) % d]), (rb[k], shape[k], rb[(k + 1) % d])
+            eq, shp = ("xic,yie->xyce", [ga, gb]) if j == 0 else ("xyab,aic,bie->xyce", [m + (ra[k], rb[k]), ga, gb])
+            _, info = contract_path(eq, *shp)
+            flops += int(info.opt_cost)
+            largest = max(largest, int(info.largest_intermediate))
+        naive = naive_flops(_inner_equation(d), *a.cores, *b.cores) if 3 * d <= 52 else None
+        return {"equation": _inner_equation(d) if 3 * d <= 52 else None, "path": None,
+                "strategy": f"transfer-matrix sweep from core {start} (state r_a*r_b*r_a*r_b)",
+                "flops": flops, "largest_intermediate": largest, "naive_flops": naive}
+    index = args[1] if len(args) > 1 else None
+    m_rows = index if isinstance(index, int) else (len(index) if index is not None else 1)
+    s = min(range(d), key=lambda k: a.ranks[k])
+    per = sum(2 * a.ranks[s] * a.ranks[k] * a.ranks[(k + 1) % d] for k in range(d) if k != s)
+    return {"equation": None, "path": None,
+            "strategy": f"batched products of core slices from core {s}, {m_rows} entries",
+            "flops": m_rows * per, "largest_intermediate": m_rows * a.ranks[s] * max(a.ranks),
+            "naive_flops": naive_flops(dense_equation(d), *a.cores)}
+
+
+_RING_OPS = ("to_dense", "norm", "inner", "entries")
+
+
 def explain(equation: str, *shapes_or_tensors, optimize=_DEFAULT_OPTIMIZE, file=None) -> dict:
-    """Print and return the planned path, its FLOPs, the largest intermediate, and the naive FLOPs."""
-    path, info = contract_path(equation, *shapes_or_tensors, optimize=optimize)
-    naive = naive_flops(equation, *shapes_or_tensors)
-    report = {
-        "equation": equation,
-        "path": [tuple(p) for p in path],
-        "flops": int(info.opt_cost),
-        "largest_intermediate": int(info.largest_intermediate),
-        "naive_flops": naive,
-        "speedup_vs_naive": naive / max(int(info.opt_cost), 1),
-    }
+    """Print and return the planned path, its FLOPs, the largest intermediate, and the naive FLOPs.
+
+    Args:
+        equation: an einsum equation (then pass operand shapes or tensors), or one of
+            ``"to_dense"``/``"norm"`` (pass a TensorRing), ``"inner"`` (two rings),
+            ``"entries"`` (a ring and an ``(m, d)`` index or an int ``m``).
+    Returns:
+        dict with ``path``, ``flops``, ``largest_intermediate``, ``naive_flops`` and
+        ``speedup_vs_naive``. "Naive" means the operands contracted strictly left to right
+        (for ``entries``: densify left to right, then index).
+    """
+    if equation in _RING_OPS:
+        report = {"operation": equation, **_ring_report(equation, shapes_or_tensors)}
+    else:
+        path, info = contract_path(equation, *shapes_or_tensors, optimize=optimize)
+        report = {"operation": "einsum", "equation": equation, "path": [tuple(p) for p in path],
+                  "strategy": f"opt_einsum path ({optimize})", "flops": int(info.opt_cost),
+                  "largest_intermediate": int(info.largest_intermediate),
+                  "naive_flops": naive_flops(equation, *shapes_or_tensors)}
+    naive = report["naive_flops"]
+    report["speedup_vs_naive"] = naive / max(report["flops"], 1) if naive is not None else None
     lines = [
-        f"equation:             {equation}",
+        f"operation:            {report['operation']}",
+        f"equation:             {report['equation']}",
+        f"strategy:             {report['strategy']}",
         f"path:                 {report['path']}",
         f"planned FLOPs:        {report['flops']:.4g}",
         f"largest intermediate: {report['largest_intermediate']:.4g} elements",
-        f"naive (left-to-right) FLOPs: {naive:.4g}  ({report['speedup_vs_naive']:.3g}x the planned)",
+        (f"naive (left-to-right) FLOPs: {naive:.4g}  ({report['speedup_vs_naive']:.3g}x the planned)"
+         if naive is not None else "naive (left-to-right) FLOPs: n/a (too many indices)"),
     ]
     print("\n".join(lines), file=file)
     return report

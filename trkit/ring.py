@@ -150,19 +150,231 @@ class TensorRing:
             c.requires_grad_(flag)
         return self
 
-    # ---- dense form -------------------------------------------------------------------
+    # ---- dense form and entries ------------------------------------------------------
     def to_dense(self) -> torch.Tensor:
-        """The full tensor of shape ``self.shape`` (planned contraction of all cores)."""
-        return _contract.contract(dense_equation(self.ndim), *self._cores)
+        """The full tensor of shape ``self.shape``.
+
+        The ring is cut at the two bonds ``(p, q)`` chosen by ``trkit.contract.ring_dense_plan``:
+        each arc is merged as a chain of matmuls and the two halves meet in one GEMM of cost
+        ``2 N r_p r_q``. This beats a general einsum path because every step is a plain matmul.
+        """
+        cores, d = self._cores, self.ndim
+        if d == 1:
+            return torch.diagonal(cores[0], dim1=0, dim2=2).sum(-1)
+        plan = _contract.ring_dense_plan(self.shape, self.ranks)
+        p, q = plan.cut
+        left = _merge_chain([cores[k % d] for k in range(p, q)])
+        right = _merge_chain([cores[k % d] for k in range(q, p + d)])
+        rp, nl, rq = left.shape
+        nr = right.shape[1]
+        # X[iL, iR] = sum_{a,b} L[a, iL, b] R[b, iR, a]
+        out = left.permute(1, 0, 2).reshape(nl, rp * rq) @ right.permute(2, 0, 1).reshape(rp * rq, nr)
+        order = [k % d for k in range(p, p + d)]
+        out = out.reshape([self.shape[k] for k in order])
+        if p != 0:
+            out = out.permute([order.index(k) for k in range(d)]).contiguous()
+        return out
 
     def to_numpy(self) -> np.ndarray:
         return self.to_dense().detach().cpu().numpy()
+
+    def entries(self, index, chunk_size: int | None = None) -> torch.Tensor:
+        """Values ``X[index[j]]`` for an integer array ``index`` of shape ``(m, d)``; returns ``(m,)``.
+
+        Batched product of core slices around the ring, started at the smallest rank;
+        ``m`` is processed in chunks (default: ~4M state elements) so memory stays bounded.
+        """
+        idx = as_tensor(index).to(self.device)
+        d = self.ndim
+        if idx.ndim != 2 or idx.shape[1] != d or idx.dtype.is_floating_point or idx.is_complex():
+            raise ValueError(f"index must be an integer array of shape (m, {d}), got "
+                             f"{idx.dtype} {tuple(idx.shape)}")
+        idx = idx.long()
+        if idx.numel():
+            lo, hi = idx.min(0).values, idx.max(0).values
+            for k in range(d):
+                if lo[k] < 0 or hi[k] >= self.shape[k]:
+                    raise IndexError(f"index for mode {k} must be in [0, {self.shape[k]}), got "
+                                     f"values in [{int(lo[k])}, {int(hi[k])}]")
+        start = min(range(d), key=lambda k: self.ranks[k])
+        order = [(start + j) % d for j in range(d)]
+        rmax = max(self.ranks)
+        chunk = chunk_size or max(1, (1 << 22) // (self.ranks[start] * rmax))
+        out = []
+        for lo_ in range(0, idx.shape[0], chunk):
+            sub = idx[lo_:lo_ + chunk]
+            prod = self._cores[order[0]][:, sub[:, order[0]], :].permute(1, 0, 2)
+            for k in order[1:]:
+                prod = torch.bmm(prod, self._cores[k][:, sub[:, k], :].permute(1, 0, 2))
+            out.append(torch.diagonal(prod, dim1=1, dim2=2).sum(-1))
+        if not out:
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
+        return torch.cat(out)
+
+    # ---- slicing ----------------------------------------------------------------------
+    def select(self, mode: int, i: int) -> "TensorRing | torch.Tensor":
+        """Fix mode ``mode`` at index ``i``: a ring of order ``d - 1`` (a 0-d tensor when d = 1).
+
+        The slice ``G_k[:, i, :]`` is absorbed into the neighbour across the larger of the
+        core's two bonds, so that bond disappears (dense: ``X.select(mode, i)``).
+        """
+        d = self.ndim
+        mode, i = _check_mode(mode, d), _check_index(i, self.shape[mode], mode)
+        s = self._cores[mode][:, i, :]
+        if d == 1:
+            return torch.diagonal(s).sum()
+        cores = list(self._cores)
+        nxt, prv = (mode + 1) % d, (mode - 1) % d
+        if self.ranks[nxt] >= self.ranks[mode]:
+            cores[nxt] = torch.einsum("ab,bjc->ajc", s, cores[nxt])
+        else:
+            cores[prv] = torch.einsum("ajb,bc->ajc", cores[prv], s)
+        del cores[mode]
+        return TensorRing(cores, validate=False)
+
+    def __getitem__(self, key) -> "TensorRing | torch.Tensor":
+        """Index with ints, slices and one ``...`` (dense semantics: ``tr[k].to_dense() == X[k]``)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in key:
+            pos = key.index(Ellipsis)
+            key = key[:pos] + (slice(None),) * (self.ndim - len(key) + 1) + key[pos + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices: {len(key)} for a ring of order {self.ndim}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        cores = list(self._cores)
+        for k, item in enumerate(key):
+            if isinstance(item, slice):
+                cores[k] = cores[k][:, item, :]
+                if cores[k].shape[1] == 0:
+                    raise IndexError(f"slice {item} selects nothing from mode {k} of size {self.shape[k]}")
+            elif not isinstance(item, (int, np.integer)):
+                raise TypeError(f"TensorRing indices must be ints, slices or '...', got "
+                                f"{type(item).__name__} for mode {k}")
+        out: "TensorRing | torch.Tensor" = TensorRing(cores, validate=False)
+        for k in reversed(range(self.ndim)):  # from the right so earlier mode numbers stay valid
+            if not isinstance(key[k], slice):
+                out = out.select(k, int(key[k]))
+        return out
+
+    # ---- reordering and reshaping -----------------------------------------------------
+    def shift(self, k: int) -> "TensorRing":
+        """Rotate the ring so core ``k`` comes first (a free relabelling: trace is cyclic).
+
+        ``tr.shift(k).to_dense() == tr.to_dense().permute([(j + k) % d for j in range(d)])``,
+        i.e. old mode ``k`` becomes mode 0; negative ``k`` rotates the other way.
+        """
+        k = int(k) % self.ndim
+        return TensorRing(self._cores[k:] + self._cores[:k], validate=False)
+
+    def reverse(self) -> "TensorRing":
+        """Reverse the mode order: ``tr.reverse().to_dense() == X.permute(d-1, ..., 0)``."""
+        return TensorRing([c.permute(2, 1, 0) for c in reversed(self._cores)], validate=False)
+
+    def merge_modes(self, start: int, stop: int) -> "TensorRing":
+        """Merge the adjacent modes ``start..stop-1`` into one core of size ``prod n_k``.
+
+        Dense: ``X.reshape(*shape[:start], -1, *shape[stop:])`` (row-major, ``start`` slowest).
+        """
+        d = self.ndim
+        if not (0 <= start < stop <= d):
+            raise ValueError(f"merge_modes needs 0 <= start < stop <= {d}, got start={start}, stop={stop}")
+        merged = _merge_chain(self._cores[start:stop])
+        return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
+
+    def split_mode(self, mode: int, sizes: Sequence[int], max_rank: int | None = None,
+                   tol: float = 0.0) -> "TensorRing":
+        """Split mode ``mode`` into modes of ``sizes`` (inverse of :meth:`merge_modes`) by SVDs.
+
+        Each new bond keeps singular values above ``tol * sigma_max`` (at most ``max_rank``);
+        with the defaults the split is exact.
+        """
+        d = self.ndim
+        mode = _check_mode(mode, d)
+        sizes = [int(s) for s in sizes]
+        if any(s < 1 for s in sizes) or int(np.prod(sizes)) != self.shape[mode]:
+            raise ValueError(f"split_mode: sizes {sizes} must be >= 1 and multiply to mode {mode}'s "
+                             f"size {self.shape[mode]}")
+        rest = self._cores[mode]
+        new = []
+        for n in sizes[:-1]:
+            r0, m, r1 = rest.shape
+            u, sv, vh = torch.linalg.svd(rest.reshape(r0 * n, (m // n) * r1), full_matrices=False)
+            keep = int((sv > tol * sv[0]).sum()) if tol > 0 else sv.numel()
+            keep = max(1, min(keep, max_rank or keep))
+            new.append(u[:, :keep].reshape(r0, n, keep))
+            rest = (sv[:keep, None] * vh[:keep]).reshape(keep, m // n, r1)
+        new.append(rest)
+        return TensorRing(self._cores[:mode] + new + self._cores[mode + 1:], validate=False)
+
+    @classmethod
+    def from_tensor_train(cls, cores: Sequence) -> "TensorRing":
+        """A ring from tensor-train cores; end cores may be 2-D ``(n_1, r_2)`` and ``(r_d, n_d)``.
+
+        Raises ValueError unless the boundary ranks are 1.
+        """
+        cores = [as_tensor(c) for c in cores]
+        if len(cores) == 0:
+            raise ValueError("a tensor train needs at least one core")
+        if cores[0].ndim == 2:
+            cores[0] = cores[0].unsqueeze(0)
+        if cores[-1].ndim == 2:
+            cores[-1] = cores[-1].unsqueeze(-1)
+        if cores[0].ndim == 3 and cores[-1].ndim == 3 and (cores[0].shape[0] != 1 or cores[-1].shape[2] != 1):
+            raise ValueError(f"tensor-train boundary ranks must be 1: first core has left rank "
+                             f"{cores[0].shape[0]}, last core has right rank {cores[-1].shape[2]}")
+        return cls(cores)
 
     # ---- algebra (implemented in trkit.algebra) ---------------------------------------
     def norm(self) -> torch.Tensor:
         """Frobenius norm without densifying (transfer-matrix sweep; see ``trkit.algebra.inner``)."""
         from trkit import algebra
         return algebra.norm(self)
+
+    def __add__(self, other):
+        from trkit import algebra
+        return algebra.add(self, other) if isinstance(other, TensorRing) else NotImplemented
+
+    def __sub__(self, other):
+        from trkit import algebra
+        return algebra.sub(self, other) if isinstance(other, TensorRing) else NotImplemented
+
+    def __neg__(self) -> "TensorRing":
+        from trkit import algebra
+        return algebra.scale(self, -1.0)
+
+    def __mul__(self, alpha):
+        from trkit import algebra
+        return NotImplemented if isinstance(alpha, TensorRing) else algebra.scale(self, alpha)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, alpha):
+        from trkit import algebra
+        return NotImplemented if isinstance(alpha, TensorRing) else algebra.scale(self, 1.0 / alpha)
+
+
+def _merge_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Contract a chain of cores into one ``(r_first, prod n, r_last)`` core by matmuls."""
+    out = cores[0]
+    r0 = out.shape[0]
+    for g in cores[1:]:
+        r, n, r1 = g.shape
+        out = (out.reshape(-1, r) @ g.reshape(r, n * r1)).reshape(r0, -1, r1)
+    return out
+
+
+def _check_mode(mode, d: int) -> int:
+    if not isinstance(mode, (int, np.integer)) or not -d <= mode < d:
+        raise IndexError(f"mode must be an int in [{-d}, {d}), got {mode!r}")
+    return int(mode) % d
+
+
+def _check_index(i, n: int, mode: int) -> int:
+    if not isinstance(i, (int, np.integer)) or not -n <= i < n:
+        raise IndexError(f"index {i!r} is out of range for mode {mode} of size {n}")
+    return int(i) % n
 
 
 def _validate(cores: list[torch.Tensor]) -> None:
