@@ -12,3 +12,6 @@ from trkit.io import save, load, from_tensorly, to_tensorly
 
 __all__ = ["__version__", "TensorRing", "contract", "inner", "norm", "add", "sub", "scale", "hadamard",
            "mode_product", "contract_vectors", "tensorize", "save", "load", "from_tensorly", "to_tensorly"]
+
+from trkit.decompose import DecompositionInfo, tr_svd  # noqa: E402
+__all__ += ["DecompositionInfo", "tr_svd"]

@@ -1,0 +1,14 @@
+"""Decompositions of dense (or sampled) tensors into tensor-ring form.
+
+- :func:`tr_svd`: sequential truncated SVDs, fixed ranks or a guaranteed relative error.
+- :func:`tr_als`: alternating least squares, one core at a time via normal equations.
+- :func:`tr_als_adaptive`: two-core (DMRG-like) sweeps whose ranks grow/shrink to meet a tolerance.
+- :func:`tr_als_sampled`: ALS on sampled entries (leverage scores or uniform), for huge tensors.
+- :func:`tr_complete`: fit only observed entries (tensor completion).
+
+All return a :class:`~trkit.TensorRing`; ``return_info=True`` adds a :class:`DecompositionInfo`.
+"""
+from trkit.decompose._common import DecompositionInfo
+from trkit.decompose.svd import tr_svd
+
+__all__ = ["DecompositionInfo", "tr_svd"]
