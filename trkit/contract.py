@@ -129,74 +129,79 @@ def naive_flops(equation: str, *shapes_or_tensors) -> int:
 
 @dataclass(frozen=True)
 class RingPlan:
-    """How ``to_dense`` contracts a ring: cut at bonds ``cut = (p, q)``, merge cores ``p..q-1`` and
-    ``q..p-1`` (cyclically) as chains of matmuls, then one GEMM of cost ``2 N r_p r_q``.
+    """How ``to_dense`` contracts a ring: cut at bonds ``cut = (p, q)``, merge the arcs of cores
+    ``p..q-1`` and ``q..p-1`` (cyclically) in the orders given by ``tree``, then one GEMM of cost
+    ``2 N r_p r_q``. Every merge is a plain matmul of two adjacent blocks.
 
-    ``path`` is the same order as an opt_einsum path over ``dense_equation(d)``, so ``flops`` and
+    ``tree`` is ``(left, right)``; each side is a core number or a pair of adjacent sub-trees.
+    ``path`` is the same plan as an opt_einsum path over ``dense_equation(d)``, so ``flops`` and
     ``largest_intermediate`` use opt_einsum's accounting and compare directly with its optimizers.
     """
     cut: tuple[int, int]
+    tree: tuple
     path: tuple
     flops: int
     largest_intermediate: int
 
 
-def _arc_flops(shape, ranks, ks) -> tuple[int, int]:
-    """FLOPs and result size of merging the cores ``ks`` left to right (opt_einsum convention)."""
-    d = len(shape)
-    r0, n_acc, flops = ranks[ks[0]], shape[ks[0]], 0
-    for k in ks[1:]:
-        flops += 2 * r0 * n_acc * ranks[k] * shape[k] * ranks[(k + 1) % d]
-        n_acc *= shape[k]
-    return flops, r0 * n_acc * ranks[(ks[-1] + 1) % d]
-
-
 @functools.lru_cache(maxsize=1024)
 def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
-    """Choose the cut ``(p, q)`` with the fewest FLOPs for densifying a ring (cached per shape/ranks).
+    """Fewest-FLOP plan for densifying a ring (cached per shape/ranks).
 
-    Cuts with ``p != 0`` pay one extra pass over the output (a permutation), counted as ``N``.
+    Interval dynamic programming (matrix-chain order) over every cyclic arc, ``O(d^3)``, then
+    the best pair of complementary arcs. Cuts with ``p != 0`` pay one extra pass over the output
+    (a permutation), counted as ``N`` in the choice (not in the reported FLOPs).
     """
     shape, ranks = tuple(int(n) for n in shape), tuple(int(r) for r in ranks)
-    d, total = len(shape), 1
-    for n in shape:
-        total *= n
+    d = len(shape)
     if d < 2:
         raise ValueError(f"ring_dense_plan needs at least 2 cores, got {d}")
-    best = None
+    total = 1
+    for n in shape:
+        total *= n
+    size = {}  # (i, L) -> product of the mode sizes of cores i..i+L-1
+    best = {}  # (i, L) -> (flops, largest, tree)
+    for i in range(d):
+        size[i, 1] = shape[i]
+        best[i, 1] = (0, 0, i)
+    for length in range(2, d):
+        for i in range(d):
+            size[i, length] = size[i, length - 1] * shape[(i + length - 1) % d]
+            out = ranks[i] * size[i, length] * ranks[(i + length) % d]
+            cands = []
+            for s in range(1, length):
+                (fa, la, ta), (fb, lb, tb) = best[i, s], best[(i + s) % d, length - s]
+                cands.append((fa + fb + 2 * out * ranks[(i + s) % d], max(la, lb, out), (ta, tb)))
+            best[i, length] = min(cands, key=lambda c: (c[0], c[1]))
+    choice = None
     for p in range(d):
-        for q in range(p + 1, p + d):
-            left = [k % d for k in range(p, q)]
-            right = [k % d for k in range(q, p + d)]
-            (fl, sl), (fr, sr) = _arc_flops(shape, ranks, left), _arc_flops(shape, ranks, right)
-            flops = fl + fr + 2 * total * ranks[p] * ranks[q % d]
+        for length in range(1, d):
+            q = (p + length) % d
+            (fa, la, ta), (fb, lb, tb) = best[p, length], best[q, d - length]
+            flops = fa + fb + 2 * total * ranks[p] * ranks[q]
             score = flops + (total if p else 0)
-            if best is None or score < best[0]:
-                best = (score, flops, p, q % d, left, right, max(sl, sr, total))
-    _, flops, p, q, left, right, largest = best
-    return RingPlan(cut=(p, q), path=_arc_path(d, left, right), flops=flops, largest_intermediate=largest)
+            if choice is None or score < choice[0]:
+                choice = (score, flops, (p, q), (ta, tb), max(la, lb, total))
+    _, flops, cut, tree, largest = choice
+    return RingPlan(cut=cut, tree=tree, path=_tree_path(d, tree), flops=flops, largest_intermediate=largest)
 
 
-def _arc_path(d: int, left: list[int], right: list[int]) -> tuple:
+def _tree_path(d: int, tree) -> tuple:
     """The plan as an opt_einsum path (positions in a list that shrinks and appends results)."""
-    ops, path, fresh = list(range(d)), [], d
+    ops, path = list(range(d)), []
 
-    def pair(x, y):
-        nonlocal fresh
+    def walk(node):
+        if isinstance(node, int):
+            return node
+        x, y = walk(node[0]), walk(node[1])
         i, j = ops.index(x), ops.index(y)
         path.append((min(i, j), max(i, j)))
         ops.remove(x), ops.remove(y)
-        ops.append(fresh)
-        fresh += 1
-        return fresh - 1
+        new = d + len(path)
+        ops.append(new)
+        return new
 
-    acc = []
-    for arc in (left, right):
-        a = arc[0]
-        for k in arc[1:]:
-            a = pair(a, k)
-        acc.append(a)
-    pair(acc[0], acc[1])
+    walk(tree)
     return tuple(path)
 
 
@@ -220,7 +225,7 @@ def _ring_report(op: str, args) -> dict:
     if op == "to_dense":
         plan = ring_dense_plan(shape, a.ranks)
         return {"equation": dense_equation(d), "path": [tuple(p) for p in plan.path],
-                "strategy": f"cut at bonds {plan.cut}: two matmul chains, then one GEMM",
+                "strategy": f"cut at bonds {plan.cut}, arcs merged as {plan.tree}, then one GEMM",
                 "flops": plan.flops, "largest_intermediate": plan.largest_intermediate,
                 "naive_flops": naive_flops(dense_equation(d), *a.cores)}
     if op in ("norm", "inner"):

@@ -155,16 +155,15 @@ class TensorRing:
         """The full tensor of shape ``self.shape``.
 
         The ring is cut at the two bonds ``(p, q)`` chosen by ``trkit.contract.ring_dense_plan``:
-        each arc is merged as a chain of matmuls and the two halves meet in one GEMM of cost
-        ``2 N r_p r_q``. This beats a general einsum path because every step is a plain matmul.
+        each arc is merged by matmuls in matrix-chain order and the two halves meet in one GEMM of
+        cost ``2 N r_p r_q``. Every step is a plain matmul, with no einsum transposes.
         """
         cores, d = self._cores, self.ndim
         if d == 1:
             return torch.diagonal(cores[0], dim1=0, dim2=2).sum(-1)
         plan = _contract.ring_dense_plan(self.shape, self.ranks)
-        p, q = plan.cut
-        left = _merge_chain([cores[k % d] for k in range(p, q)])
-        right = _merge_chain([cores[k % d] for k in range(q, p + d)])
+        p = plan.cut[0]
+        left, right = (_merge_tree(cores, t) for t in plan.tree)
         rp, nl, rq = left.shape
         nr = right.shape[1]
         # X[iL, iR] = sum_{a,b} L[a, iL, b] R[b, iR, a]
@@ -353,6 +352,13 @@ class TensorRing:
     def __truediv__(self, alpha):
         from trkit import algebra
         return NotImplemented if isinstance(alpha, TensorRing) else algebra.scale(self, 1.0 / alpha)
+
+
+def _merge_tree(cores: Sequence[torch.Tensor], tree) -> torch.Tensor:
+    """Merge an arc of cores following a plan tree (leaves: core numbers) into one core."""
+    if isinstance(tree, int):
+        return cores[tree]
+    return _merge_chain([_merge_tree(cores, tree[0]), _merge_tree(cores, tree[1])])
 
 
 def _merge_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
