@@ -1,0 +1,52 @@
+"""Shared fixtures for the training tests: a tiny open_clip config and a tiny CoOp-layout dataset on disk."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY = "trkit-test-tiny"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+}
+CLASSES = ["red_thing", "green_thing", "blue_thing", "grey_thing"]
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128)]
+
+
+def register_tiny() -> str:
+    from trkit_vlm.models import register_model_config
+    register_model_config(TINY, TINY_CONFIG)
+    return TINY
+
+
+def make_coop_dataset(root: Path, n_train: int = 4, n_val: int = 2, n_test: int = 3, size: int = 40,
+                      seed: int = 0) -> Path:
+    """``root/images/<class>/<split>_<i>.{jpg,png}`` plus ``root/split_zhou_Tiny.json`` (real image files)."""
+    rng = np.random.default_rng(seed)
+    split = {"train": [], "val": [], "test": []}
+    for label, (cname, colour) in enumerate(zip(CLASSES, COLOURS)):
+        (root / "images" / cname).mkdir(parents=True, exist_ok=True)
+        for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            for i in range(n):
+                arr = np.clip(np.array(colour)[None, None] + rng.normal(0, 25, (size, size, 3)), 0, 255)
+                ext = "jpg" if i % 2 == 0 else "png"
+                rel = f"{cname}/{name}_{i}.{ext}"
+                Image.fromarray(arr.astype(np.uint8)).save(root / "images" / rel)
+                split[name].append([rel, label, cname])
+    (root / "split_zhou_Tiny.json").write_text(json.dumps(split))
+    return root
+
+
+def tiny_config(tmp: Path, data_root: Path, method: str = "mma", **overrides):
+    """A RunConfig for the tiny model on the tiny dataset (1 epoch, no augmentation, batch 4)."""
+    from trkit_vlm.config import RunConfig, apply_overrides
+    cfg = RunConfig(model=TINY, method=method, output_dir=str(tmp / "out"), seed=1)
+    cfg.data.dataset, cfg.data.root, cfg.data.shots = "coop", str(data_root), 2
+    cfg.data.augment = False
+    cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.eval_batch_size = 1, 2, 0.01, 16
+    cfg.adapter = {"hidden": 8} if method == "mma" else {}
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])

@@ -1,0 +1,197 @@
+"""One dataclass describes a training run; it is read from YAML or JSON and edited with overrides.
+
+>>> cfg = RunConfig(method="mma")
+>>> cfg = apply_overrides(cfg, ["optim.lr=0.002", "data.shots=4"])
+>>> cfg.optim.lr, cfg.data.shots
+(0.002, 4)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("mma", "adaring")
+
+
+@dataclass
+class DataConfig:
+    """Which images, how many, and how they are fed."""
+    dataset: str = "caltech101"       # CoOp name, "coop" (own split JSON), "folder" or "fashion_mnist"
+    root: str | None = "data"         # CoOp data root / dataset folder / ImageFolder tree
+    split_file: str | None = None     # "coop" only: the split_zhou_*.json (auto when None)
+    image_dir: str | None = None      # "coop" only: image folder under root (auto when None)
+    classnames: list[str] | None = None  # expected class names; a split that differs is an error
+    shots: int = 16                   # images per class (<= 0: the whole train split)
+    subsample: str = "base"           # classes trained on: "base" (base-to-novel) or "all"
+    template: str = "a photo of a {}."
+    augment: bool = True              # random resized crop + flip (CoOp); False = fixed eval view
+    cached_views: int = 0             # > 0: that many fixed augmented views per image (prefix-cacheable)
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (MMA's ViT-B/16 recipe by default)."""
+    name: str = "sgd"                 # "sgd" or "adamw"
+    lr: float = 0.0015
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 5
+    batch_size: int = 16              # global batch (split over processes under torchrun)
+    eval_batch_size: int = 100
+    warmup_epochs: float = 0.0        # linear warm-up, then cosine to 0, stepped per optimiser step
+    grad_accum: int = 1               # micro-batches per optimiser step
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class LossConfig:
+    """Generalisation-aware loss weights (0 switches a term off)."""
+    lambda_text: float = 0.0          # lambda_t * (1 - cos(text_adapted, text_frozen))
+    lambda_image: float = 0.0         # lambda_v * L1(image_adapted, image_frozen)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; the output folder is ``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
+    model: str = "ViT-B-16"
+    pretrained: str | None = None     # local checkpoint file; None = random weights (warned)
+    method: str = "adaring"           # "mma" or "adaring"
+    adapter: dict[str, Any] = field(default_factory=dict)  # fields of MMAConfig / AdaRingConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 1
+    amp: str = "auto"                 # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
+    device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1", ...
+    output_dir: str = "output"
+    prefix_cache: str = "auto"        # "auto" (on when views are fixed), "memory", "disk", "off"
+    cache_dir: str | None = None      # disk prefix cache folder (default: <output_dir>/cache)
+    log_every: int = 10               # JSONL step-log interval (optimiser steps)
+    eval_every: int = 0               # > 0: evaluate every that many epochs as well as at the end
+
+    def run_dir(self) -> Path:
+        """``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
+        return Path(self.output_dir) / self.dataset_key() / self.method / f"shots_{self.data.shots}" / f"seed{self.seed}"
+
+    def dataset_key(self) -> str:
+        """The dataset's folder name under ``output_dir`` (a user folder's own name for "folder"/"coop")."""
+        from trkit_vlm.data.datasets import canonical_name
+        name = canonical_name(self.data.dataset)
+        if name in ("folder", "coop") and self.data.root:
+            name = Path(self.data.root).name
+        return name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "RunConfig":
+        """Clear ValueErrors for values the run cannot use."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.optim.name not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if self.prefix_cache not in ("auto", "memory", "disk", "off"):
+            raise ValueError(f"prefix_cache must be 'auto', 'memory', 'disk' or 'off', got {self.prefix_cache!r}")
+        if self.data.subsample not in ("base", "all"):
+            raise ValueError(f"data.subsample must be 'base' or 'all', got {self.data.subsample!r}")
+        for name, v in (("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size),
+                        ("optim.grad_accum", self.optim.grad_accum),
+                        ("optim.eval_batch_size", self.optim.eval_batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.data.cached_views < 0:
+            raise ValueError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
+        if "{}" not in self.data.template:
+            raise ValueError(f"data.template must contain '{{}}' for the class name, got {self.data.template!r}")
+        return self
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Build a RunConfig from a nested dict; unknown keys are errors (typos should not pass silently)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a run config is a mapping, got {type(d).__name__}")
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(d) - top)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(top)}")
+    kwargs = dict(d)
+    for name, cls in _SECTIONS.items():
+        sub = kwargs.get(name) or {}
+        if isinstance(sub, cls):
+            continue
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(sub) - known)
+        if bad:
+            raise ValueError(f"unknown config key(s) {[f'{name}.{b}' for b in bad]}; known: {sorted(known)}")
+        if "betas" in sub:
+            sub = {**sub, "betas": tuple(sub["betas"])}
+        kwargs[name] = cls(**sub)
+    kwargs["adapter"] = dict(kwargs.get("adapter") or {})
+    return RunConfig(**kwargs)
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML ({err})") from None
+    else:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON ({err})") from None
+    return config_from_dict(d)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML).
+
+    ``adapter.<field>=...`` sets a field of the adapter config; ``pretrained=null`` clears a value.
+    """
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=0.002)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"unknown config key {key!r}")
+            node = node[p]
+        if parts[0] != "adapter" and parts[-1] not in node:
+            raise ValueError(f"unknown config key {key!r}")
+        node[parts[-1]] = _parse_value(value)
+    return config_from_dict(d)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the config as JSON (atomically)."""
+    from trkit_vlm.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))

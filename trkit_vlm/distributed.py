@@ -1,0 +1,91 @@
+"""Multi-process training under ``torchrun``: process-group set-up, rank-0 helpers, reductions.
+
+``torchrun --nproc_per_node N -m trkit_vlm.train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+we then use DistributedDataParallel with the ``nccl`` backend on CUDA and ``gloo`` on CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
+    if pref == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {pref!r} asked for but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE > 1`` (no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref, local_rank)
+    if world <= 1:
+        return DistInfo(device=device)
+    if dist.is_initialized():
+        return DistInfo(rank, world, local_rank, device, initialized_here=False)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local_rank, device, initialized_here=True)
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group if this module joined it."""
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Element-wise sum over ranks (a copy; the input is unchanged)."""
+    out = values.detach().clone()
+    if info.distributed:
+        dev = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        out = out.to(dev)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out = out.to(values.device)
+    return out

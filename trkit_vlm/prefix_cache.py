@@ -1,0 +1,212 @@
+"""Frozen-prefix caching: run the layers before the first adapter once, then train on the rest.
+
+When adapters start at layer ``k`` of a tower, layers ``1..k-1`` (and the embeddings before them) do
+not depend on any trainable weight. For a fixed input (the class prompts; an image under the eval
+transform or one of N stored augmented views) their output never changes, so it is computed once and
+every epoch runs only layers ``k..L`` plus pooling and projection.
+
+The split forward reproduces open_clip exactly (``VisionTransformer.forward``: ``_embeds`` = conv
+patch embedding, class token, positional embedding, patch dropout, ``ln_pre``; the blocks;
+``_pool`` = ``ln_post`` and token pooling in the configured order; ``@ proj``. ``CLIP.encode_text``:
+token + positional embedding, blocks with the causal mask, ``ln_final``, EOT pooling, projection).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trkit_vlm.adapters import get_adapters
+from trkit_vlm.models import clip_towers
+
+
+def first_adapted_layer(model: nn.Module, tower: str) -> int:
+    """1-based index of the first layer of ``tower`` ("text"/"image") with an adapter; depth+1 if none."""
+    depth = len(clip_towers(model)[tower].resblocks)
+    aset = get_adapters(model)
+    layers = aset.layers(tower) if aset is not None else []
+    return min(layers) if layers else depth + 1
+
+
+def _run_blocks(transformer: nn.Module, x: torch.Tensor, blocks, attn_mask=None) -> torch.Tensor:
+    # open_clip's Transformer.forward with a slice of its blocks (x is batch-first on entry and exit).
+    if not transformer.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    for blk in blocks:
+        x = blk(x, attn_mask=attn_mask)
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)
+    return x
+
+
+def image_prefix_supported(model: nn.Module) -> str | None:
+    """None when the image tower can be split, else the reason it cannot."""
+    visual = getattr(model, "visual", None)
+    if visual is None or not hasattr(visual, "_embeds") or not hasattr(visual, "transformer"):
+        return "the image tower is not an open_clip VisionTransformer"
+    pd = getattr(visual, "patch_dropout", None)
+    if pd is not None and float(getattr(pd, "prob", 0.0)) > 0:
+        return "patch dropout makes the prefix random"
+    if getattr(visual.transformer, "grad_checkpointing", False):
+        return "gradient checkpointing is on"
+    return None
+
+
+def image_prefix(model: nn.Module, images: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Tokens after the embeddings and the first ``n_layers`` image blocks.
+
+    Args:
+        images: ``(B, 3, H, W)`` preprocessed. n_layers: blocks to run (``first_adapted_layer - 1``).
+    Returns:
+        ``(B, 1 + grid**2, width)`` batch-first tokens.
+    """
+    visual = model.visual
+    x = visual._embeds(images)
+    return _run_blocks(visual.transformer, x, visual.transformer.resblocks[:n_layers])
+
+
+def image_suffix(model: nn.Module, tokens: torch.Tensor, n_layers: int, normalize: bool = True) -> torch.Tensor:
+    """Image features from prefix tokens: blocks ``n_layers+1..L``, pooling, ``ln_post``, projection.
+
+    ``image_suffix(m, image_prefix(m, x, n), n)`` equals ``m.encode_image(x, normalize=True)``.
+    Returns ``(B, embed_dim)``.
+    """
+    visual = model.visual
+    x = _run_blocks(visual.transformer, tokens, visual.transformer.resblocks[n_layers:])
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def text_prefix_supported(model: nn.Module) -> str | None:
+    """None when the text tower can be split (open_clip ``CLIP``), else the reason it cannot."""
+    for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
+        if not hasattr(model, attr):
+            return f"the text tower has no {attr} (not an open_clip CLIP text tower)"
+    if getattr(model.transformer, "grad_checkpointing", False):
+        return "gradient checkpointing is on"
+    return None
+
+
+def text_prefix(model: nn.Module, text: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Token states after the embeddings and the first ``n_layers`` text blocks: ``(C, ctx, width)``."""
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype)
+    x = x + model.positional_embedding.to(cast_dtype)
+    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers], attn_mask=model.attn_mask)
+
+
+def text_suffix(model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_layers: int,
+                normalize: bool = True) -> torch.Tensor:
+    """Text features from prefix states (``text`` = the token ids, for EOT pooling): ``(C, embed_dim)``.
+
+    ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``.
+    """
+    from open_clip.transformer import text_global_pool
+
+    x = _run_blocks(model.transformer, states, model.transformer.resblocks[n_layers:], attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+# ------------------------------------------------------------------ token store for fixed image views
+
+def _weights_digest(model: nn.Module, n_layers: int) -> str:
+    """Hash of every weight the image prefix uses (random-weight models differ per seed)."""
+    import hashlib
+
+    visual = model.visual
+    h = hashlib.sha256()
+    mods = [m for name, m in visual.named_children() if name not in ("transformer", "ln_post", "attn_pool")]
+    mods += list(visual.transformer.resblocks[:n_layers])
+    for m in mods:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    for name in ("class_embedding", "positional_embedding"):
+        if hasattr(visual, name):
+            h.update(getattr(visual, name).detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _source_digest(records: list) -> str:
+    import hashlib
+    import os
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for src, label in records:
+        if isinstance(src, (str, os.PathLike)):
+            st = os.stat(src)
+            h.update(f"{os.fspath(src)}|{st.st_size}|{st.st_mtime_ns}|{label}".encode())
+        elif isinstance(src, np.ndarray):
+            h.update(src.tobytes())
+            h.update(str(src.shape).encode())
+        else:  # PIL image
+            h.update(src.tobytes())
+            h.update(str(src.size).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def build_image_cache(model: nn.Module, records: list, view_transform, n_views: int, n_layers: int,
+                      frozen_features: bool = False, batch_size: int = 64,
+                      disk_dir: str | None = None, describe: str = "") -> dict[str, torch.Tensor]:
+    """Prefix tokens (and optionally frozen image features) of every record's fixed views.
+
+    Args:
+        records: ``(image_source, label)`` list.
+        view_transform: ``f(index, view) -> (3, H, W)`` tensor; must be deterministic.
+        n_views: views per image.
+        n_layers: image blocks in the prefix.
+        frozen_features: also store the frozen model's features (adapters off) for the image
+            consistency loss.
+        disk_dir: when given, the store is read from / written to ``disk_dir/prefix_<key>.pt``,
+            keyed by the prefix weights, the images and ``describe`` (the view recipe).
+    Returns:
+        ``{"tokens": (N, V, T, W)}`` on CPU (+ ``"frozen": (N, V, D)``).
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from trkit_vlm.adapters import adapters_disabled
+    from trkit_vlm.checkpoint import atomic_torch_save
+
+    path = None
+    if disk_dir is not None:
+        key = hashlib.sha256(json.dumps([_weights_digest(model, n_layers), _source_digest(records),
+                                         n_views, n_layers, describe, bool(frozen_features)]).encode()).hexdigest()
+        path = Path(disk_dir) / f"prefix_{key[:24]}.pt"
+        if path.is_file():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a damaged cache is rebuilt, never trusted
+                path.unlink(missing_ok=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tokens, frozen = [], []
+    flat = [(i, v) for i in range(len(records)) for v in range(n_views)]
+    try:
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start:start + batch_size]
+            x = torch.stack([view_transform(i, v) for i, v in chunk]).to(device)
+            t = image_prefix(model, x, n_layers)
+            tokens.append(t.cpu())
+            if frozen_features:
+                with adapters_disabled(model):
+                    frozen.append(image_suffix(model, t, n_layers).float().cpu())
+    finally:
+        model.train(was_training)
+    out = {"tokens": torch.cat(tokens).reshape(len(records), n_views, *tokens[0].shape[1:])}
+    if frozen_features:
+        out["frozen"] = torch.cat(frozen).reshape(len(records), n_views, -1)
+    if path is not None:
+        atomic_torch_save(out, path)
+    return out

@@ -1,0 +1,295 @@
+"""The epoch loop behind :func:`trkit_vlm.train.train`: batches (images or cached prefix tokens),
+the DDP-wrapped forward, optimiser / cosine schedule / AMP, JSONL logging, checkpoints, evaluation."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trkit_vlm import prefix_cache as pc
+from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
+from trkit_vlm.distributed import DistInfo, all_reduce_sum, barrier
+from trkit_vlm.evaluate import evaluate_base_novel
+
+
+class _Forward(nn.Module):
+    """Inputs -> (logits, image features, text features) as one module, so DDP sees one forward."""
+
+    def __init__(self, model: nn.Module, text_ids: torch.Tensor, text_states: torch.Tensor | None,
+                 n_text: int, n_image: int):
+        super().__init__()
+        self.model = model
+        self.text_ids, self.text_states, self.n_text, self.n_image = text_ids, text_states, n_text, n_image
+
+    def forward(self, x: torch.Tensor, cached: bool):
+        m = self.model
+        if self.text_states is not None:
+            txt = pc.text_suffix(m, self.text_states, self.text_ids, self.n_text)
+        else:
+            txt = m.encode_text(self.text_ids, normalize=True)
+        img = pc.image_suffix(m, x, self.n_image) if cached else m.encode_image(x, normalize=True)
+        return m.logit_scale.exp() * img @ txt.t(), img, txt
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine from 1 to 0 at ``total_steps``."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
+    return f
+
+
+class Trainer:
+    """State of one run. Built by ``train()``; not meant to be used on its own."""
+
+    def __init__(self, cfg, bundle, model: nn.Module, train_data, eval_data, info: DistInfo, run_dir: Path,
+                 progress: bool, view_fn: Callable, fingerprint: dict, amp: torch.dtype | None):
+        from trkit_vlm.adapters import adapter_parameters
+        from trkit_vlm.losses import GeneralizationAwareLoss
+
+        self.cfg, self.bundle, self.model, self.info, self.run_dir = cfg, bundle, model, info, run_dir
+        self.train_data, self.eval_data, self.amp, self.fp = train_data, eval_data, amp, fingerprint
+        self.progress = progress and info.is_main
+        dev = info.device
+        records = train_data.train
+        self.labels = torch.tensor([y for _, y in records])
+        if cfg.optim.batch_size % info.world_size:
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the "
+                             f"{info.world_size} processes")
+        self.local_bs = cfg.optim.batch_size // info.world_size
+        self.loss_fn = GeneralizationAwareLoss(cfg.loss.lambda_text, cfg.loss.lambda_image)
+        self.timing: dict[str, float] = {}
+
+        # Text side: prompts never change, so the frozen text prefix is computed once.
+        t0 = time.perf_counter()
+        prompts = [cfg.data.template.format(c.replace("_", " ")) for c in train_data.classnames]
+        text_ids = bundle.tokenizer(prompts).to(dev)
+        use_cache = cfg.prefix_cache != "off"
+        n_text = pc.first_adapted_layer(model, "text") - 1
+        text_states = None
+        if use_cache and n_text > 0 and pc.text_prefix_supported(model) is None:
+            with torch.no_grad():
+                text_states = pc.text_prefix(model, text_ids, n_text)
+        self.text_frozen = None
+        if cfg.loss.lambda_text > 0:
+            from trkit_vlm.adapters import adapters_disabled
+            with torch.no_grad(), adapters_disabled(model):
+                self.text_frozen = model.encode_text(text_ids, normalize=True).float()
+
+        # Image side: with fixed views the frozen prefix of every view is computed once.
+        fixed = (not cfg.data.augment) or cfg.data.cached_views > 0
+        self.n_image = pc.first_adapted_layer(model, "image") - 1
+        reason = pc.image_prefix_supported(model)
+        if cfg.prefix_cache in ("memory", "disk") and not fixed:
+            raise ValueError("prefix_cache needs fixed image views: set data.augment=false or data.cached_views=N")
+        if cfg.prefix_cache in ("memory", "disk") and reason:
+            raise ValueError(f"prefix_cache={cfg.prefix_cache!r} is not possible here: {reason}")
+        self.cached = use_cache and fixed and reason is None and self.n_image > 0
+        self.store = None
+        if self.cached:
+            fn, n_views, desc = view_fn(cfg, model, records)
+            disk = None
+            if cfg.prefix_cache == "disk":
+                disk = cfg.cache_dir or str(Path(cfg.output_dir) / "cache")
+            self.store = pc.build_image_cache(model, records, fn, n_views, self.n_image,
+                                              frozen_features=cfg.loss.lambda_image > 0,
+                                              batch_size=cfg.optim.eval_batch_size, disk_dir=disk, describe=desc)
+        else:
+            train_tf, _ = build_transforms(model, augment=cfg.data.augment)
+            self.dataset = ImageDataset(records, train_tf, None if cfg.data.augment else preprocess_config(model))
+        self.timing["cache_build_s"] = time.perf_counter() - t0
+
+        self.sampler = DistributedSampler(range(len(records)), num_replicas=info.world_size, rank=info.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=False)
+        self.micro_per_epoch = math.ceil(len(self.sampler) / self.local_bs)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.optim.grad_accum)
+        params = adapter_parameters(model)
+        o = cfg.optim
+        if o.name == "sgd":
+            self.opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        total = o.epochs * self.steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch)))
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=(amp == torch.float16))
+        self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image)
+        self.ddp = None
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.ddp = DDP(self.forward, device_ids=[dev.index] if dev.type == "cuda" else None,
+                           broadcast_buffers=False)
+        self.start_epoch, self.step = 0, 0
+
+    # ----------------------------------------------------------------------------------- batches
+    def _epoch_seed(self, epoch: int) -> int:
+        return (self.cfg.seed * 1_000_003 + epoch) * 101 + self.info.rank
+
+    def batches(self, epoch: int):
+        """``(inputs, labels, frozen image features or None)`` micro-batches of this rank for ``epoch``."""
+        self.sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(self._epoch_seed(epoch))
+        dev = self.info.device
+        if self.cached:
+            idx = torch.tensor(list(self.sampler), dtype=torch.long)
+            n_views = self.store["tokens"].shape[1]
+            views = torch.randint(n_views, (len(idx),), generator=g) if n_views > 1 else torch.zeros_like(idx)
+            for s in range(0, len(idx), self.local_bs):
+                i, v = idx[s:s + self.local_bs], views[s:s + self.local_bs]
+                frozen = self.store["frozen"][i, v].to(dev) if "frozen" in self.store else None
+                yield self.store["tokens"][i, v].to(dev, non_blocking=True), self.labels[i].to(dev), frozen
+            return
+        loader = DataLoader(self.dataset, batch_size=self.local_bs, sampler=self.sampler,
+                            num_workers=self.cfg.data.num_workers if self.dataset.preloaded is None else 0,
+                            generator=g, pin_memory=dev.type == "cuda")
+        for x, y, _ in loader:
+            x = x.to(dev, non_blocking=True)
+            frozen = None
+            if self.cfg.loss.lambda_image > 0:
+                from trkit_vlm.losses import frozen_image_features
+                with self._autocast():
+                    frozen = frozen_image_features(self.model, x).float()
+            yield x, y.to(dev), frozen
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.info.device.type, dtype=self.amp)
+
+    # ---------------------------------------------------------------------------------- training
+    def _log(self, record: dict) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def try_resume(self, load_checkpoint: Callable, set_rng_state: Callable) -> None:
+        """Load ``checkpoint.pt`` when present and continue after its epoch."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.is_file():
+            return
+        state = load_checkpoint(path, self.fp)
+        from trkit_vlm.adapters import get_adapters
+        get_adapters(self.model).load_state_dict(state["adapters"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
+            # Drop log lines of the interrupted epoch; they are written again.
+            lines = (self.run_dir / "log.jsonl").read_text().splitlines()
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
+            (self.run_dir / "log.jsonl").write_text("".join(ln + "\n" for ln in keep))
+        barrier(self.info)
+
+    def _checkpoint(self, epoch: int, save_checkpoint: Callable, rng_state: Callable) -> None:
+        if not self.info.is_main:
+            return
+        from trkit_vlm.adapters import get_adapters
+        state = {"fingerprint": self.fp, "epoch": epoch, "step": self.step,
+                 "adapters": get_adapters(self.model).state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state()}
+        save_checkpoint(state, self.run_dir / "checkpoint.pt")
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        from trkit_vlm.adapters import adapter_parameters, adapter_regularization
+
+        cfg, accum = self.cfg, self.cfg.optim.grad_accum
+        s = self._epoch_seed(epoch)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        fwd = self.ddp or self.forward
+        self.model.train()
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        bar = tqdm(total=self.micro_per_epoch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i, (x, y, frozen) in enumerate(self.batches(epoch)):
+            last = (i + 1) % accum == 0 or i + 1 == self.micro_per_epoch
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    logits, img, txt = fwd(x, self.cached)
+                loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen)
+                loss = loss + adapter_regularization(self.model)
+                self.scaler.scale(loss / accum).backward()
+            if last:
+                if cfg.optim.max_grad_norm:
+                    self.scaler.unscale_(self.opt)
+                    torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model), cfg.optim.max_grad_norm)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.step += 1
+            n = len(y)
+            correct = (logits.argmax(1) == y).sum().item()
+            sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
+            if last and self.step % max(1, cfg.log_every) == 0:
+                self._log({"type": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
+                           **{k: v.item() for k, v in parts.items() if k != "total"},
+                           "acc": 100.0 * correct / n, "lr": self.sched.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{100 * sums[1] / sums[2]:.1f}")
+            bar.update(1)
+        bar.close()
+        sums = all_reduce_sum(sums, self.info)
+        return {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_base_novel(self.model, self.bundle.tokenizer, self.eval_data, self.cfg.data.template,
+                                   batch_size=self.cfg.optim.eval_batch_size, num_workers=self.cfg.data.num_workers,
+                                   amp_dtype=self.amp)
+
+    def fit(self, stop_after_epoch: int | None, save_checkpoint: Callable, rng_state: Callable) -> dict[str, Any]:
+        from trkit_vlm.adapters import count_trainable
+
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        epoch_times = []
+        stats: dict[str, float] = {}
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
+            t0 = time.perf_counter()
+            stats = self.train_epoch(epoch)
+            epoch_times.append(time.perf_counter() - t0)
+            rec = {"type": "epoch", "epoch": epoch + 1, "step": self.step, **stats, "time_s": epoch_times[-1]}
+            if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.optim.epochs:
+                rec["eval"] = self.evaluate() if self.info.is_main else None
+            self._log(rec)
+            self._checkpoint(epoch + 1, save_checkpoint, rng_state)
+            barrier(self.info)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
+                return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
+        train_time = time.perf_counter() - t_start
+        metrics: dict[str, Any] = {}
+        if self.info.is_main:
+            from trkit_vlm.adapters import save_adapters
+            save_adapters(self.model, self.run_dir / "adapters.safetensors")
+            t0 = time.perf_counter()
+            acc = self.evaluate()
+            metrics = {
+                "dataset": self.cfg.dataset_key(), "method": cfg.method, "shots": cfg.data.shots,
+                "seed": cfg.seed, "model": cfg.model, "pretrained": cfg.pretrained, "subsample": cfg.data.subsample,
+                **acc, "n_trainable": count_trainable(self.model), "epochs": cfg.optim.epochs,
+                "final_train_loss": stats.get("loss"), "final_train_acc": stats.get("acc"),
+                "train_time_s": train_time, "epoch_time_s": epoch_times, "eval_time_s": time.perf_counter() - t0,
+                "prefix_cache": {"image": self.cached, "image_prefix_layers": self.n_image if self.cached else 0,
+                                 "text": self.forward.text_states is not None, **self.timing},
+                "world_size": self.info.world_size, "run_dir": str(self.run_dir),
+            }
+            from trkit_vlm.checkpoint import atomic_write_text
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        barrier(self.info)
+        return metrics
