@@ -77,7 +77,12 @@ def test_ring_dense_plan_flops_are_opt_einsum_flops_and_near_dp(d, seed):
     _, info = opt_einsum.contract_path(dense_equation(d), *shapes, shapes=True, optimize=list(plan.path))
     assert int(info.opt_cost) == plan.flops  # our accounting is opt_einsum's
     _, dp = opt_einsum.contract_path(dense_equation(d), *shapes, shapes=True, optimize="dp")
-    assert plan.flops <= 1.2 * int(dp.opt_cost)
+    # a cut away from mode 0 costs one permutation pass over the output (N); the plan may keep a
+    # slightly costlier cut at mode 0 rather than pay it
+    total = 1
+    for n in shape:
+        total *= n
+    assert plan.flops <= max(1.2 * int(dp.opt_cost), int(dp.opt_cost) + total)
 
 
 def test_ring_dense_plan_output_matches_tensorly_for_every_cut():
