@@ -1,0 +1,208 @@
+"""The MMA baseline: placement, exact parameter counts, the gradient-scaling rule, freezing, reversibility."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import trkit_vlm as tv
+from trkit_vlm.adapters import (MMAConfig, adapter_parameters, adapters_disabled, count_trainable, get_adapters,
+                                grad_scale, mma_param_count)
+from trkit_vlm.adapters.base import default_layers
+from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info, tower_info_from_config
+
+TINY = "trkit-test-tiny"
+register_model_config(TINY, TINY_CONFIG)
+
+
+def _model(name=TINY):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        return tv.load_clip(name).model
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return _model("ViT-B-16")  # random weights; counting only, no forward passes
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(1)
+    img = torch.randn(2, 3, 32, 32)
+    tok = torch.randint(1, 1000, (3, 16))
+    return img, tok
+
+
+def test_vit_b16_count_is_mma_papers(vit_b16):
+    tv.add_adapters(vit_b16, MMAConfig())
+    try:
+        a = get_adapters(vit_b16)
+        assert a.text_layers == a.image_layers == list(range(5, 13))
+        assert count_trainable(vit_b16) == 674_560
+        assert mma_param_count(512, 768, 32, 8) == 674_560
+        assert sorted(a.state_dict())[:3] == ["shared_adapter.10.0.bias", "shared_adapter.10.0.weight",
+                                              "shared_adapter.11.0.bias"]
+        assert "text_adapter.5.down.0.weight" in a.state_dict()
+        assert a.state_dict()["visual_adapter.12.up.weight"].shape == (768, 32)
+    finally:
+        tv.remove_adapters(vit_b16)
+    assert count_trainable(vit_b16) == sum(p.numel() for p in vit_b16.parameters())
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-L-14", TINY])
+def test_count_closed_form_other_sizes(name):
+    info = tower_info_from_config(name)
+    aset = MMAConfig().build(info)  # adapters alone: no backbone needed to count
+    n = len(default_layers(info["text"]["depth"], info["image"]["depth"])[0])
+    assert sum(p.numel() for p in aset.parameters()) == mma_param_count(
+        info["text"]["width"], info["image"]["width"], 32, n)
+
+
+def test_default_placement_scales_with_depth():
+    assert default_layers(12, 12) == (list(range(5, 13)), list(range(5, 13)))
+    assert default_layers(12, 24) == (list(range(5, 13)), list(range(17, 25)))
+    assert default_layers(4, 4) == ([2, 3, 4], [2, 3, 4])
+
+
+def test_scale_zero_gives_frozen_logits(batch):
+    img, tok = batch
+    m = _model()
+    tv.add_adapters(m, MMAConfig(scale=0.0))
+    with torch.no_grad():
+        a = m(img, tok)
+        with adapters_disabled(m):
+            f = m(img, tok)
+    for x, y in zip(a[:2], f[:2]):
+        assert torch.equal(x, y)
+
+
+def test_adapters_change_output_and_disable_restores(batch):
+    img, tok = batch
+    m = _model()
+    with torch.no_grad():
+        ref = m.encode_image(img)
+    tv.add_adapters(m, MMAConfig(scale=0.5))
+    with torch.no_grad():
+        out = m.encode_image(img)
+        with adapters_disabled(m):
+            off = m.encode_image(img)
+    assert (out - ref).abs().max() > 1e-3
+    torch.testing.assert_close(off, ref, rtol=0, atol=0)
+
+
+def test_hook_equals_explicit_block_formula():
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)) + up(shared(down(ln_1(x_in)))) * scale, by hand."""
+    m = _model()
+    tv.add_adapters(m, MMAConfig(scale=0.3))
+    a = get_adapters(m)
+    blk = m.visual.transformer.resblocks[2]  # layer 3 (1-based) is adapted
+    x = torch.randn(2, 5, 64)
+    h = blk.ln_1(x)
+    attn = blk.attn(h, h, h, need_weights=False)[0]
+    x1 = x + attn
+    ad = a.visual_adapter["3"]
+    y = ad.up(a.shared_adapter["3"](ad.down(h))) * 0.3
+    ref = x1 + blk.mlp(blk.ln_2(x1)) + y
+    torch.testing.assert_close(blk(x), ref)
+
+
+def test_gradient_scaling_rule_hand_computed():
+    """One layer, hidden 1, identity ln_1: y = s * w_u * relu(w_s * relu(w_d . x)).
+    Rule: dL/dw = (1/s) * true gradient for adapter weights; dL/dx = true gradient."""
+    info = {"text": {"width": 2, "depth": 1}, "image": {"width": 2, "depth": 1}}
+    s = 0.01
+    aset = MMAConfig(hidden=1, scale=s).build(info)
+    ad, sh = aset.visual_adapter["1"], aset.shared_adapter["1"]
+    with torch.no_grad():
+        ad.down[0].weight.copy_(torch.tensor([[0.5, -0.25]]))
+        sh[0].weight.fill_(2.0)
+        ad.up.weight.copy_(torch.tensor([[1.0], [-3.0]]))
+    x = torch.tensor([[2.0, 1.0]], requires_grad=True)
+    g = torch.tensor([[0.7, 0.2]])
+    y = aset.adapter_output("image", 0, x, nn.Identity())
+    d = 0.5 * 2.0 - 0.25 * 1.0          # 0.75
+    u = 2.0 * d                         # 1.5 (shared output)
+    torch.testing.assert_close(y, torch.tensor([[s * 1.0 * u, s * -3.0 * u]]))
+    (y * g).sum().backward()
+    gu = 0.7 * 1.0 + 0.2 * -3.0         # g . w_u = 0.1
+    torch.testing.assert_close(ad.up.weight.grad, torch.tensor([[0.7 * u], [0.2 * u]]))        # not * s
+    torch.testing.assert_close(sh[0].weight.grad, torch.tensor([[gu * d]]))
+    torch.testing.assert_close(ad.down[0].weight.grad, torch.tensor([[gu * 2.0 * 2.0, gu * 2.0 * 1.0]]))
+    torch.testing.assert_close(x.grad, s * gu * 2.0 * torch.tensor([[0.5, -0.25]]))           # true gradient
+
+
+def test_grad_scale_function():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    y = grad_scale(x, 0.25)
+    assert torch.equal(y, x.detach())
+    (3 * y).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.75, 0.75]))
+
+
+def test_gradients_reach_only_adapters(batch):
+    img, tok = batch
+    m = _model()
+    tv.add_adapters(m, MMAConfig())
+    img_f, txt_f, scale = m(img, tok)[:3]
+    (img_f @ txt_f.T).sum().backward()
+    adapter_ids = {id(p) for p in adapter_parameters(m)}
+    for n, p in m.named_parameters():
+        if id(p) in adapter_ids:
+            assert p.requires_grad
+        else:
+            assert not p.requires_grad and p.grad is None, n
+    grads = [p.grad for p in adapter_parameters(m)]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_remove_restores_model(batch):
+    img, _ = batch
+    m = _model()
+    m.logit_scale.requires_grad_(False)  # a user's own flag must come back too
+    keys = list(m.state_dict())
+    with torch.no_grad():
+        ref = m.encode_image(img)
+    tv.add_adapters(m, MMAConfig(scale=1.0))
+    tv.remove_adapters(m)
+    assert list(m.state_dict()) == keys and get_adapters(m) is None
+    assert not m.logit_scale.requires_grad
+    assert all(p.requires_grad for n, p in m.named_parameters() if n != "logit_scale")
+    with torch.no_grad():
+        assert torch.equal(m.encode_image(img), ref)
+    with pytest.raises(ValueError, match="no trkit adapters"):
+        tv.remove_adapters(m)
+
+
+def test_deepcopy_keeps_independent_adapters(batch):
+    img, _ = batch
+    m = tv.add_adapters(_model(), MMAConfig(scale=1.0))
+    c = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in get_adapters(c).parameters():
+            p.zero_()
+        with adapters_disabled(m):
+            frozen = m.encode_image(img)
+        assert not torch.allclose(m.encode_image(img), frozen)
+        torch.testing.assert_close(c.encode_image(img), frozen)
+
+
+def test_bad_placement_and_misuse():
+    m = _model()
+    with pytest.raises(ValueError, match="image_layers 3..9 is outside the image tower's 4 layers"):
+        tv.add_adapters(m, MMAConfig(image_layers=(3, 9), text_layers=(1, 4)))
+    with pytest.raises(ValueError, match="same length"):
+        tv.add_adapters(m, MMAConfig(text_layers=(1, 4), image_layers=(2, 4)))
+    with pytest.raises(ValueError, match="START-END"):
+        MMAConfig(text_layers="five")
+    assert get_adapters(m) is None and count_trainable(m) > 0  # failed calls left the model untouched
+    tv.add_adapters(m, MMAConfig(text_layers="1-2", image_layers="3..4"))
+    assert get_adapters(m).image_layers == [3, 4]
+    with pytest.raises(ValueError, match="already has adapters"):
+        tv.add_adapters(m, MMAConfig())
+    with pytest.raises(TypeError, match="MMAConfig or AdaRingConfig"):
+        tv.add_adapters(_model(), {"method": "mma"})
+    with pytest.raises(TypeError, match="open_clip"):
+        tv.add_adapters(nn.Linear(3, 3), MMAConfig())

@@ -1,0 +1,114 @@
+"""AdaRingConfig: cross-layer tensor-ring adapters with heterogeneous-rank branches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trkit_vlm.adapters.base import AdapterConfig, resolve_layers
+
+__all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count"]
+
+PROJECTIONS = ("down_text", "down_image", "shared", "up_text", "up_image")
+_BIAS_MODES = {"hidden": ("down_text", "down_image", "shared"), "all": PROJECTIONS, "none": ()}
+_INITS = ("zero_up", "kaiming")
+
+
+def _three(r: Any, where: str) -> tuple[int, int, int]:
+    if isinstance(r, int) and not isinstance(r, bool):
+        r = (r, r, r)
+    if not (isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(v, int) for v in r)):
+        raise ValueError(f"{where}: a TR rank is an int or three ints (R1, R2, R3), got {r!r}")
+    if min(r) < 1:
+        raise ValueError(f"{where}: TR ranks must be >= 1, got {r!r}")
+    return tuple(int(v) for v in r)
+
+
+@dataclass
+class AdaRingConfig(AdapterConfig):
+    """AdaRing: each of MMA's five projections, stacked over the adapted layers, is a ``CrossLayerTR``
+    (two layer-shared cores + one core holding a slice per layer). Several branches with different TR
+    ranks run in parallel; their outputs are summed with a learnable per-branch scale.
+
+    Placement, input (``ln_1`` of the block input), output (added after the MLP residual), ``scale`` and
+    the gradient-scaling rule are MMA's, so the comparison is fair.
+
+    Args:
+        ranks: one entry per branch: an int (all three bonds), ``(R1, R2, R3)``, or a dict mapping each
+            projection name (``down_text, down_image, shared, up_text, up_image``) to one of those.
+        bias: ``"hidden"`` per-layer biases on down and shared (default), ``"all"`` also on up, ``"none"``.
+        init: ``"zero_up"`` (default): the layer core of each up projection is zero, so the adapted model
+            starts exactly at the frozen one while that core still receives gradient; ``"kaiming"``: all
+            cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale.
+        diversity_weight: weight of the branch-diversity regulariser (mean squared cosine similarity of
+            branch outputs); 0 disables it.
+        branch_scale_init: initial value of each learnable branch scale.
+
+    Default on ViT-B-16 (hidden 32, ranks (2, 4), bias "hidden"): 57,378 parameters = 8.51% of MMA's 674,560.
+    """
+    ranks: list = field(default_factory=lambda: [2, 4])
+    bias: str = "hidden"
+    init: str = "zero_up"
+    diversity_weight: float = 0.0
+    branch_scale_init: float = 1.0
+    method: str = field(default="adaring", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ranks, (int, dict)):
+            self.ranks = [self.ranks]
+        self.ranks = list(self.ranks)
+        if not self.ranks:
+            raise ValueError("ranks must list at least one branch")
+        for b in range(len(self.ranks)):
+            self.branch_ranks(b)
+        if self.bias not in _BIAS_MODES:
+            raise ValueError(f"bias must be one of {sorted(_BIAS_MODES)}, got {self.bias!r}")
+        if self.init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
+        if self.diversity_weight < 0:
+            raise ValueError(f"diversity_weight must be >= 0, got {self.diversity_weight}")
+
+    @property
+    def n_branches(self) -> int:
+        return len(self.ranks)
+
+    def branch_ranks(self, b: int) -> dict[str, tuple[int, int, int]]:
+        """``(R1, R2, R3)`` of every projection in branch ``b``."""
+        spec = self.ranks[b]
+        if isinstance(spec, dict):
+            unknown = set(spec) - set(PROJECTIONS)
+            missing = set(PROJECTIONS) - set(spec)
+            if unknown or missing:
+                raise ValueError(f"ranks[{b}]: per-projection ranks need exactly {PROJECTIONS}; "
+                                 f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+            return {p: _three(spec[p], f"ranks[{b}][{p!r}]") for p in PROJECTIONS}
+        r = _three(spec, f"ranks[{b}]")
+        return {p: r for p in PROJECTIONS}
+
+    def has_bias(self, projection: str) -> bool:
+        return projection in _BIAS_MODES[self.bias]
+
+    def build(self, info):
+        from trkit_vlm.adapters.adaring.layer import AdaRingAdapterSet
+        return AdaRingAdapterSet(self, info)
+
+
+def projection_dims(info: dict, hidden: int) -> dict[str, tuple[int, int]]:
+    """``(d_in, d_out)`` of each projection for towers described by ``info``."""
+    dt, dv, h = info["text"]["width"], info["image"]["width"], int(hidden)
+    return {"down_text": (dt, h), "down_image": (dv, h), "shared": (h, h), "up_text": (h, dt), "up_image": (h, dv)}
+
+
+def adaring_param_count(config: AdaRingConfig, info: dict) -> int:
+    """Closed form: per branch and projection ``R1 R2 d_in + R2 R3 d_out + R3 R1 L`` (+ ``L d_out`` bias),
+    plus one scale per branch."""
+    tl, _ = resolve_layers(config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"])
+    n_layers = len(tl)
+    dims = projection_dims(info, config.hidden)
+    n = config.n_branches
+    for b in range(config.n_branches):
+        for p, (r1, r2, r3) in config.branch_ranks(b).items():
+            d_in, d_out = dims[p]
+            n += r1 * r2 * d_in + r2 * r3 * d_out + r3 * r1 * n_layers
+            n += n_layers * d_out if config.has_bias(p) else 0
+    return n

@@ -1,0 +1,87 @@
+"""The AdaRing adapter set: every projection of every branch is one ``trkit.nn.CrossLayerTR``."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trkit.nn import CrossLayerTR
+from trkit_vlm.adapters.adaring.config import PROJECTIONS, projection_dims
+from trkit_vlm.adapters.base import AdapterSet
+
+__all__ = ["AdaRingAdapterSet", "branch_similarity"]
+
+
+def branch_similarity(outs: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over branch pairs and tokens of ``cos(o_i, o_j)^2`` (0: orthogonal outputs, 1: parallel)."""
+    sims = [F.cosine_similarity(outs[i], outs[j], dim=-1).pow(2).mean()
+            for i in range(len(outs)) for j in range(i + 1, len(outs))]
+    return torch.stack(sims).mean()
+
+
+class AdaRingAdapterSet(AdapterSet):
+    """Branches of cross-layer TR adapters (see ``AdaRingConfig``).
+
+    ``branches[b][p]`` is the ``CrossLayerTR`` of projection ``p`` in branch ``b``; its layer index is the
+    position ``k`` of the adapted layer pair.
+    """
+
+    def __init__(self, config, info):
+        super().__init__(config, info)
+        dims = projection_dims(info, config.hidden)
+        L = self.n_pairs
+        self.branches = nn.ModuleList()
+        for b in range(config.n_branches):
+            ranks = config.branch_ranks(b)
+            self.branches.append(nn.ModuleDict({
+                p: CrossLayerTR(dims[p][0], dims[p][1], L, ranks[p], bias=config.has_bias(p)) for p in PROJECTIONS}))
+        self.branch_scale = nn.Parameter(torch.full((config.n_branches,), float(config.branch_scale_init)))
+        # Latest diversity term per (tower, pair); a dict keeps memory bounded if nobody reads it.
+        self._similarity: dict[tuple[str, int], torch.Tensor] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Cores drawn so each reconstructed weight has MMA's Kaiming (fan_out, relu) std ``sqrt(2/d_out)``;
+        biases zero; with ``init="zero_up"`` the layer core of the up projections is zero."""
+        with torch.no_grad():
+            for md in self.branches:
+                for p, tr in md.items():
+                    tr.reset_parameters(std=math.sqrt(2.0 / tr.d_out))
+                    if tr.bias is not None:
+                        tr.bias.zero_()
+                    if self.config.init == "zero_up" and p.startswith("up_"):
+                        tr.g_layer.zero_()
+            self.branch_scale.fill_(float(self.config.branch_scale_init))
+
+    def branch(self, tower: str, k: int, h: torch.Tensor) -> torch.Tensor:
+        s = "text" if tower == "text" else "image"
+        outs = []
+        for md in self.branches:
+            z = F.relu(md["down_" + s](h, k))
+            z = F.relu(md["shared"](z, k))
+            outs.append(md["up_" + s](z, k))
+        if (self.config.diversity_weight > 0 and len(outs) > 1 and self.training and torch.is_grad_enabled()):
+            self._similarity[(tower, k)] = branch_similarity(outs)
+        y = outs[0] * self.branch_scale[0]
+        for b in range(1, len(outs)):
+            y = y + outs[b] * self.branch_scale[b]
+        return y
+
+    def regularization(self) -> torch.Tensor:
+        """``diversity_weight`` x mean branch similarity over the adapted layers of the latest forward
+        pass(es) since the last call; 0 when disabled."""
+        if not self._similarity or self.config.diversity_weight == 0:
+            return torch.zeros((), device=self.branch_scale.device)
+        reg = torch.stack(list(self._similarity.values())).mean() * float(self.config.diversity_weight)
+        self._similarity = {}
+        return reg
+
+    def parts(self) -> dict[str, int]:
+        out = {p: 0 for p in PROJECTIONS}
+        for md in self.branches:
+            for p, tr in md.items():
+                out[p] += sum(q.numel() for q in tr.parameters())
+        out["branch_scale"] = self.branch_scale.numel()
+        return out
