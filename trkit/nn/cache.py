@@ -1,0 +1,104 @@
+"""Amortised dense weights: reconstruct a ring's dense weight once per forward pass, not per call.
+
+Usage::
+
+    with trkit.nn.dense_weights_cache(model):
+        loss = loss_fn(model(x))      # each TR module densifies at most once here
+    loss.backward()
+    optimizer.step()
+
+Inside the context, a TR module whose cost model prefers "densify then matmul" keeps the dense
+weight it built and reuses it for later calls (e.g. all ``n_layers`` calls of one
+``CrossLayerTR``), so the reconstruction runs once per step and autograd back-propagates through
+it once. The cache is dropped when
+
+* the context exits (the usual scope: one forward pass),
+* any parameter of the module changes in place (``_version`` moves, e.g. ``optimizer.step()``),
+* autograd has back-propagated through the cached tensor (its graph may be freed), or
+* grad mode, dtype or device differ from when it was built.
+
+So a backward + step inside the context is safe (the next call rebuilds), and nothing stale is ever
+used. Outside the context nothing is cached: every call is independent, as for any torch module.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["dense_weights_cache", "DenseCacheMixin"]
+
+
+class DenseCacheMixin:
+    """Mixin for modules whose dense weight may be cached by :func:`dense_weights_cache`."""
+
+    _cache_depth: int = 0
+
+    def _init_cache(self) -> None:
+        # Plain attributes, never buffers: the cache must not enter state_dict or DDP broadcasts.
+        self._cache_depth = 0
+        self._cache_key = None
+        self._cache_value = None
+        self._cache_stale = False
+
+    @property
+    def caching(self) -> bool:
+        """True inside a :func:`dense_weights_cache` context covering this module."""
+        return self._cache_depth > 0
+
+    def _cache_state_key(self) -> tuple:
+        params = tuple(self.parameters())  # type: ignore[attr-defined]
+        return (tuple(p._version for p in params), tuple(id(p) for p in params),
+                torch.is_grad_enabled(), params[0].dtype, params[0].device)
+
+    def has_valid_cache(self) -> bool:
+        return (self._cache_depth > 0 and self._cache_value is not None and not self._cache_stale
+                and self._cache_key == self._cache_state_key())
+
+    def _cached(self, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()`` once per context (and per parameter state); plain ``build()`` outside."""
+        if self._cache_depth == 0:
+            return build()
+        if self.has_valid_cache():
+            return self._cache_value
+        value = build()
+        self._cache_key = self._cache_state_key()
+        self._cache_value = value
+        self._cache_stale = False
+        if value.requires_grad:
+            value.register_hook(self._mark_stale)
+        return value
+
+    def _mark_stale(self, grad: torch.Tensor) -> None:
+        # Backward has reached the cached tensor: its recorded graph is about to be consumed.
+        self._cache_stale = True
+
+    def _clear_cache(self) -> None:
+        self._cache_key = None
+        self._cache_value = None
+        self._cache_stale = False
+
+
+@contextmanager
+def dense_weights_cache(*modules: nn.Module) -> Iterator[None]:
+    """Cache dense weights of every TR module inside ``modules`` for the duration of the block.
+
+    Nested contexts are allowed; the cache is dropped when the outermost one covering a
+    module exits.
+    """
+    targets = []
+    for mod in modules:
+        if not isinstance(mod, nn.Module):
+            raise TypeError(f"dense_weights_cache expects nn.Module arguments, got {type(mod).__name__}")
+        targets.extend(m for m in mod.modules() if isinstance(m, DenseCacheMixin))
+    for m in targets:
+        m._cache_depth += 1
+    try:
+        yield
+    finally:
+        for m in targets:
+            m._cache_depth -= 1
+            if m._cache_depth == 0:
+                m._clear_cache()

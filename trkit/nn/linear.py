@@ -1,0 +1,227 @@
+"""TRLinear: a linear layer whose weight is a tensor ring over tensorised dimensions.
+
+``in_features = prod(in_modes)``, ``out_features = prod(out_modes)``. The weight
+``W`` of shape ``(out_features, in_features)`` (``nn.Linear``'s layout) is the ring with cores
+``G_1..G_q`` over ``out_modes`` followed by ``G_{q+1}..G_{q+p}`` over ``in_modes``::
+
+    W.reshape(*out_modes, *in_modes)[j_1..j_q, i_1..i_p]
+        = trace(G_1[:, j_1, :] ... G_q[:, j_q, :] G_{q+1}[:, i_1, :] ... G_{q+p}[:, i_p, :])
+
+``ranks[k]`` is the left bond of core ``k`` (``ranks[0]`` closes the ring).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trkit import contract as _contract
+from trkit.nn import _exec
+from trkit.nn import init as _init
+from trkit.nn.cache import DenseCacheMixin
+from trkit.nn.utils import gemm_cost, letters, path_cost, resolve_modes, resolve_ranks
+from trkit.ring import TensorRing
+
+__all__ = ["TRLinear"]
+
+_PATHS = ("auto", "contract", "dense")
+
+
+class TRLinear(DenseCacheMixin, nn.Module):
+    """Drop-in ``nn.Linear`` replacement with a tensor-ring weight.
+
+    Args:
+        in_features, out_features: layer sizes.
+        ranks: one int for every bond, or ``len(out_modes) + len(in_modes)`` bond ranks.
+        in_modes, out_modes: factorisation of the sizes (product must match); an int asks for
+            that many balanced factors; ``None`` picks balanced factors near 16
+            (768 -> (32, 24), 4096 -> (16, 16, 16), 32 -> (32,)).
+        bias: learnable bias of shape ``(out_features,)`` (``nn.Linear``'s init).
+        init: target distribution of the reconstructed weight: ``"kaiming"``, ``"xavier"``,
+            ``"torch"`` (``nn.Linear``'s default std) or a float std; see :mod:`trkit.nn.init`.
+        path: ``"auto"`` (cost model picks per batch size), ``"contract"`` or ``"dense"``.
+
+    Forward: ``x (..., in_features) -> (..., out_features)``, equal to
+    ``F.linear(x, self.weight, self.bias)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, ranks, in_modes=None, out_modes=None,
+                 bias: bool = True, init: str | float = "kaiming", path: str = "auto",
+                 dtype=None, device=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if path not in _PATHS:
+            raise ValueError(f"path must be one of {_PATHS}, got {path!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.in_modes = resolve_modes(in_features, in_modes, "in_modes")
+        self.out_modes = resolve_modes(out_features, out_modes, "out_modes")
+        d = len(self.in_modes) + len(self.out_modes)
+        self.ranks = resolve_ranks(ranks, d)
+        self.init, self.path = init, path
+        modes = self.out_modes + self.in_modes
+        kw = {"dtype": dtype, "device": device}
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.empty(self.ranks[k], modes[k], self.ranks[(k + 1) % d], **kw)) for k in range(d))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+        self._build_equations()
+        self._init_cache()
+        self._choices: dict = {}
+        self.fit_info: dict | None = None
+        self.reset_parameters()
+
+    # ---- construction helpers ------------------------------------------------------------
+    def _build_equations(self) -> None:
+        p, q = len(self.in_modes), len(self.out_modes)
+        d = p + q
+        let = letters(1 + 2 * d)
+        t, bonds, outs, ins = let[0], let[1:1 + d], let[1 + d:1 + d + q], let[1 + d + q:]
+        mode_letters = outs + ins
+        cores = [bonds[k] + mode_letters[k] + bonds[(k + 1) % d] for k in range(d)]
+        self._eq_dense = ",".join(cores) + "->" + "".join(mode_letters)
+        self._eq_fwd = t + "".join(ins) + "," + ",".join(cores) + "->" + t + "".join(outs)
+
+    def reset_parameters(self, init: str | float | None = None) -> None:
+        """Redraw the cores so the reconstructed weight has the target std; bias as ``nn.Linear``."""
+        std = _init.target_std(self.in_features, self.out_features, self.init if init is None else init)
+        _init.init_ring_(list(self.cores), std)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            with torch.no_grad():
+                self.bias.uniform_(-bound, bound)
+        self._choices.clear()
+
+    # ---- sizes ------------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """``sum_k r_k n_k r_{k+1}`` (+ ``out_features`` with bias)."""
+        d = len(self.ranks)
+        modes = self.out_modes + self.in_modes
+        n = sum(self.ranks[k] * modes[k] * self.ranks[(k + 1) % d] for k in range(d))
+        return n + (self.out_features if self.bias is not None else 0)
+
+    @property
+    def dense_params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias is not None else 0)
+
+    # ---- dense views -----------------------------------------------------------------------
+    def ring(self) -> TensorRing:
+        """The weight as a TensorRing of shape ``(*out_modes, *in_modes)`` (shares storage)."""
+        return TensorRing(list(self.cores), validate=False)
+
+    def _dense(self) -> torch.Tensor:
+        return _exec.run(self._eq_dense, *self.cores).reshape(self.out_features, self.in_features)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The reconstructed dense weight ``(out_features, in_features)`` (differentiable)."""
+        return self._cached(self._dense)
+
+    # ---- path choice ----------------------------------------------------------------------------
+    def _costs(self, tokens: int, cached: bool) -> tuple[float, float]:
+        shapes = tuple(tuple(c.shape) for c in self.cores)
+        c_contract = path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shapes)).cost
+        c_dense = gemm_cost(tokens, self.in_features, self.out_features).cost
+        if not cached:
+            c_dense += path_cost(self._eq_dense, shapes).cost
+        return c_contract, c_dense
+
+    @torch.compiler.disable
+    def choose_path(self, tokens: int) -> str:
+        """``"contract"`` or ``"dense"`` for ``tokens`` input rows (cached per size and cache state)."""
+        if self.path != "auto":
+            return self.path
+        cached = self.has_valid_cache()
+        key = (tokens, cached)
+        choice = self._choices.get(key)
+        if choice is None:
+            c_contract, c_dense = self._costs(tokens, cached)
+            choice = "dense" if c_dense <= c_contract else "contract"
+            self._choices[key] = choice
+        return choice
+
+    def explain(self, batch_shape: int | Sequence[int], file=None) -> dict:
+        """Print and return both path costs for an input of leading shape ``batch_shape``."""
+        tokens = math.prod((batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape))
+        shapes = tuple(tuple(c.shape) for c in self.cores)
+        c_contract, c_dense = self._costs(tokens, self.has_valid_cache())
+        fwd = path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shapes))
+        recon = path_cost(self._eq_dense, shapes)
+        report = {
+            "tokens": tokens, "choice": self.choose_path(tokens),
+            "contract_cost": c_contract, "dense_cost": c_dense,
+            "contract_flops": fwd.flops, "dense_flops": recon.flops + 2 * tokens * self.in_features * self.out_features,
+            "contract_steps": fwd.steps, "equation": self._eq_fwd,
+            "path": [tuple(p) for p in _contract.contract_path(self._eq_fwd, (tokens, *self.in_modes), *shapes)[0]],
+        }
+        print(f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
+              f"ranks {self.ranks}, {tokens} tokens\n"
+              f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, path {report['path']})\n"
+              f"  densify+matmul: cost {c_dense:.4g} ({report['dense_flops']:.4g} FLOPs)\n"
+              f"  choice: {report['choice']}" + ("" if self.path == "auto" else f" (forced by path={self.path!r})"),
+              file=file or sys.stdout)
+        return report
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has last dimension {x.shape[-1]}, expected in_features={self.in_features}")
+        lead = x.shape[:-1]
+        tokens = math.prod(lead)
+        if tokens == 0 or self.choose_path(tokens) == "dense":
+            return F.linear(x, self.weight, self.bias)
+        y = _exec.run(self._eq_fwd, x.reshape(tokens, *self.in_modes), *self.cores)
+        y = y.reshape(*lead, self.out_features)
+        # in place: the einsum result is a fresh tensor, and add's backward needs neither operand
+        return y.add_(self.bias) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, in_modes={self.in_modes}, "
+                f"out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}, "
+                f"n_params={self.n_params}")
+
+    # ---- initialisation from existing weights ------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear, bias=None, tol: float | None = None, max_params: int | None = None,
+                    ranks=None, in_modes=None, out_modes=None, path: str = "auto") -> "TRLinear":
+        """Closest TRLinear to an ``nn.Linear`` (or a weight ``(out, in)`` plus optional ``bias``).
+
+        Exactly one of ``tol`` (relative Frobenius error of the weight), ``max_params`` (total
+        parameters of the new layer, bias included) or ``ranks`` (fixed TR-SVD ranks) may be
+        given; with none, the ring is exact (full TR-SVD). The achieved relative error and
+        ranks are in ``layer.fit_info`` (``layer.fit_info["rel_error"]``).
+        """
+        from trkit.nn.fit import fit_ring
+
+        if isinstance(linear, nn.Linear):
+            weight, bias = linear.weight.detach(), (linear.bias.detach() if linear.bias is not None else None)
+        elif isinstance(linear, torch.Tensor):
+            weight = linear.detach()
+        else:
+            raise TypeError(f"from_linear expects an nn.Linear or a weight tensor, got {type(linear).__name__}")
+        if weight.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+        out_f, in_f = (int(s) for s in weight.shape)
+        if bias is not None and tuple(bias.shape) != (out_f,):
+            raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
+        i_modes = resolve_modes(in_f, in_modes, "in_modes")
+        o_modes = resolve_modes(out_f, out_modes, "out_modes")
+        extra = out_f if bias is not None else 0
+        ring, info = fit_ring(weight.reshape(*o_modes, *i_modes), tol=tol, max_params=max_params,
+                              ranks=ranks, extra_params=extra)
+        layer = cls(in_f, out_f, ring.ranks, in_modes=i_modes, out_modes=o_modes, bias=bias is not None,
+                    path=path, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            for p, c in zip(layer.cores, ring.cores):
+                p.copy_(c)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        info["n_params"] = layer.n_params
+        info["compression"] = layer.dense_params / layer.n_params
+        layer.fit_info = info
+        return layer
