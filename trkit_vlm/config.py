@@ -61,6 +61,7 @@ class RunConfig:
     """Everything that defines a run; the output folder is ``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
     model: str = "ViT-B-16"
     pretrained: str | None = None     # local checkpoint file; None = random weights (warned)
+    model_config: dict[str, Any] | None = None  # open_clip config registered under `model` (custom models)
     method: str = "adaring"           # "mma" or "adaring"
     adapter: dict[str, Any] = field(default_factory=dict)  # fields of MMAConfig / AdaRingConfig
     data: DataConfig = field(default_factory=DataConfig)

@@ -92,6 +92,9 @@ def build_model(cfg: RunConfig, bundle, device: torch.device):
     from trkit_vlm.models import load_clip
 
     if bundle is None:
+        if cfg.model_config is not None:
+            from trkit_vlm.models import register_model_config
+            register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
     elif get_adapters(bundle.model) is not None:
         raise ValueError("the model passed in already has adapters; pass a bundle without them")

@@ -1,0 +1,93 @@
+"""``trkit-vlm eval``: evaluate a trained run (base / novel / HM / all), on its dataset or another one."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """examples:
+  # base / novel / HM / all-class accuracy of a finished run
+  trkit-vlm eval output/caltech101/adaring/shots_16/seed1
+
+  # cross-dataset: the same adapters on another dataset (all its classes)
+  trkit-vlm eval output/imagenet/adaring/shots_16/seed1 --dataset oxford_pets --root data
+
+  # zero-shot CLIP (no adapters) as a reference
+  trkit-vlm eval --zero-shot --model ViT-B-16 --pretrained ViT-B-16.pt --dataset dtd --root data
+"""
+
+
+def evaluate_run(run_dir: str | None, dataset: str | None = None, root: str | None = None,
+                 split: str = "test", zero_shot: bool = False, model: str | None = None,
+                 pretrained: str | None = None, batch_size: int | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Accuracy of a run's adapters (or zero-shot CLIP) on its own or another dataset."""
+    from trkit_vlm.config import RunConfig, config_from_dict
+    from trkit_vlm.data import load_dataset
+    from trkit_vlm.distributed import resolve_device
+    from trkit_vlm.evaluate import evaluate_base_novel
+    from trkit_vlm.models import load_clip
+
+    if run_dir is not None:
+        cfg_path = Path(run_dir) / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
+        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    elif zero_shot:
+        cfg = RunConfig()
+    else:
+        raise ValueError("give a run folder, or --zero-shot with --model/--dataset")
+    name = model or cfg.model
+    weights = pretrained if pretrained is not None else cfg.pretrained
+    dev = resolve_device(device)
+    bundle = load_clip(name, weights, device=str(dev))
+    if not zero_shot:
+        from trkit_vlm.adapters import load_adapters
+        path = Path(run_dir) / "adapters.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the run has not finished")
+        load_adapters(bundle.model, path)
+    ds = dataset or cfg.data.dataset
+    data = load_dataset(ds, root if root is not None else cfg.data.root,
+                        split_file=None if dataset else cfg.data.split_file,
+                        image_dir=None if dataset else cfg.data.image_dir)
+    acc = evaluate_base_novel(bundle.model, bundle.tokenizer, data, cfg.data.template,
+                              batch_size=batch_size or cfg.optim.eval_batch_size, split=split)
+    result = {"dataset": data.name, "split": split, "trained_on": None if zero_shot else cfg.dataset_key(),
+              "method": "zero-shot" if zero_shot else cfg.method, "model": name, "pretrained": weights, **acc}
+    if run_dir is not None:
+        from trkit_vlm.checkpoint import atomic_write_text
+        atomic_write_text(Path(run_dir) / f"eval_{data.name}_{split}{'_zeroshot' if zero_shot else ''}.json",
+                          json.dumps(result, indent=2))
+    return result
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate a trained run (base / novel / HM / all, cross-dataset)",
+                              description="Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
+                                          "and all-class accuracy; --dataset for cross-dataset transfer.",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", help="run folder (holding config.json and adapters.safetensors)")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
+    p.add_argument("--root", help="data root for --dataset")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
+    p.add_argument("--zero-shot", action="store_true", help="no adapters: plain CLIP")
+    p.add_argument("--model", help="open_clip model name (default: the run's)")
+    p.add_argument("--pretrained", help="checkpoint file (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        res = evaluate_run(args.run_dir, args.dataset, args.root, args.split, args.zero_shot, args.model,
+                           args.pretrained, args.batch_size, args.device)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"trkit-vlm eval: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2))
+    return 0
