@@ -1,0 +1,136 @@
+"""End-to-end training on a tiny model and a tiny on-disk CoOp dataset: MMA and AdaRing, resume,
+checkpoint safety, gradient accumulation, in-memory data with a passed-in bundle, the CLI's errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
+from trkit_vlm.data import ClassificationData
+from trkit_vlm.train import train
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    register_tiny()
+    return make_coop_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("method", ["mma", "adaring"])
+def test_train_one_epoch_end_to_end(tmp_path, data_root, method):
+    cfg = tiny_config(tmp_path, data_root, method=method, **{"loss.lambda_text": 1.0, "loss.lambda_image": 1.0})
+    m = train(cfg, progress=False)
+    run = cfg.run_dir()
+    assert run == tmp_path / "out" / data_root.name / method / "shots_2" / "seed1"
+    for f in ("config.json", "log.jsonl", "checkpoint.pt", "adapters.safetensors", "metrics.json"):
+        assert (run / f).is_file(), f
+    assert json.loads((run / "metrics.json").read_text())["hm"] == pytest.approx(m["hm"])
+    assert m["hm"] == pytest.approx(2 * m["base"] * m["novel"] / (m["base"] + m["novel"]))
+    assert m["n_base"] == 6 and m["n_novel"] == 6 and 0 <= m["all"] <= 100
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["type"] == "epoch" and log[-1]["epoch"] == 1 and np.isfinite(log[-1]["loss"])
+    # Training moved the adapters away from their initialisation (seeded, so rebuildable here).
+    from trkit_vlm.adapters import adapter_config_from_dict, add_adapters, get_adapters
+    from trkit_vlm.models import load_clip
+    fresh = load_clip(cfg.model)
+    torch.manual_seed(cfg.seed)
+    add_adapters(fresh.model, adapter_config_from_dict({"method": method, **cfg.adapter}))
+    init = get_adapters(fresh.model).state_dict()
+    trained = load_file(run / "adapters.safetensors")
+    assert set(init) == set(trained)
+    assert max((init[k] - trained[k]).abs().max().item() for k in init) > 1e-4
+    assert (tmp_path / "out" / data_root.name / "fewshot" / "shots_2-seed_1.json").is_file()
+
+
+def test_resume_gives_the_same_result(tmp_path, data_root):
+    over = {"optim.epochs": 3, "data.augment": True, "loss.lambda_text": 1.0}
+    full = train(tiny_config(tmp_path / "a", data_root, **over), progress=False)
+    cfg = tiny_config(tmp_path / "b", data_root, **over)
+    stopped = train(cfg, progress=False, stop_after_epoch=1)
+    assert stopped["stopped_after_epoch"] == 1 and not (cfg.run_dir() / "metrics.json").exists()
+    resumed = train(cfg, progress=False, resume=True)
+    for k in ("base", "novel", "hm", "all", "final_train_loss"):
+        assert resumed[k] == full[k], k
+    a = load_file(tmp_path / "a" / "out" / data_root.name / "mma" / "shots_2" / "seed1" / "adapters.safetensors")
+    b = load_file(cfg.run_dir() / "adapters.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    epochs = [r["epoch"] for r in map(json.loads, (cfg.run_dir() / "log.jsonl").read_text().splitlines())
+              if r["type"] == "epoch"]
+    assert epochs == [1, 2, 3]
+
+
+def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, **{"optim.epochs": 2})
+    train(cfg, progress=False, stop_after_epoch=1)
+    ckpt = cfg.run_dir() / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    other = tiny_config(tmp_path, data_root, **{"optim.epochs": 2, "optim.lr": 0.5})
+    with pytest.raises(ValueError, match=r"different run \(differs in: optim.lr\)"):
+        train(other, progress=False, resume=True)
+    ckpt.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        train(cfg, progress=False, resume=True)
+    assert ckpt.read_bytes() == good[: len(good) // 2]  # left for inspection, not overwritten
+
+
+def test_gradient_accumulation_matches_a_big_batch(tmp_path, data_root):
+    big = train(tiny_config(tmp_path / "a", data_root, **{"optim.batch_size": 4}), progress=False)
+    acc = train(tiny_config(tmp_path / "b", data_root, **{"optim.batch_size": 2, "optim.grad_accum": 2}),
+                progress=False)
+    a = load_file(Path(big["run_dir"]) / "adapters.safetensors")
+    b = load_file(Path(acc["run_dir"]) / "adapters.safetensors")
+    assert big["run_dir"] != acc["run_dir"]
+    # Same images per optimiser step (the sampler order depends only on seed and epoch) -> same weights.
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_in_memory_data_and_reusable_bundle(tmp_path):
+    from trkit_vlm.adapters import get_adapters
+    from trkit_vlm.models import load_clip
+
+    rng = np.random.default_rng(0)
+    def recs(n):
+        return [(rng.integers(0, 256, (32, 32), dtype=np.uint8), c) for c in range(4) for _ in range(n)]
+    data = ClassificationData("mem", list(CLASSES), train=recs(3), val=[], test=recs(2))
+    bundle = load_clip(register_tiny())
+    cfg = tiny_config(tmp_path, tmp_path, **{"data.dataset": "fashion_mnist"})
+    for method in ("mma", "adaring"):
+        cfg.method = method
+        cfg.adapter = {}
+        m = train(cfg, bundle=bundle, data=data, progress=False)
+        assert m["prefix_cache"]["image"] and m["n_base"] == 4
+        assert get_adapters(bundle.model) is None  # removed again: the bundle is reusable
+
+
+def test_cli_train_and_errors(tmp_path, data_root, capsys):
+    from trkit_vlm.cli import main
+
+    cfg = tiny_config(tmp_path, data_root)
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "torchrun --nproc_per_node" in capsys.readouterr().out
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--method", "lora"]) == 2
+    assert "unknown method 'lora'" in capsys.readouterr().err
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--shots", "9", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shots=9 is larger than the 4 train images" in err
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--set", "data.classnames=[a, b, c, d]"]) == 2
+    assert "class-name mismatch" in capsys.readouterr().err
+    (data_root / "images" / "red_thing" / "test_1.png").rename(tmp_path / "moved.png")
+    try:
+        assert main(["train", "-c", str(tmp_path / "c.json"), "--no-progress"]) == 2
+        assert "missing image file:" in capsys.readouterr().err
+    finally:
+        (tmp_path / "moved.png").rename(data_root / "images" / "red_thing" / "test_1.png")
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--no-progress", "--seed", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 2
