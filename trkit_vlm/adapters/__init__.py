@@ -7,13 +7,14 @@ from trkit_vlm.adapters.base import (
     AdapterConfig, adapter_parameters, adapter_regularization, adapter_state_dict, adapters_disabled,
     add_adapters, count_trainable, get_adapters, grad_scale, remove_adapters, trainable_summary,
 )
+from trkit_vlm.adapters.io import import_mma_checkpoint, load_adapters, save_adapters
 from trkit_vlm.adapters.mma.config import MMAConfig, mma_param_count
 
 __all__ = [
     "AdapterConfig", "MMAConfig", "AdaRingConfig", "adapter_config_from_dict", "add_adapters", "remove_adapters",
     "adapters_disabled", "adapter_parameters", "adapter_state_dict", "adapter_regularization",
     "count_trainable", "trainable_summary", "get_adapters", "grad_scale", "mma_param_count",
-    "adaring_param_count",
+    "adaring_param_count", "save_adapters", "load_adapters", "import_mma_checkpoint",
 ]
 
 _CONFIGS = {"mma": MMAConfig, "adaring": AdaRingConfig}

@@ -23,6 +23,12 @@ def _three(r: Any, where: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in r)
 
 
+def _jsonable(r: Any) -> Any:
+    if isinstance(r, dict):
+        return {k: _jsonable(v) for k, v in r.items()}
+    return list(r) if isinstance(r, tuple) else r
+
+
 @dataclass
 class AdaRingConfig(AdapterConfig):
     """AdaRing: each of MMA's five projections, stacked over the adapted layers, is a ``CrossLayerTR``
@@ -56,7 +62,8 @@ class AdaRingConfig(AdapterConfig):
         super().__post_init__()
         if isinstance(self.ranks, (int, dict)):
             self.ranks = [self.ranks]
-        self.ranks = list(self.ranks)
+        # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
+        self.ranks = [_jsonable(r) for r in self.ranks]
         if not self.ranks:
             raise ValueError("ranks must list at least one branch")
         for b in range(len(self.ranks)):
