@@ -165,6 +165,9 @@ def test_large_ring_norm_inner_closed_form():
     assert torch.allclose(trkit.inner(known, rand), r * trkit.contract_vectors(rand, cs), rtol=1e-8)
     # float32: renormalised sweep stays finite although <rand, rand> ~ 1e12
     assert torch.allclose(rand.to(torch.float32).norm().double(), nrm, rtol=1e-4)
+    # ||1e14 * rand||^2 ~ 1e40 overflows float32, its norm (~1e20) must not
+    huge = trkit.scale(rand, 1e14).to(torch.float32).norm()
+    assert torch.isfinite(huge) and torch.allclose(huge.double(), 1e14 * nrm, rtol=1e-4)
 
 
 def test_algebra_errors():
