@@ -23,6 +23,7 @@ _plans: "OrderedDict[tuple, list]" = OrderedDict()
 _MAX_PLANS = 512
 
 
+@torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
 def _plan(equation: str, shapes: tuple) -> list[tuple[int, int, str]]:
     path, _ = _contract.contract_path(equation, *shapes)
     ins, out = equation.split("->")
