@@ -42,6 +42,12 @@ def evaluate_run(run_dir: str | None, dataset: str | None = None, root: str | No
     name = model or cfg.model
     weights = pretrained if pretrained is not None else cfg.pretrained
     dev = resolve_device(device)
+    if cfg.model_config is not None:
+        from trkit_vlm.models import register_model_config
+        register_model_config(cfg.model, cfg.model_config)
+    # train() seeds before building the model, so a random-weight backbone is rebuilt identically here.
+    from trkit_vlm.train import seed_everything
+    seed_everything(cfg.seed)
     bundle = load_clip(name, weights, device=str(dev))
     if not zero_shot:
         from trkit_vlm.adapters import load_adapters

@@ -1,0 +1,103 @@
+"""The frozen-prefix cache: split forwards equal open_clip's own, in values and gradients; a cached
+training run equals an uncached one; the disk store is keyed by weights and images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _train_helpers import make_coop_dataset, register_tiny, tiny_config
+from trkit_vlm import prefix_cache as pc
+from trkit_vlm.adapters import AdaRingConfig, MMAConfig, add_adapters, adapter_parameters, get_adapters
+from trkit_vlm.models import load_clip
+from trkit_vlm.train import train
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
+
+
+def _adapted(config):
+    torch.manual_seed(0)
+    bundle = load_clip(register_tiny())
+    model = add_adapters(bundle.model, config)
+    with torch.no_grad():  # non-zero everywhere so the adapters change the output
+        for p in adapter_parameters(model):
+            p.add_(0.05 * torch.randn_like(p))
+    return bundle, model
+
+
+@pytest.mark.parametrize("config", [MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
+                                    AdaRingConfig(image_layers=(3, 3), text_layers=(3, 3), scale=0.5)])
+def test_split_forward_equals_open_clip(config):
+    bundle, model = _adapted(config)
+    x = torch.randn(3, 3, 32, 32)
+    n = pc.first_adapted_layer(model, "image") - 1
+    assert n == get_adapters(model).image_layers[0] - 1 >= 1
+    ref = model.encode_image(x, normalize=True)
+    got = pc.image_suffix(model, pc.image_prefix(model, x, n), n)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    g_ref = torch.autograd.grad(ref.sum(), adapter_parameters(model), allow_unused=True)
+    with torch.no_grad():
+        tokens = pc.image_prefix(model, x, n)
+    g_got = torch.autograd.grad(pc.image_suffix(model, tokens, n).sum(), adapter_parameters(model), allow_unused=True)
+    for a, b in zip(g_ref, g_got):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    ids = bundle.tokenizer(["a photo of a red thing.", "a photo of a cat."])
+    nt = pc.first_adapted_layer(model, "text") - 1
+    torch.testing.assert_close(pc.text_suffix(model, pc.text_prefix(model, ids, nt), ids, nt),
+                               model.encode_text(ids, normalize=True), rtol=0, atol=1e-6)
+
+
+def test_no_adapters_means_whole_tower_is_prefix():
+    bundle = load_clip(register_tiny())
+    assert pc.first_adapted_layer(bundle.model, "image") == 4
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(pc.image_suffix(bundle.model, pc.image_prefix(bundle.model, x, 3), 3),
+                               bundle.model.encode_image(x, normalize=True), rtol=0, atol=1e-6)
+
+
+def test_cached_training_equals_uncached(tmp_path):
+    root = make_coop_dataset(tmp_path / "d")
+    over = {"optim.epochs": 2, "loss.lambda_image": 1.0, "loss.lambda_text": 1.0}
+    on = train(tiny_config(tmp_path / "on", root, prefix_cache="memory", **over), progress=False)
+    off = train(tiny_config(tmp_path / "off", root, prefix_cache="off", **over), progress=False)
+    assert on["prefix_cache"]["image"] and on["prefix_cache"]["text"] and not off["prefix_cache"]["image"]
+    a = load_file(Path(on["run_dir"]) / "adapters.safetensors")
+    b = load_file(Path(off["run_dir"]) / "adapters.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert on["all"] == off["all"] and on["final_train_loss"] == pytest.approx(off["final_train_loss"], rel=1e-5)
+
+
+def test_prefix_cache_needs_fixed_views(tmp_path):
+    root = make_coop_dataset(tmp_path / "d", n_train=2, n_val=1, n_test=1)
+    with pytest.raises(ValueError, match="fixed image views"):
+        train(tiny_config(tmp_path, root, prefix_cache="memory", **{"data.augment": True}), progress=False)
+    m = train(tiny_config(tmp_path, root, prefix_cache="auto", **{"data.augment": True, "data.cached_views": 2}),
+              progress=False)
+    assert m["prefix_cache"]["image"]
+
+
+def test_disk_store_keyed_by_weights(tmp_path):
+    root = make_coop_dataset(tmp_path / "d", n_train=2, n_val=1, n_test=1)
+    from trkit_vlm.data import load_dataset
+    from trkit_vlm.data.transforms import build_transforms, load_image
+
+    recs = load_dataset("coop", root).train
+    _, model = _adapted(MMAConfig(hidden=8))
+    tf = build_transforms(model, augment=False)[1]
+    view = lambda i, v: tf(load_image(recs[i][0]))  # noqa: E731
+    a = pc.build_image_cache(model, recs, view, 1, 1, frozen_features=True, disk_dir=str(tmp_path / "c"))
+    files = list((tmp_path / "c").glob("prefix_*.pt"))
+    assert len(files) == 1 and a["tokens"].shape == (8, 1, 17, 64) and a["frozen"].shape == (8, 1, 32)
+    b = pc.build_image_cache(model, recs, lambda i, v: 1 / 0, 1, 1, frozen_features=True,  # from disk
+                             disk_dir=str(tmp_path / "c"))
+    torch.testing.assert_close(a["tokens"], b["tokens"], rtol=0, atol=0)
+    with torch.no_grad():
+        model.visual.conv1.weight.mul_(1.01)
+    pc.build_image_cache(model, recs, view, 1, 1, frozen_features=True, disk_dir=str(tmp_path / "c"))
+    assert len(list((tmp_path / "c").glob("prefix_*.pt"))) == 2
