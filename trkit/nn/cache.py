@@ -15,7 +15,7 @@ it once. The cache is dropped when
 * the context exits (the usual scope: one forward pass),
 * any parameter of the module changes in place (``_version`` moves, e.g. ``optimizer.step()``),
 * autograd has back-propagated through the cached tensor (its graph may be freed), or
-* grad mode, dtype or device differ from when it was built.
+* grad mode differs from when it was built.
 
 So a backward + step inside the context is safe (the next call rebuilds), and nothing stale is ever
 used. Outside the context nothing is cached: every call is independent, as for any torch module.
@@ -39,23 +39,28 @@ class DenseCacheMixin:
     def _init_cache(self) -> None:
         # Plain attributes, never buffers: the cache must not enter state_dict or DDP broadcasts.
         self._cache_depth = 0
-        self._cache_key = None
         self._cache_value = None
         self._cache_stale = False
+        self._cache_plist: list = []
+        self._cache_versions: tuple = ()
+        self._cache_grad = False
 
     @property
     def caching(self) -> bool:
         """True inside a :func:`dense_weights_cache` context covering this module."""
         return self._cache_depth > 0
 
-    def _cache_state_key(self) -> tuple:
-        params = tuple(self.parameters())  # type: ignore[attr-defined]
-        return (tuple(p._version for p in params), tuple(id(p) for p in params),
-                torch.is_grad_enabled(), params[0].dtype, params[0].device)
+    def _cache_params(self) -> list:
+        return list(self.parameters())  # type: ignore[attr-defined]
 
     def has_valid_cache(self) -> bool:
-        return (self._cache_depth > 0 and self._cache_value is not None and not self._cache_stale
-                and self._cache_key == self._cache_state_key())
+        """A cached dense weight exists and nothing it depends on has changed since."""
+        if self._cache_depth == 0 or self._cache_value is None or self._cache_stale:
+            return False
+        if self._cache_grad != torch.is_grad_enabled():
+            return False
+        # in-place updates (optimizer.step, load_state_dict, .to() on .data) bump _version
+        return all(p._version == v for p, v in zip(self._cache_plist, self._cache_versions))
 
     def _cached(self, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``build()`` once per context (and per parameter state); plain ``build()`` outside."""
@@ -64,7 +69,9 @@ class DenseCacheMixin:
         if self.has_valid_cache():
             return self._cache_value
         value = build()
-        self._cache_key = self._cache_state_key()
+        self._cache_plist = self._cache_params()
+        self._cache_versions = tuple(p._version for p in self._cache_plist)
+        self._cache_grad = torch.is_grad_enabled()
         self._cache_value = value
         self._cache_stale = False
         if value.requires_grad:
@@ -76,8 +83,8 @@ class DenseCacheMixin:
         self._cache_stale = True
 
     def _clear_cache(self) -> None:
-        self._cache_key = None
         self._cache_value = None
+        self._cache_plist = []
         self._cache_stale = False
 
 

@@ -77,6 +77,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_out, **kw)) if bias else None
         self._build_equations()
         self._init_cache()
+        self._views, self._views_src = [], None
         self._choices: dict = {}
         self.fit_info: dict | None = None
         self.reset_parameters()
@@ -148,6 +149,21 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """All layers at once, shape ``(n_layers, d_in, d_out)`` (cached inside a cache context)."""
         return self._cached(self._weights_all)
 
+    def _layer_views(self) -> list:
+        """Per-layer ``(W_l^T, b_l)`` views of the cached weights, made with one ``unbind`` each:
+        its backward stacks the layer gradients once instead of scattering each into a zero
+        ``(L, d_in, d_out)`` tensor as ``weights()[l]`` would."""
+        w = self.weights()
+        if self._views_src is not w:
+            wts = w.transpose(1, 2).unbind(0)
+            bs = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_layers
+            self._views, self._views_src = list(zip(wts, bs)), w
+        return self._views
+
+    def _clear_cache(self) -> None:
+        super()._clear_cache()
+        self._views, self._views_src = [], None
+
     def _weights_all(self) -> torch.Tensor:
         return _exec.run(self._eq_all, *self.cores).reshape(self.n_layers, self.d_in, self.d_out)
 
@@ -173,19 +189,22 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             c_dense += path_cost(self._eq_one, (*shared, slice_shape)).cost
         return c_contract, c_dense
 
-    @torch.compiler.disable
     def choose_path(self, tokens: int, all_layers: bool = False) -> str:
         """``"contract"`` or ``"dense"`` for ``tokens`` rows (cached per size and cache state)."""
         if self.path != "auto":
             return self.path
-        cached, caching = self.has_valid_cache(), self.caching
-        key = (tokens, cached, caching, all_layers)
-        choice = self._choices.get(key)
-        if choice is None:
-            c_contract, c_dense = self._costs(tokens, cached, all_layers)
-            choice = "dense" if c_dense <= c_contract else "contract"
-            self._choices[key] = choice
+        key = (tokens, self.has_valid_cache(), all_layers, self._cache_depth > 0)
+        choice = self._choices.get(key)  # hot path: a dict hit, no planning
+        return choice if choice is not None else self._decide(key)
+
+    @torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
+    def _decide(self, key: tuple) -> str:
+        c_contract, c_dense = self._costs(*key[:3])
+        choice = self._choices[key] = "dense" if c_dense <= c_contract else "contract"
         return choice
+
+    def _cache_params(self) -> list:
+        return [p for p in (*self.cores, self.bias) if p is not None]
 
     def explain(self, batch_shape: int | Sequence[int], all_layers: bool = False, file=None) -> dict:
         """Print and return both path costs and the choice for ``forward`` (or ``forward_all``)."""
@@ -214,8 +233,10 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         tokens = math.prod(lead)
         b = self.bias[layer] if self.bias is not None else None
         if tokens == 0 or self.choose_path(tokens) == "dense":
-            w = self.weights()[layer] if self.caching else self._weight_one(layer)
-            return F.linear(x, w.t(), b)
+            if self._cache_depth > 0:
+                w_t, b = self._layer_views()[layer]
+                return F.linear(x, w_t, b)
+            return F.linear(x, self._weight_one(layer).t(), b)
         *shared, g_layer = self.cores
         y = _exec.run(self._eq_fwd, x.reshape(tokens, *self.in_modes), *shared, g_layer[:, layer, :])
         y = y.reshape(*lead, self.d_out)

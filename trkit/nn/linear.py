@@ -131,19 +131,22 @@ class TRLinear(DenseCacheMixin, nn.Module):
             c_dense += path_cost(self._eq_dense, shapes).cost
         return c_contract, c_dense
 
-    @torch.compiler.disable
     def choose_path(self, tokens: int) -> str:
         """``"contract"`` or ``"dense"`` for ``tokens`` input rows (cached per size and cache state)."""
         if self.path != "auto":
             return self.path
-        cached = self.has_valid_cache()
-        key = (tokens, cached)
-        choice = self._choices.get(key)
-        if choice is None:
-            c_contract, c_dense = self._costs(tokens, cached)
-            choice = "dense" if c_dense <= c_contract else "contract"
-            self._choices[key] = choice
+        key = (tokens, self.has_valid_cache())
+        choice = self._choices.get(key)  # hot path: a dict hit, no planning
+        return choice if choice is not None else self._decide(key)
+
+    @torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
+    def _decide(self, key: tuple) -> str:
+        c_contract, c_dense = self._costs(*key)
+        choice = self._choices[key] = "dense" if c_dense <= c_contract else "contract"
         return choice
+
+    def _cache_params(self) -> list:
+        return [p for p in (*self.cores, self.bias) if p is not None]
 
     def explain(self, batch_shape: int | Sequence[int], file=None) -> dict:
         """Print and return both path costs for an input of leading shape ``batch_shape``."""
