@@ -1,0 +1,210 @@
+"""Adapter parameter counts (ViT-B-16) and the cost of MMA / AdaRing adapters next to the frozen model.
+
+Parameter table: zero-shot, CoOp (16 ctx), CLIP-Adapter, LoRA (r=4 on q, v), CLIP-LoRA (r=2 on q, k, v),
+MMA, AdaRing default and variants — prompt/LoRA/CLIP-Adapter from closed forms on the ViT-B-16 shapes,
+MMA and AdaRing counted on the built modules. Then, on a ViT-B-16 with RANDOM weights (shapes are what
+matter for cost), CPU, one thread, batch 8 images + 10 class prompts:
+  - inference: image tower only (text features cached), no grad;
+  - train step: text tower on the prompts + image tower + CE + backward into the adapters.
+Frozen, MMA, AdaRing (and AdaRing inside ``trkit.nn.dense_weights_cache``) side by side in one run.
+
+    python benchmarks/adapters.py [--quick]   # writes benchmarks/results/adapters.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import trkit_vlm as tv  # noqa: E402
+from trkit.nn import dense_weights_cache  # noqa: E402
+from trkit_vlm.adapters import (AdaRingConfig, MMAConfig, adaring_param_count, count_trainable,  # noqa: E402
+                                get_adapters, mma_param_count)
+from trkit_vlm.models import tower_info_from_config  # noqa: E402
+
+torch.set_num_threads(1)
+RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
+MMA_PAPER = 674_560
+
+VARIANTS = {
+    "AdaRing default (ranks 2+4, bias hidden)": AdaRingConfig(),
+    "AdaRing ranks 4 (one branch)": AdaRingConfig(ranks=[4]),
+    "AdaRing ranks 2+4, bias all": AdaRingConfig(ranks=[2, 4], bias="all"),
+    "AdaRing ranks 1+2+4": AdaRingConfig(ranks=[1, 2, 4]),
+    "AdaRing ranks 2+4, hidden 64": AdaRingConfig(ranks=[2, 4], hidden=64),
+    "AdaRing ranks 4+8": AdaRingConfig(ranks=[4, 8]),
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def param_table(info) -> list[dict]:
+    t, v = info["text"], info["image"]
+    embed = 512
+    rows = [
+        ("CLIP zero-shot", 0, "nothing trained"),
+        ("CoOp (16 ctx)", 16 * t["width"], "16 x text width"),
+        ("CLIP-Adapter (visual, reduction 4)", 2 * embed * (embed // 4), "Linear(512,128)+Linear(128,512), no bias"),
+        ("LoRA r=4 on q,v (both towers)",
+         sum(x["depth"] * 2 * 4 * (2 * x["width"]) for x in (t, v)), "depth x 2 proj x r(d_in+d_out)"),
+        ("CLIP-LoRA r=2 on q,k,v (both towers)",
+         sum(x["depth"] * 3 * 2 * (2 * x["width"]) for x in (t, v)), "depth x 3 proj x r(d_in+d_out)"),
+    ]
+    out = [{"method": m, "trainable": n, "pct_of_mma": 100 * n / MMA_PAPER, "source": s} for m, n, s in rows]
+    mma = MMAConfig().build(info)
+    n_mma = sum(p.numel() for p in mma.parameters())
+    assert n_mma == mma_param_count(t["width"], v["width"], 32, 8)
+    out.append({"method": "MMA (layers 5-12, hidden 32)", "trainable": n_mma, "pct_of_mma": 100 * n_mma / MMA_PAPER,
+                "source": "built module"})
+    for name, cfg in VARIANTS.items():
+        n = sum(p.numel() for p in cfg.build(info).parameters())
+        assert n == adaring_param_count(cfg, info)
+        out.append({"method": name, "trainable": n, "pct_of_mma": 100 * n / MMA_PAPER, "source": "built module"})
+    return out
+
+
+def timeit(fn, reps: int) -> tuple[float, float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), (max(times) - min(times))
+
+
+def peak_mb(fn) -> float:
+    """Peak of the running sum of CPU allocations during ``fn`` (torch profiler memory events)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = best = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        best = max(best, cur)
+    return best / 2**20
+
+
+def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        bundle = tv.load_clip(name)
+    model = bundle.model
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    img = torch.randn(batch, 3, size, size)
+    tok = bundle.tokenizer([f"a photo of a class{i}." for i in range(n_cls)])
+    labels = torch.arange(batch) % n_cls
+    rows = []
+
+    def infer():
+        with torch.no_grad():
+            model.encode_image(img, normalize=True)
+
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        f = model.encode_image(img, normalize=True)
+        t = model.encode_text(tok, normalize=True)
+        F.cross_entropy(model.logit_scale.exp() * f @ t.T, labels).backward()
+
+    def cached(fn):
+        def run():
+            with dense_weights_cache(get_adapters(model)):
+                fn()
+        return run
+
+    setups = [("frozen", None, False), ("MMA", MMAConfig(), False), ("AdaRing default", AdaRingConfig(), False),
+              ("AdaRing default + dense_weights_cache", AdaRingConfig(), True)]
+    for label, cfg, use_cache in setups:
+        if cfg is not None:
+            tv.add_adapters(model, cfg)
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        inf_fn, step_fn = (cached(infer), cached(step)) if use_cache else (infer, step)
+        row = {"setup": label, "trainable": count_trainable(model)}
+        row["infer_ms"], row["infer_spread_ms"] = (1e3 * x for x in timeit(inf_fn, reps))
+        row["infer_peak_mb"] = peak_mb(inf_fn)
+        if cfg is not None:
+            row["step_ms"], row["step_spread_ms"] = (1e3 * x for x in timeit(step_fn, reps))
+            row["step_peak_mb"] = peak_mb(step_fn)
+        rows.append(row)
+        print(f"{label:<40} infer {row['infer_ms']:9.1f} ms (±{row['infer_spread_ms']:.1f})  "
+              + (f"train step {row['step_ms']:9.1f} ms (±{row['step_spread_ms']:.1f})  " if cfg else "")
+              + f"peak {row.get('step_peak_mb', row['infer_peak_mb']):8.1f} MB", flush=True)
+        if cfg is not None:
+            tv.remove_adapters(model)
+    frozen = rows[0]["infer_ms"]
+    mma = rows[1]["step_ms"]
+    for r in rows:
+        r["infer_vs_frozen"] = r["infer_ms"] / frozen
+        if "step_ms" in r:
+            r["step_vs_mma"] = r["step_ms"] / mma
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="ViT-B-32, batch 2, 3 repeats")
+    args = ap.parse_args(argv)
+    name, batch, reps = ("ViT-B-32", 2, 3) if args.quick else ("ViT-B-16", 8, 5)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "cpu": cpu_model(), "model": name,
+           "weights": "random (shapes only)", "batch": batch, "classes": 10, "repeats": reps}
+    print("settings:", env)
+    params = param_table(tower_info_from_config("ViT-B-16"))
+    print(f"\n{'method':<44}{'trainable':>12}{'% of MMA':>10}")
+    for r in params:
+        print(f"{r['method']:<44}{r['trainable']:>12,}{r['pct_of_mma']:>9.2f}%")
+    print()
+    speed = speed_rows(name, batch, 10, reps)
+    ada = next(r for r in speed if r["setup"] == "AdaRing default")
+    ada_c = next(r for r in speed if r["setup"].startswith("AdaRing default +"))
+    n_ada = next(r["trainable"] for r in params if r["method"].startswith("AdaRing default"))
+    targets = [
+        f"AdaRing default <= 10% of MMA params: {n_ada:,} = {100 * n_ada / MMA_PAPER:.2f}% -> "
+        f"{'met' if n_ada <= MMA_PAPER / 10 else 'MISSED'}",
+        f"AdaRing train step <= 1.1x MMA: {ada['step_vs_mma']:.3f}x (with dense_weights_cache "
+        f"{ada_c['step_vs_mma']:.3f}x) -> {'met' if min(ada['step_vs_mma'], ada_c['step_vs_mma']) <= 1.1 else 'MISSED'}",
+        f"AdaRing inference (cached text) <= 1.05x frozen image tower: {ada['infer_vs_frozen']:.3f}x "
+        f"(with dense_weights_cache {ada_c['infer_vs_frozen']:.3f}x) -> "
+        f"{'met' if min(ada['infer_vs_frozen'], ada_c['infer_vs_frozen']) <= 1.05 else 'MISSED'}",
+    ]
+    print("\n".join(targets))
+    out = {"env": env, "params": params, "speed": speed, "targets": targets,
+           "notes": ["Parameter counts are for ViT-B-16 (text 512 x 12, image 768 x 12), biases included.",
+                     "Speed on a shared 2-core CPU; read ratios measured in the same run, not absolute times."]}
+    path = RESULTS if not args.quick else RESULTS.with_name("adapters_quick.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
