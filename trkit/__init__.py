@@ -13,5 +13,8 @@ from trkit.io import save, load, from_tensorly, to_tensorly
 __all__ = ["__version__", "TensorRing", "contract", "inner", "norm", "add", "sub", "scale", "hadamard",
            "mode_product", "contract_vectors", "tensorize", "save", "load", "from_tensorly", "to_tensorly"]
 
-from trkit.decompose import DecompositionInfo, tr_svd  # noqa: E402
-__all__ += ["DecompositionInfo", "tr_svd"]
+from trkit.decompose import (DecompositionInfo, tr_svd, tr_als, tr_als_adaptive,  # noqa: E402
+                             tr_als_sampled, tr_complete)
+from trkit.rounding import round  # noqa: E402,A004  (shadows the builtin inside trkit only)
+__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete",
+            "round"]

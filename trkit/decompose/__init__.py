@@ -9,6 +9,10 @@
 All return a :class:`~trkit.TensorRing`; ``return_info=True`` adds a :class:`DecompositionInfo`.
 """
 from trkit.decompose._common import DecompositionInfo
+from trkit.decompose.adaptive import tr_als_adaptive
+from trkit.decompose.als import tr_als
+from trkit.decompose.completion import tr_complete
+from trkit.decompose.sampled import tr_als_sampled
 from trkit.decompose.svd import tr_svd
 
-__all__ = ["DecompositionInfo", "tr_svd"]
+__all__ = ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete"]
