@@ -72,8 +72,8 @@ def _block_split(ops: list[np.ndarray], r2: int, rng: np.random.Generator, tries
                 ok = False
                 break
             blocks.append(b)
-        if not ok or sum(b.shape[1] for b in blocks) != m:
-            continue
+        if not ok or sum(b.shape[1] for b in blocks) != m or len(blocks) == 1:
+            continue  # one block (a complex pair spanning everything) splits nothing: redraw
         v = np.hstack(blocks)
         if np.linalg.cond(v) > 1e8:
             continue

@@ -37,10 +37,11 @@ def _rank_for(s: torch.Tensor, delta: float | None, fixed: int | None, cap: int 
 
 
 def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | None,
-          ranks: list[int] | None, max_rank: int | None):
+          ranks: list[int] | None, max_rank: int | None, budget: float = math.inf):
     """TT-SVD of the remainder ``y`` (``R x prod(shape[1:])``) with the ``a`` bond carried last.
 
-    Returns the cores 2..d and the squared norm of everything discarded.
+    Returns the cores 2..d and the squared norm of everything discarded, or None as soon as
+    the parameter count reaches ``budget`` (a better candidate already exists).
     """
     d = len(shape)
     rest = y.reshape([r1, r2] + shape[1:])
@@ -54,6 +55,8 @@ def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | No
         r = _rank_for(s, delta, fixed, max_rank)
         lost += float((s[r:].double() ** 2).sum())
         cores.append(u[:, :r].reshape(r_prev, shape[k], r))
+        if sum(c.numel() for c in cores) + r * shape[d - 1] * r1 >= budget:
+            return None
         m = s[:r, None] * vh[:r]
         r_prev = r
     cores.append(m.reshape(r_prev, shape[d - 1], r1))
@@ -61,7 +64,7 @@ def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | No
 
 
 def _candidate(x2: torch.Tensor, u: torch.Tensor, y: torch.Tensor, r1: int, r2: int, shape,
-               delta, ranks, max_rank, structured: bool, seed: int):
+               delta, ranks, max_rank, structured: bool, seed: int, budget: float = math.inf):
     """One full ring for a given split; None if the structured split cannot be found."""
     R = r1 * r2
     if structured and r1 > 1:
@@ -77,7 +80,10 @@ def _candidate(x2: torch.Tensor, u: torch.Tensor, y: torch.Tensor, r1: int, r2: 
         u_k, y_k, knorm = u, y, 1.0
     tail_delta = None if delta is None else delta / knorm
     first = u_k.reshape(shape[0], r1, r2).permute(1, 0, 2).contiguous()
-    rest, lost = _tail(y_k, r1, r2, list(shape), tail_delta, ranks, max_rank)
+    out = _tail(y_k, r1, r2, list(shape), tail_delta, ranks, max_rank, budget - first.numel())
+    if out is None:
+        return None
+    rest, lost = out
     return [first] + rest, math.sqrt(lost) * knorm
 
 
@@ -93,6 +99,55 @@ def _factor_pairs(R: int, max_rank: int | None):
     return pairs
 
 
+def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf):
+    """All first splits for the ring started at mode ``s0``; returns the best candidate (or None
+    when none has fewer than ``budget`` parameters)."""
+    d = x.ndim
+    xs = x.permute([(s0 + j) % d for j in range(d)]) if s0 else x
+    sshape = list(xs.shape)
+    mat = xs.reshape(sshape[0], -1)
+    u, s, vh = _svd(mat)
+    if ranks is not None:
+        rr = [ranks[(s0 + j) % d] for j in range(d)]
+        R = rr[0] * rr[1]
+        pairs = [(rr[0], rr[1])]
+    else:
+        rr = None
+        R = _rank_for(s, delta, None, None if cap is None else cap * cap)
+        pairs = _factor_pairs(R, cap)
+        R = pairs[0][0] * pairs[0][1] if cap is not None else R
+        # balanced splits first: they are usually best, and later ones then abort early
+        pairs.sort(key=lambda p: (abs(math.log(p[0] / p[1])), p[0]))
+    lost0 = float((s[R:].double() ** 2).sum())
+    best, kron_ok = None, False
+    for r1, r2 in pairs:
+        if r1 * r2 != R:
+            continue
+        u_r, y = u[:, :R], s[:R, None] * vh[:R]
+        for structured in (True, False):
+            if not structured and kron_ok and r1 > 1:
+                break  # a Kronecker split worked: the data is ring-like, arbitrary splits lose
+            limit = budget if best is None or ranks is not None else min(budget, best[0][0])
+            out = _candidate(xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed,
+                             limit if ranks is None else math.inf)
+            kron_ok = kron_ok or (structured and r1 > 1 and r2 > 1 and out is not None)
+            if out is None:
+                continue
+            cores, bound_tail = out
+            n_params = sum(c.numel() for c in cores)
+            bound = math.sqrt(lost0 + bound_tail ** 2)
+            if ranks is not None:
+                err = relative_error(xs, TensorRing(cores, validate=False), xnorm)
+                key = (err, n_params)
+            else:
+                key = (n_params, bound)
+            if best is None or key < best[0]:
+                best = (key, cores, bound, structured and r1 > 1, (r1, r2))
+            if r1 == 1:
+                break
+    return best
+
+
 def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, *,
            start: int | str = "auto", seed: int = 0, return_info: bool = False):
     """Tensor-ring decomposition by sequential truncated SVDs (TR-SVD).
@@ -105,8 +160,9 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
         tol: relative error target: ranks are chosen so ``||x - x_tr|| <= tol ||x||``
             (guaranteed; each of the ``d`` truncations gets ``tol ||x|| / sqrt(d)``).
         max_rank: cap on every bond rank in tolerance mode (the guarantee then no longer holds).
-        start: mode the ring is cut at first; ``"auto"`` picks the mode whose unfolding has the
-            smallest rank (tolerance mode), ``0`` in rank mode.
+        start: mode the ring is cut at first; ``"auto"`` (tolerance mode) tries every mode whose
+            unfolding is rank-deficient at the tolerance and keeps the fewest parameters;
+            ``0`` in rank mode.
         seed: seed for the random probes of the first split (the result is deterministic).
         return_info: also return a :class:`DecompositionInfo` (``extra``: ``first_split``,
             ``start``, ``structured_split``, ``error_bound``).
@@ -144,48 +200,23 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
         cap_list = normalize_ranks(rank, shape, warn=False)
         cap = max(cap_list) if cap is None else min(cap, max(cap_list))
 
-    if s0 is None:  # pick the start mode with the smallest first truncation rank
+    if s0 is None:
+        # modes whose unfolding is genuinely low-rank are worth starting at; try each, keep the best
         firsts = []
         for k in range(d):
-            xk = torch.movedim(x, k, 0)
-            firsts.append(_first_rank(xk, delta, None if cap is None else cap * cap)[0])
-        s0 = int(np.argmin(firsts))
-    xs = x.permute([(s0 + j) % d for j in range(d)]) if s0 else x
-    sshape = list(xs.shape)
-    mat = xs.reshape(sshape[0], -1)
-    u, s, vh = _svd(mat)
-    if ranks is not None:
-        rr = [ranks[(s0 + j) % d] for j in range(d)]
-        R = rr[0] * rr[1]
-        pairs = [(rr[0], rr[1])]
+            firsts.append(_first_rank(torch.movedim(x, k, 0), delta, None if cap is None else cap * cap)[0])
+        starts = [k for k in range(d) if firsts[k] < shape[k]] or [int(np.argmin(firsts))]
+        starts = sorted(starts, key=lambda k: (firsts[k], k))[:3]  # the 3 most compressible
     else:
-        rr = None
-        R = _rank_for(s, delta, None, None if cap is None else cap * cap)
-        pairs = _factor_pairs(R, cap)
-        R = pairs[0][0] * pairs[0][1] if cap is not None else R
-    lost0 = float((s[R:].double() ** 2).sum())
+        starts = [s0]
     best = None
-    for r1, r2 in pairs:
-        if r1 * r2 != R:
-            continue
-        u_r, y = u[:, :R], s[:R, None] * vh[:R]
-        for structured in (True, False):
-            out = _candidate(xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed)
-            if out is None:
-                continue
-            cores, bound_tail = out
-            n_params = sum(c.numel() for c in cores)
-            bound = math.sqrt(lost0 + bound_tail ** 2)
-            if ranks is not None:
-                err = relative_error(xs, TensorRing(cores, validate=False), xnorm)
-                key = (err, n_params)
-            else:
-                key = (n_params, bound)
-            if best is None or key < best[0]:
-                best = (key, cores, bound, structured and r1 > 1, (r1, r2))
-            if r1 == 1:
-                break
-    _, cores, bound, structured, split = best
+    for s_try in starts:
+        budget = math.inf if best is None or ranks is not None else best[0][0]
+        found = _best_for_start(x, s_try, ranks, delta, cap, xnorm, seed, budget)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found + (s_try,)
+    s0 = best[-1]
+    _, cores, bound, structured, split, _ = best
     cores = [cores[(k - s0) % d] for k in range(d)]
     ring = TensorRing(cores, validate=False)
     if not return_info:
