@@ -176,6 +176,9 @@ def als_sweeps(x: torch.Tensor, cores: list[torch.Tensor], *, max_iter: int, tol
                     e = _transfer(cores[k])
                     prefix = e if prefix is None else prefix @ e
             err = math.sqrt(err2 / xnorm2) if xnorm2 > 0 else math.sqrt(err2)
+            if err < floor:  # the normal-equation fit has cancelled to noise: measure densely
+                dense = TensorRing(cores, validate=False).to_dense()
+                err = float(torch.linalg.vector_norm(x - dense)) / max(math.sqrt(xnorm2), 1e-300)
             history.append(err)
             if err < best_err:
                 best_err, best = err, [c.clone() for c in cores]
@@ -185,10 +188,10 @@ def als_sweeps(x: torch.Tensor, cores: list[torch.Tensor], *, max_iter: int, tol
                 break
             if len(history) > 1:
                 change = abs(history[-2] - err) / max(err, 1e-300)
-                if change < tol or err < floor * 1e-3:
+                if change < tol:
                     converged = True
                     break
-            if err < floor * 1e-3:
+            if err < (1e-13 if x.dtype == torch.float64 else 1e-6):
                 converged = True
                 break
     return best if best is not None else cores, history, it, converged
