@@ -164,6 +164,12 @@ class AdapterSet(nn.Module):
         h = ln_1(grad_scale(x, s))
         return grad_scale(self.branch(tower, k, h) * s, 1.0 / s)
 
+    def tower_pre_forward(self, tower: str) -> None:
+        """Called before each forward pass of a tower while adapters are enabled (per-pass caches)."""
+
+    def tower_post_forward(self, tower: str) -> None:
+        """Called after each forward pass of a tower (drop per-pass caches)."""
+
     def regularization(self) -> torch.Tensor:
         """Extra loss term of the method (0 when it has none)."""
         p = next(self.parameters(), None)
@@ -176,6 +182,19 @@ class AdapterSet(nn.Module):
             key = name.split(".")[0]
             out[key] = out.get(key, 0) + p.numel()
         return out
+
+
+class _TowerHook:
+    """Forward pre-hook on a tower's transformer: lets the adapter set prepare per-pass state."""
+
+    def __init__(self, adapters: AdapterSet, tower: str):
+        self.adapters, self.tower = adapters, tower
+
+    def __call__(self, module, args, *output):
+        if output:  # registered as forward hook too: the pass is over
+            self.adapters.tower_post_forward(self.tower)
+        elif self.adapters.enabled:
+            self.adapters.tower_pre_forward(self.tower)
 
 
 class _BlockHook:
@@ -235,6 +254,8 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for p in aset.parameters():
         p.requires_grad_(True)
     for tower in TOWERS:
+        aset._handles.append(towers[tower].register_forward_pre_hook(_TowerHook(aset, tower)))
+        aset._handles.append(towers[tower].register_forward_hook(_TowerHook(aset, tower)))
         blocks = towers[tower].resblocks
         for k, layer in enumerate(aset.layers(tower)):
             blk = blocks[layer - 1]

@@ -21,6 +21,11 @@ def branch_similarity(outs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sims).mean()
 
 
+def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+    """``x @ w + bias[k]`` with ``w`` of shape ``(d_in, d_out)``."""
+    return F.linear(x, w.t(), bias[k] if bias is not None else None)
+
+
 class AdaRingAdapterSet(AdapterSet):
     """Branches of cross-layer TR adapters (see ``AdaRingConfig``).
 
@@ -40,6 +45,8 @@ class AdaRingAdapterSet(AdapterSet):
         self.branch_scale = nn.Parameter(torch.full((config.n_branches,), float(config.branch_scale_init)))
         # Latest diversity term per (tower, pair); a dict keeps memory bounded if nobody reads it.
         self._similarity: dict[tuple[str, int], torch.Tensor] = {}
+        # Dense per-layer weights built once per tower forward pass (see tower_pre_forward).
+        self._dense: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -55,13 +62,29 @@ class AdaRingAdapterSet(AdapterSet):
                         tr.g_layer.zero_()
             self.branch_scale.fill_(float(self.config.branch_scale_init))
 
+    def tower_pre_forward(self, tower: str) -> None:
+        """Build each projection's dense weights for all layers once per tower pass: one contraction
+        per projection instead of one per layer (same values, part of this pass's autograd graph)."""
+        s = "text" if tower == "text" else "image"
+        self._dense[tower] = [{p: md[p].weights() for p in ("down_" + s, "shared", "up_" + s)}
+                              for md in self.branches]
+
+    def tower_post_forward(self, tower: str) -> None:
+        self._dense.pop(tower, None)
+
     def branch(self, tower: str, k: int, h: torch.Tensor) -> torch.Tensor:
         s = "text" if tower == "text" else "image"
+        dense = self._dense.get(tower)
         outs = []
-        for md in self.branches:
-            z = F.relu(md["down_" + s](h, k))
-            z = F.relu(md["shared"](z, k))
-            outs.append(md["up_" + s](z, k))
+        for b, md in enumerate(self.branches):
+            if dense is None:
+                z = F.relu(md["down_" + s](h, k))
+                z = F.relu(md["shared"](z, k))
+                outs.append(md["up_" + s](z, k))
+            else:
+                z = F.relu(_linear(h, dense[b]["down_" + s][k], md["down_" + s].bias, k))
+                z = F.relu(_linear(z, dense[b]["shared"][k], md["shared"].bias, k))
+                outs.append(_linear(z, dense[b]["up_" + s][k], md["up_" + s].bias, k))
         if (self.config.diversity_weight > 0 and len(outs) > 1 and self.training and torch.is_grad_enabled()):
             self._similarity[(tower, k)] = branch_similarity(outs)
         y = outs[0] * self.branch_scale[0]
