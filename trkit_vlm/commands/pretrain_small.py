@@ -7,16 +7,19 @@ import os
 
 
 def setup_threads(threads: int | None) -> int:
-    """Thread settings that stay fast when the cores are shared (docs/benchmarks.md).
+    """Set torch's intra-op threads (default ``min(cores, 4)``) and say whether waiting is passive.
 
-    ``OMP_WAIT_POLICY=PASSIVE`` only works if set before torch starts its OpenMP pool, so this runs
-    before the first torch import of the command (``trkit_vlm.cli`` imports no torch).
-    Returns the number of intra-op threads set.
+    ``OMP_WAIT_POLICY=PASSIVE`` keeps CPU runs 5-30x steadier when the cores are shared
+    (docs/benchmarks.md), but OpenMP reads it once, when torch loads - before any command code runs
+    (importing ``trkit_vlm`` imports torch). ``make quickstart`` exports it; when calling ``trkit-vlm``
+    directly, export it in the shell. Returns the number of threads set.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     n = threads or min(os.cpu_count() or 1, 4)
     torch.set_num_threads(n)
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: OMP_WAIT_POLICY is not PASSIVE; on a machine whose cores are shared, "
+              "'export OMP_WAIT_POLICY=PASSIVE' before running can make this several times faster")
     return n
 
 

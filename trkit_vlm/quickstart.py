@@ -1,0 +1,234 @@
+"""The AdaRing quickstart: base-to-novel few-shot adaptation of the project's small CLIP, end to end.
+
+``run_quickstart()`` pre-trains (or reuses) the small Fashion-MNIST CLIP (``trkit_vlm.small_clip``),
+builds the contrast-shifted task (``trkit_vlm.tasks``), and trains with ``trkit_vlm.train.train``:
+MMA, AdaRing, and two AdaRing ablations, 16 shots of the 5 base classes, seeds 1-3. It writes
+``results.json``, ``results.md`` and ``results.png`` and prints the table.
+
+The small model is NOT OpenAI CLIP; its numbers are not comparable with published ones. The same
+methods on a real ViT-B/16 checkpoint and the 11 CoOp datasets: ``trkit-vlm train`` (docs/tutorials).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
+
+# Training recipe shared by every adapter method (same optimiser, epochs and views: a fair comparison).
+# Chosen on the validation split (benchmarks/results/small_clip_quickstart_tuning.json), never on test.
+OPTIM = {"name": "sgd", "lr": 0.0015, "epochs": 5, "batch_size": 16, "weight_decay": 5e-4}
+DATA = {"augment": False}
+# Generalisation-aware loss weights of AdaRing (KgCoOp / PromptSRC style consistency to the frozen model).
+GA_LOSS = {"lambda_text": 8.0, "lambda_image": 10.0}
+NO_LOSS = {"lambda_text": 0.0, "lambda_image": 0.0}
+
+# label -> (method, adapter fields, loss weights). MMA's design scaled to the small model: hidden 32,
+# the last two thirds of the 6 layers (3..6) of both towers, scale 0.001 with gradient scaling.
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "MMA": ("mma", {"hidden": 32}, NO_LOSS),
+    "AdaRing": ("adaring", {"hidden": 32, "ranks": [1, 2]}, GA_LOSS),
+    "AdaRing, single rank": ("adaring", {"hidden": 32, "ranks": [2]}, GA_LOSS),
+    "AdaRing, no GA loss": ("adaring", {"hidden": 32, "ranks": [1, 2]}, NO_LOSS),
+}
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class QuickstartConfig:
+    """What the quickstart runs. ``quick`` settings (tests) shrink everything."""
+    output_dir: str = "output/quickstart"
+    seeds: tuple[int, ...] = (1, 2, 3)
+    shots: int = 16
+    strength: float = DEFAULT_SHIFT_STRENGTH
+    eval_split: str = "test"
+    eval_per_class: int | None = None
+    variants: dict = field(default_factory=lambda: copy.deepcopy(VARIANTS))
+    optim: dict = field(default_factory=lambda: dict(OPTIM))
+    data: dict = field(default_factory=lambda: dict(DATA))
+    recipe: Any = None                 # small_clip.PretrainRecipe (None = default)
+    cache_dir: str | None = None       # small-CLIP cache root (None = $TRKIT_CACHE or ~/.cache/trkit)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> "RunConfig":  # noqa: F821
+    """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
+    from trkit_vlm.config import DataConfig, LossConfig, OptimConfig, RunConfig
+    method, adapter, loss = qc.variants[label]
+    return RunConfig(model=bundle.name, pretrained=bundle.pretrained, method=method, adapter=dict(adapter),
+                     data=DataConfig(dataset="fashion_mnist", root=None, shots=qc.shots, subsample="base",
+                                     **qc.data),
+                     optim=OptimConfig(**qc.optim), loss=LossConfig(**loss), seed=seed,
+                     output_dir=str(Path(qc.output_dir) / "runs" / _slug(label)), log_every=1000)
+
+
+def run_quickstart(qc: QuickstartConfig | None = None, progress: bool = True, bundle=None, data=None,
+                   log=print) -> dict:
+    """Run every variant for every seed; write and return the results.
+
+    Args:
+        qc: what to run (default :class:`QuickstartConfig`).
+        progress: progress bars for pre-training; one line per run either way.
+        bundle: a ready ``ClipBundle`` (default: the cached small CLIP, pre-trained if missing).
+        data: a ready ``ClassificationData`` (default: ``tasks.shifted_data(qc.strength, ...)``).
+        log: where the progress lines go.
+
+    Returns:
+        ``{"rows": per-variant aggregates, "runs": per-run metrics, "paths": written files, ...}``.
+    """
+    from trkit_vlm.evaluate import evaluate_base_novel
+    from trkit_vlm.small_clip import load_small_clip, pretrain_info
+    from trkit_vlm.tasks import shifted_data
+    from trkit_vlm.train import train
+
+    qc = qc or QuickstartConfig()
+    t_all = time.perf_counter()
+    if bundle is None:
+        t0 = time.perf_counter()
+        bundle = load_small_clip(qc.recipe, qc.cache_dir, progress=progress)
+        log(f"small CLIP ready ({time.perf_counter() - t0:.0f} s): {bundle.pretrained}")
+    if data is None:
+        data = shifted_data(qc.strength, qc.eval_split, qc.eval_per_class, qc.recipe)
+    runs: list[dict] = []
+    t0 = time.perf_counter()
+    zs = evaluate_base_novel(bundle.model, bundle.tokenizer, data, "a photo of a {}.")
+    zs_time = time.perf_counter() - t0
+    for seed in qc.seeds:  # no training, no sampling: the same for every seed
+        runs.append({"method": ZERO_SHOT, "seed": seed, **zs, "n_trainable": 0, "train_time_s": 0.0,
+                     "eval_time_s": zs_time})
+    log(f"{ZERO_SHOT:<22} base {zs['base']:.2f} novel {zs['novel']:.2f} HM {zs['hm']:.2f}")
+    for label in qc.variants:
+        for seed in qc.seeds:
+            cfg = run_config(qc, label, seed, bundle)
+            m = train(cfg, bundle=bundle, data=data, progress=False)
+            runs.append({"method": label, "seed": seed, **{k: m[k] for k in ("base", "novel", "hm", "all")},
+                         "n_trainable": m["n_trainable"], "train_time_s": m["train_time_s"],
+                         "eval_time_s": m["eval_time_s"], "run_dir": m["run_dir"]})
+            log(f"{label:<22} seed {seed}: base {m['base']:.2f} novel {m['novel']:.2f} HM {m['hm']:.2f} "
+                f"({m['n_trainable']:,} params, train {m['train_time_s']:.1f} s, eval {m['eval_time_s']:.1f} s)")
+    rows = aggregate_runs(runs)
+    info = pretrain_info(qc.recipe, qc.cache_dir) if bundle.pretrained else None
+    result = {
+        "rows": rows, "runs": runs, "total_time_s": time.perf_counter() - t_all,
+        "config": _jsonable(qc), "model": bundle.name, "weights": bundle.pretrained,
+        "pretraining": (info or {}).get("metrics"), "n_test": {"base": zs.get("n_base"), "novel": zs.get("n_novel")},
+        "env": _env(),
+    }
+    result["paths"] = write_results(result, qc.output_dir)
+    return result
+
+
+def aggregate_runs(runs: list[dict]) -> list[dict]:
+    """Per method: base/novel mean ± sample std over seeds, HM of the means (± std of per-seed HM),
+    trainable parameters, mean train time per run. Same conventions as ``trkit_vlm.report``."""
+    from trkit_vlm.evaluate import harmonic_mean
+    out = []
+    for label in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == label]
+        row: dict[str, Any] = {"method": label, "n_seeds": len(rs), "n_trainable": rs[0]["n_trainable"]}
+        for k in ("base", "novel", "hm", "all"):
+            v = np.array([r[k] for r in rs], dtype=float)
+            row[f"{k}_mean"], row[f"{k}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        row["hm_mean"] = harmonic_mean(row["base_mean"], row["novel_mean"])
+        row["train_time_s"] = float(np.mean([r["train_time_s"] for r in rs]))
+        out.append(row)
+    mma = next((r for r in out if r["method"] == "MMA"), None)
+    for r in out:
+        r["params_vs_mma"] = (r["n_trainable"] / mma["n_trainable"]) if mma and mma["n_trainable"] else None
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The quickstart table (methods as rows)."""
+    lines = ["| method | Base | Novel | HM | trainable params | % of MMA | train time / run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = f"{100 * r['params_vs_mma']:.1f}%" if r.get("params_vs_mma") is not None else "–"
+        t = f"{r['train_time_s']:.1f} s" if r["n_trainable"] else "–"
+        lines.append(f"| {r['method']} | {r['base_mean']:.2f} ± {r['base_std']:.2f} | {r['novel_mean']:.2f} ± "
+                     f"{r['novel_std']:.2f} | {r['hm_mean']:.2f} ± {r['hm_std']:.2f} | {r['n_trainable']:,} | "
+                     f"{pct} | {t} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(rows: list[dict], title: str = "") -> bytes:
+    """Bars of Base, Novel and HM per method with the seed std as error bars (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.26
+    x = np.arange(len(rows))
+    for j, (k, name) in enumerate((("base", "Base"), ("novel", "Novel"), ("hm", "HM"))):
+        ys = [r[f"{k}_mean"] for r in rows]
+        ax.bar(x + (j - 1) * width, ys, width, yerr=[r[f"{k}_std"] for r in rows], capsize=2, label=name)
+        for xi, y in zip(x + (j - 1) * width, ys):
+            ax.text(xi, y + 1.0, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{r['method']}\n{r['n_trainable']:,} params" for r in rows], fontsize=8)
+    ax.set_ylabel("accuracy (%), 5-way")
+    ax.set_ylim(0, 100)
+    ax.axhline(20, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:
+    """``results.json``, ``results.md`` and ``results.png`` under ``out_dir`` (atomic writes)."""
+    from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "png": out / "results.png"}
+    seeds = sorted({r["seed"] for r in result["runs"]})
+    atomic_write_text(paths["markdown"], markdown_table(result["rows"]) + _table_note(result, seeds))
+    title = (f"Small Fashion-MNIST CLIP (not OpenAI CLIP), contrast shift, {len(seeds)} seeds; "
+             f"16 shots of 5 base classes")
+    atomic_write_bytes(paths["png"], plot_png(result["rows"], title))
+    paths_s = {k: str(v) for k, v in paths.items()}
+    atomic_write_text(paths["json"], json.dumps({**result, "paths": paths_s}, indent=2))
+    return paths_s
+
+
+def _table_note(result: dict, seeds: list[int]) -> str:
+    n = result.get("n_test") or {}
+    return (f"\nMean ± sample std over seeds {seeds}; HM = 2·B·N/(B+N) of the mean Base and Novel (± std of "
+            f"per-seed HM). 5-way accuracy on {n.get('base')} base / {n.get('novel')} novel test images. "
+            f"Model: the project's small CLIP pre-trained on Fashion-MNIST (not OpenAI CLIP; not comparable "
+            f"with published numbers).\n")
+
+
+def _jsonable(qc: QuickstartConfig) -> dict:
+    d = {f.name: getattr(qc, f.name) for f in dataclasses.fields(qc) if f.name != "recipe"}
+    d["recipe_key"] = qc.recipe.key() if qc.recipe is not None else None
+    return json.loads(json.dumps(d, default=list))
+
+
+def _env() -> dict:
+    import os
+    import platform
+
+    import torch
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
