@@ -1,0 +1,193 @@
+"""Decomposition benchmark: trkit vs tensorly (TR-SVD, TR-ALS) vs quimb (cyclic MPS ALS).
+
+Same tensors, same run, one thread everywhere. For every case we record time, relative error
+and parameters of each method; "time to target" is how long trkit's TR-ALS (SVD init
+included) takes to reach the *best* error any competitor's ALS reached. Writes a table to
+stdout and JSON to benchmarks/results/decompose.json.
+
+    .venv/bin/python benchmarks/decompose.py            # full
+    .venv/bin/python benchmarks/decompose.py --quick    # small sizes, fewer sweeps
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_v] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import trkit  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rel(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.linalg.norm(x - y) / np.linalg.norm(x))
+
+
+def make_cases(quick: bool):
+    rng = np.random.default_rng(0)
+    cases = []
+    n, r = (16, 3) if quick else (32, 4)
+    ring = trkit.TensorRing.random((n,) * 4, r, seed=1).to_numpy()
+    cases.append((f"exact ring {n}^4 r{r}", ring, r))
+    cases.append((f"ring {n}^4 r{r} + 1e-3 noise", ring + 1e-3 * ring.std() * rng.standard_normal(ring.shape), r))
+    from skimage.data import camera
+    cam = camera().astype(np.float64)
+    if quick:
+        cam = cam[::8, ::8]  # 64 x 64 = 4^6
+        cases.append(("camera 64x64 as 4^6 r4", cam.reshape((4,) * 6), 4))
+    else:
+        cases.append(("camera as 8^6 r8", cam.reshape((8,) * 6), 8))
+        cases.append(("camera as 8^6 r16", cam.reshape((8,) * 6), 16))
+    nf, df = (6, 5) if quick else (10, 6)
+    idx = np.indices((nf,) * df).sum(0)
+    cases.append((f"1/(i1+..+i{df}+1) n={nf} r4", 1.0 / (idx + 1.0), 4))
+    rows, cols = (16, 32) if quick else (64, 64)
+    u = rng.standard_normal((8, rows, 12)) @ np.diag(0.7 ** np.arange(12))
+    v = rng.standard_normal((12, cols))
+    w = u @ v + 0.01 * rng.standard_normal((8, rows, cols))  # 8 layers sharing a row space
+    shape = (8,) * (4 if quick else 5)
+    cases.append((f"8 weight matrices {rows}x{cols} as 8^{len(shape)} r6", w.reshape(shape), 6))
+    return cases
+
+
+def run_tensorly_svd(x, r):
+    from tensorly.decomposition import tensor_ring
+    import tensorly as tl
+    t0 = time.perf_counter()
+    try:
+        tr = tensor_ring(x, rank=[r] * (x.ndim + 1))
+    except Exception as exc:  # tensorly raises when r*r > n_1
+        return {"time_s": time.perf_counter() - t0, "error": None, "failed": str(exc)[:80]}
+    t = time.perf_counter() - t0
+    return {"time_s": t, "error": rel(x, tl.tr_to_tensor(tr)), "params": int(sum(c.size for c in tr))}
+
+
+def run_tensorly_als(x, r, iters):
+    from tensorly.decomposition import tensor_ring_als
+    import tensorly as tl
+    t0 = time.perf_counter()
+    tr = tensor_ring_als(x, rank=[r] * (x.ndim + 1), n_iter_max=iters, random_state=0)
+    t = time.perf_counter() - t0
+    return {"time_s": t, "error": rel(x, tl.tr_to_tensor(tr)), "params": int(sum(c.size for c in tr))}
+
+
+def run_quimb(x, r, iters):
+    import quimb.tensor as qtn
+    d, n = x.ndim, x.shape[0]
+    target = qtn.Tensor(x, inds=tuple(f"k{i}" for i in range(d)))
+    mps = qtn.MPS_rand_state(d, bond_dim=r, phys_dim=n, cyclic=True, seed=0)
+    t0 = time.perf_counter()
+    fit = mps.fit(target, method="als", steps=iters)
+    t = time.perf_counter() - t0
+    dense = fit.to_dense().reshape(x.shape) if hasattr(fit, "to_dense") else None
+    dense = fit.contract(output_inds=tuple(f"k{i}" for i in range(d))).data
+    return {"time_s": t, "error": rel(x, np.asarray(dense)), "params": int(sum(t_.size for t_ in fit))}
+
+
+def run_ours(x, r, iters, target):
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ring_svd = trkit.tr_svd(xt, rank=r)
+    t_svd = time.perf_counter() - t0
+    out = {"svd_rank": {"time_s": t_svd, "error": rel(x, ring_svd.to_numpy()), "params": ring_svd.n_params}}
+    tol = max(target, 1e-10)
+    t0 = time.perf_counter()
+    ring_tol, info_tol = trkit.tr_svd(xt, tol=tol, return_info=True)
+    out["svd_tol"] = {"time_s": time.perf_counter() - t0, "tol": tol, "error": info_tol.rel_error,
+                      "params": ring_tol.n_params, "ranks": list(ring_tol.ranks),
+                      "meets_tol": info_tol.rel_error <= tol}
+    trace = []
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ring, info = trkit.tr_als(xt, r, max_iter=iters, tol=1e-9, return_info=True,
+                                  callback=lambda it, err, _r: trace.append((time.perf_counter() - t0, err)))
+    t_total = time.perf_counter() - t0
+    reach = next((t for t, e in trace if e <= target * (1 + 1e-9)), None)
+    out["als"] = {"time_s": t_total, "error": info.rel_error, "params": ring.n_params, "sweeps": info.n_iter,
+                  "time_to_target_s": reach, "target": target}
+    return out
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, fewer sweeps")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decompose.json"))
+    args = ap.parse_args(argv)
+    iters = 30 if args.quick else 100
+    import tensorly as tl
+    import quimb
+    tl.set_backend("numpy")
+    env = {"torch": torch.__version__, "numpy": np.__version__, "tensorly": tl.__version__,
+           "quimb": quimb.__version__, "threads": 1, "torch_threads": torch.get_num_threads(),
+           "cpu": cpu_model(), "python": platform.python_version(), "quick": args.quick,
+           "als_max_sweeps": iters}
+    print(f"# threads: torch {torch.get_num_threads()}, BLAS 1 (threadpoolctl), OMP_WAIT_POLICY="
+          f"{os.environ['OMP_WAIT_POLICY']}; CPU: {env['cpu']}")
+    results = []
+    with threadpool_limits(limits=1):
+        for name, x, r in make_cases(args.quick):
+            print(f"# {name}: shape {x.shape}, rank {r}", flush=True)
+            row = {"case": name, "shape": list(x.shape), "rank": r}
+            row["tensorly_svd"] = run_tensorly_svd(x, r)
+            row["tensorly_als"] = run_tensorly_als(x, r, iters)
+            row["quimb_als"] = run_quimb(x, r, iters)
+            target = min(row["tensorly_als"]["error"], row["quimb_als"]["error"])
+            row.update({f"trkit_{k}": v for k, v in run_ours(x, r, iters, target).items()})
+            t_ours = row["trkit_als"]["time_to_target_s"]
+            row["speedup_vs_tensorly_als"] = None if t_ours is None else row["tensorly_als"]["time_s"] / t_ours
+            row["speedup_vs_quimb"] = None if t_ours is None else row["quimb_als"]["time_s"] / t_ours
+            results.append(row)
+    head = (f"{'case':38s} {'tl-SVD err':>10s} {'tl-ALS s':>9s} {'tl-ALS err':>10s} {'quimb s':>8s} "
+            f"{'quimb err':>9s} | {'ours SVD err':>12s} {'ours ALS s':>10s} {'ALS err':>9s} {'to tgt s':>8s} "
+            f"{'x tl':>6s} {'x quimb':>7s} | {'svd(tol) err':>12s} {'tol':>8s} {'params':>7s}")
+    print(head)
+    print("-" * len(head))
+    for row in results:
+        tls, tla, q = row["tensorly_svd"], row["tensorly_als"], row["quimb_als"]
+        s, a, st = row["trkit_svd_rank"], row["trkit_als"], row["trkit_svd_tol"]
+        print(f"{row['case']:38s} {fmt(tls['error'], '10.3e')} {tla['time_s']:9.2f} {tla['error']:10.3e} "
+              f"{q['time_s']:8.2f} {q['error']:9.3e} | {s['error']:12.3e} {a['time_s']:10.2f} {a['error']:9.3e} "
+              f"{fmt(a['time_to_target_s'], '8.2f')} {fmt(row['speedup_vs_tensorly_als'], '6.1f')} "
+              f"{fmt(row['speedup_vs_quimb'], '7.1f')} | {st['error']:12.3e} {st['tol']:8.1e} {st['params']:7d}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"env": env, "results": results}, indent=2))
+    os.replace(tmp, out)
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
