@@ -9,6 +9,7 @@ parameter until the budget is spent. MMA's biases are kept exactly (per layer) a
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -22,9 +23,11 @@ from trkit_vlm.adapters.mma.layer import shared_key
 
 __all__ = ["CompressionResult", "compress_mma", "mma_projections"]
 
-# Relative-error targets tried per projection, besides the all-ranks-1 ring (the smallest recovers
-# exactly low-rank stacks stored in float32).
+# Relative-error targets tried per projection (the smallest recovers exactly low-rank stacks stored
+# in float32).
 _TOLS = (0.9, 0.7, 0.5, 0.35, 0.2, 0.1, 0.05, 0.01, 1e-4)
+# Uniform TR ranks tried too: fine steps for stacks that tolerance targets cover only coarsely.
+_RANKS = (1, 2, 3, 4, 5, 6, 8)
 
 
 def mma_projections(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list, list]:
@@ -100,6 +103,15 @@ class CompressionResult:
             lines.append("adapter output rel. error on N(0,1) inputs: "
                          + ", ".join(f"{t} {e:.3e}" for t, e in self.output_rel_error.items()))
         return "\n".join(lines)
+
+
+def _fit_ranks(w: torch.Tensor, b: torch.Tensor, r: int) -> CrossLayerTR | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ranks the stack cannot hold are clamped; that is fine here
+        try:
+            return CrossLayerTR.from_matrices(w, biases=b, ranks=r)
+        except RecursionError:
+            return None
 
 
 def _fit(w: torch.Tensor, b: torch.Tensor, tol: float) -> CrossLayerTR | None:
@@ -204,7 +216,7 @@ def compress_mma(source, budget: float | None = 0.1, tol: float | None = None, t
             if f is None:  # a tighter tolerance still meets the request
                 fits[p] = next(f for t in _TOLS if t < tol and (f := _fit(*proj[p], t)) is not None)
     else:
-        cands = {p: [CrossLayerTR.from_matrices(w, biases=b, ranks=1)]
+        cands = {p: [f for r in _RANKS if (f := _fit_ranks(w, b, r)) is not None]
                  + [f for t in _TOLS if (f := _fit(w, b, t)) is not None] for p, (w, b) in proj.items()}
         fits = _allocate(cands, int(float(budget) * n_mma))
     config = AdaRingConfig(hidden=h, ranks=[{p: list(fits[p].ranks) for p in PROJECTIONS}], bias="all",
