@@ -104,7 +104,6 @@ def run_quimb(x, r, iters):
     t0 = time.perf_counter()
     fit = mps.fit(target, method="als", steps=iters)
     t = time.perf_counter() - t0
-    dense = fit.to_dense().reshape(x.shape) if hasattr(fit, "to_dense") else None
     dense = fit.contract(output_inds=tuple(f"k{i}" for i in range(d))).data
     return {"time_s": t, "error": rel(x, np.asarray(dense)), "params": int(sum(t_.size for t_ in fit))}
 

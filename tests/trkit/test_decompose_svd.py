@@ -1,5 +1,4 @@
 """TR-SVD: tolerance guarantee, exact recovery at the true ranks, fixed ranks, bad input."""
-import warnings
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ The fit comes for free from the last solve: ``||x - x_tr||^2 = ||x||^2 - 2<x, x_
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 

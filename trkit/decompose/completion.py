@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 
 from trkit.decompose._common import DecompositionInfo, check_tol, normalize_ranks, progress
