@@ -7,7 +7,7 @@ matter for cost), CPU, one thread, batch 8 images + 10 class prompts:
   - inference: image tower only (text features cached), no grad;
   - train step: text tower on the prompts + image tower + CE + backward into the adapters.
 Frozen, MMA, AdaRing (default: dense weights built once per tower pass; and forced ring contraction in
-every layer) side by side in one run.
+every layer) side by side in one run, timed in interleaved rounds (medians).
 
     python benchmarks/adapters.py [--quick]   # writes benchmarks/results/adapters.json
 """
@@ -86,14 +86,20 @@ def param_table(info) -> list[dict]:
     return out
 
 
-def timeit(fn, reps: int) -> tuple[float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median and spread per function, timed in rounds (A, B, C, A, B, C, ...) after one warm-up
+    round, so load from other processes on the shared machine falls on every side alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), (max(times) - min(times))
+    times = {k: [] for k in fns}
+    for r in range(reps):
+        keys = list(fns)
+        keys = keys[r % len(keys):] + keys[:r % len(keys)]  # rotate who goes first
+        for k in keys:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), max(v) - min(v)) for k, v in times.items()}
 
 
 def peak_mb(fn) -> float:
@@ -108,51 +114,58 @@ def peak_mb(fn) -> float:
 
 
 def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:
+    import copy
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
         bundle = tv.load_clip(name)
-    model = bundle.model
-    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    base = bundle.model
+    size = base.visual.image_size[0] if isinstance(base.visual.image_size, tuple) else base.visual.image_size
     img = torch.randn(batch, 3, size, size)
     tok = bundle.tokenizer([f"a photo of a class{i}." for i in range(n_cls)])
     labels = torch.arange(batch) % n_cls
-    rows = []
-
-    def infer():
-        with torch.no_grad():
-            model.encode_image(img, normalize=True)
-
-    def step():
-        for p in model.parameters():
-            p.grad = None
-        f = model.encode_image(img, normalize=True)
-        t = model.encode_text(tok, normalize=True)
-        F.cross_entropy(model.logit_scale.exp() * f @ t.T, labels).backward()
-
-    setups = [("frozen", None, False), ("MMA", MMAConfig(), False), ("AdaRing default", AdaRingConfig(), False),
-              ("AdaRing default, ring contraction per layer", AdaRingConfig(), True)]
-    for label, cfg, ring_path in setups:
-        if cfg is not None:
-            tv.add_adapters(model, cfg)
-            if ring_path:  # no per-pass dense weights: every layer contracts x with the cores
-                get_adapters(model).tower_pre_forward = lambda tower: None
-        else:
-            for p in model.parameters():
+    models = {}
+    for label, cfg in (("frozen", None), ("MMA", MMAConfig()), ("AdaRing default", AdaRingConfig()),
+                       ("AdaRing default, ring contraction per layer", AdaRingConfig())):
+        m = copy.deepcopy(base)
+        if cfg is None:
+            for p in m.parameters():
                 p.requires_grad_(False)
-        inf_fn, step_fn = infer, step
-        row = {"setup": label, "trainable": count_trainable(model)}
-        row["infer_ms"], row["infer_spread_ms"] = (1e3 * x for x in timeit(inf_fn, reps))
-        row["infer_peak_mb"] = peak_mb(inf_fn)
-        if cfg is not None:
-            row["step_ms"], row["step_spread_ms"] = (1e3 * x for x in timeit(step_fn, reps))
-            row["step_peak_mb"] = peak_mb(step_fn)
+        else:
+            tv.add_adapters(m, cfg)
+            if "ring contraction" in label:  # no per-pass dense weights: each layer contracts with the cores
+                get_adapters(m).tower_pre_forward = lambda tower: None
+        models[label] = m
+    del base
+
+    def infer(m):
+        def run():
+            with torch.no_grad():
+                m.encode_image(img, normalize=True)
+        return run
+
+    def step(m):
+        def run():
+            for p in m.parameters():
+                p.grad = None
+            f = m.encode_image(img, normalize=True)
+            t = m.encode_text(tok, normalize=True)
+            F.cross_entropy(m.logit_scale.exp() * f @ t.T, labels).backward()
+        return run
+
+    inf = interleaved({k: infer(m) for k, m in models.items()}, reps)
+    stp = interleaved({k: step(m) for k, m in models.items() if k != "frozen"}, reps)
+    rows = []
+    for k, m in models.items():
+        row = {"setup": k, "trainable": count_trainable(m), "infer_ms": 1e3 * inf[k][0],
+               "infer_spread_ms": 1e3 * inf[k][1], "infer_peak_mb": peak_mb(infer(m))}
+        if k in stp:
+            row.update(step_ms=1e3 * stp[k][0], step_spread_ms=1e3 * stp[k][1], step_peak_mb=peak_mb(step(m)))
         rows.append(row)
-        print(f"{label:<40} infer {row['infer_ms']:9.1f} ms (±{row['infer_spread_ms']:.1f})  "
-              + (f"train step {row['step_ms']:9.1f} ms (±{row['step_spread_ms']:.1f})  " if cfg else "")
+        print(f"{k:<46} infer {row['infer_ms']:9.1f} ms (spread {row['infer_spread_ms']:.1f})  "
+              + (f"train step {row['step_ms']:9.1f} ms (spread {row['step_spread_ms']:.1f})  " if k in stp else "")
               + f"peak {row.get('step_peak_mb', row['infer_peak_mb']):8.1f} MB", flush=True)
-        if cfg is not None:
-            tv.remove_adapters(model)
     frozen = rows[0]["infer_ms"]
     mma = rows[1]["step_ms"]
     for r in rows:
@@ -166,7 +179,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ViT-B-32, batch 2, 5 repeats")
     args = ap.parse_args(argv)
-    name, batch, reps = ("ViT-B-32", 2, 5) if args.quick else ("ViT-B-16", 8, 5)
+    name, batch, reps = ("ViT-B-32", 2, 5) if args.quick else ("ViT-B-16", 8, 7)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "cpu": cpu_model(), "model": name,
            "weights": "random (shapes only)", "batch": batch, "classes": 10, "repeats": reps}

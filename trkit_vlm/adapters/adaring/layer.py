@@ -75,6 +75,10 @@ class AdaRingAdapterSet(AdapterSet):
     def branch(self, tower: str, k: int, h: torch.Tensor) -> torch.Tensor:
         s = "text" if tower == "text" else "image"
         dense = self._dense.get(tower)
+        diversity = (self.config.diversity_weight > 0 and len(self.branches) > 1 and self.training
+                     and torch.is_grad_enabled())
+        if dense is not None and not diversity:
+            return self._fused(s, k, h, dense)
         outs = []
         for b, md in enumerate(self.branches):
             if dense is None:
@@ -85,12 +89,28 @@ class AdaRingAdapterSet(AdapterSet):
                 z = F.relu(_linear(h, dense[b]["down_" + s][k], md["down_" + s].bias, k))
                 z = F.relu(_linear(z, dense[b]["shared"][k], md["shared"].bias, k))
                 outs.append(_linear(z, dense[b]["up_" + s][k], md["up_" + s].bias, k))
-        if (self.config.diversity_weight > 0 and len(outs) > 1 and self.training and torch.is_grad_enabled()):
+        if diversity:
             self._similarity[(tower, k)] = branch_similarity(outs)
         y = outs[0] * self.branch_scale[0]
         for b in range(1, len(outs)):
             y = y + outs[b] * self.branch_scale[b]
         return y
+
+    def _fused(self, s: str, k: int, h: torch.Tensor, dense) -> torch.Tensor:
+        """``sum_b scale_b (z_b W_b + c_b) = [scale_b z_b]_b @ [W_b]_b + sum_b scale_b c_b``: one up
+        matmul for all branches, so no full-width output is stored per branch."""
+        zs, ws, bias = [], [], None
+        for b, md in enumerate(self.branches):
+            z = F.relu(_linear(h, dense[b]["down_" + s][k], md["down_" + s].bias, k))
+            z = F.relu(_linear(z, dense[b]["shared"][k], md["shared"].bias, k))
+            zs.append(z * self.branch_scale[b])
+            ws.append(dense[b]["up_" + s][k])
+            c = md["up_" + s].bias
+            if c is not None:
+                bias = c[k] * self.branch_scale[b] if bias is None else bias + c[k] * self.branch_scale[b]
+        z = zs[0] if len(zs) == 1 else torch.cat(zs, dim=-1)
+        w = ws[0] if len(ws) == 1 else torch.cat(ws, dim=0)
+        return F.linear(z, w.t(), bias)
 
     def regularization(self) -> torch.Tensor:
         """``diversity_weight`` x mean branch similarity over the adapted layers of the latest forward
