@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-TINY = "trkit-test-tiny"
+TINY = "trkit-test-train-tiny"
 TINY_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
