@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trkit-vlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"trkit_vlm.commands.{module}")
-        except ModuleNotFoundError as err:
-            if err.name == f"trkit_vlm.commands.{module}":
-                continue
-            raise
-        mod.register(subparsers)
+        importlib.import_module(f"trkit_vlm.commands.{module}").register(subparsers)
     return parser
 
 

@@ -1,0 +1,47 @@
+"""Packaging promises: trkit stands alone, and both console scripts answer --help and --version."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import trkit
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_trkit_imports_without_open_clip_or_trkit_vlm():
+    code = ("import sys, trkit, trkit.nn, trkit.decompose, trkit.rounding, trkit.io, trkit.cli; "
+            "bad = [m for m in ('open_clip', 'trkit_vlm', 'torchvision') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = _run(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_trkit_never_imports_trkit_vlm_in_source():
+    root = Path(trkit.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py") if "trkit_vlm" in p.read_text()]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("script,words", [("trkit", ["decompose", "info", "reconstruct"]),
+                                          ("trkit-vlm", ["train", "eval", "table", "compress",
+                                                         "pretrain-small", "quickstart"])])
+def test_console_scripts_help_and_version(script, words):
+    exe = BIN / script
+    if not exe.exists():
+        pytest.skip(f"{script} console script not installed in this environment")
+    help_ = _run(str(exe), "--help")
+    assert help_.returncode == 0, help_.stderr
+    for w in words:
+        assert w in help_.stdout
+    version = _run(str(exe), "--version")
+    assert version.returncode == 0 and trkit.__version__ in version.stdout
