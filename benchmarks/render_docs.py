@@ -38,10 +38,29 @@ def _fmt(v) -> str:
         return "(" + ", ".join(_fmt(x) for x in v) + ")"
     if v is None:
         return "–"
-    return str(v).replace("|", "\\|")
+    text = " ".join(str(v).split())
+    return (text[:77] + "...").replace("|", "\\|") if len(text) > 80 else text.replace("|", "\\|")
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    """Nested dicts become ``outer.inner`` columns; a timing dict (median/min/max seconds) one cell."""
+    flat = {}
+    for k, v in row.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "median_s" in v:
+            spread = f" ({v['min_s'] * 1e3:.3g}–{v['max_s'] * 1e3:.3g})" if "min_s" in v and "max_s" in v else ""
+            flat[key + " ms"] = f"{v['median_s'] * 1e3:.4g}{spread}"
+        elif isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)) and (len(v) > 8 or any(isinstance(x, (list, dict)) for x in v)):
+            continue  # histories and traces stay in the JSON; the table keeps one line a case
+        else:
+            flat[key] = v
+    return flat
 
 
 def table(rows: list[dict]) -> str:
+    rows = [_flatten(r) for r in rows]
     cols: list[str] = []
     for r in rows:
         for k in r:
@@ -54,9 +73,7 @@ def table(rows: list[dict]) -> str:
 
 
 def _is_table(v) -> bool:
-    return isinstance(v, list) and v and all(isinstance(r, dict) for r in v) and all(
-        not isinstance(x, (dict, list)) or isinstance(x, (list, tuple)) and len(x) <= 8
-        for r in v for x in r.values())
+    return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
 
 
 def section(name: str, data: dict) -> str:
@@ -68,13 +85,15 @@ def section(name: str, data: dict) -> str:
             if key not in ("rows", "results", "table"):
                 out += [f"### {key.replace('_', ' ')}", ""]
             out += [table(value), ""]
+        elif isinstance(value, dict) and key not in ("env", "targets"):
+            out += [f"### {key.replace('_', ' ')}", "", table([value]), ""]
     for key in ("targets", "notes"):
         v = data.get(key)
         if v:
             out += [f"**{key.capitalize()}**", ""]
             items = v if isinstance(v, list) else [v]
             if isinstance(v, dict):
-                items = [f"{k}: {x}" for k, x in v.items()]
+                items = [f"{k}: {_fmt(x) if not isinstance(x, dict) else x}" for k, x in v.items()]
             out += [f"- {_fmt(x) if not isinstance(x, str) else x}" for x in items] + [""]
     env = data.get("env")
     if isinstance(env, dict):
