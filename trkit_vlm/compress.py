@@ -105,43 +105,14 @@ class CompressionResult:
         return "\n".join(lines)
 
 
-def _fit_ranks(w: torch.Tensor, b: torch.Tensor, r: int) -> CrossLayerTR | None:
+def _fit_ranks(w: torch.Tensor, b: torch.Tensor, r: int) -> CrossLayerTR:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ranks the stack cannot hold are clamped; that is fine here
-        try:
-            return CrossLayerTR.from_matrices(w, biases=b, ranks=r)
-        except RecursionError:
-            return None
+        return CrossLayerTR.from_matrices(w, biases=b, ranks=r)
 
 
-def _fit(w: torch.Tensor, b: torch.Tensor, tol: float) -> CrossLayerTR | None:
-    try:
-        return CrossLayerTR.from_matrices(w, biases=b, tol=tol)
-    except RecursionError:
-        # tr_svd's Kronecker split can recurse without end for some seeds (reported); other seeds work.
-        return _fit_other_seeds(w, b, tol)
-
-
-def _fit_other_seeds(w: torch.Tensor, b: torch.Tensor, tol: float) -> CrossLayerTR | None:
-    from trkit import tr_svd
-
-    L, d_in, d_out = w.shape
-    for seed in range(1, 6):
-        try:
-            ring = tr_svd(w.permute(1, 2, 0), tol=tol, seed=seed)
-        except RecursionError:
-            continue
-        m = CrossLayerTR(d_in, d_out, L, ring.ranks, bias=True, dtype=w.dtype)
-        with torch.no_grad():
-            for p, c in zip(m.cores, ring.cores):
-                p.copy_(c)
-            m.bias.copy_(b)
-            approx = m.weights()
-        err = torch.linalg.matrix_norm(approx - w) / torch.linalg.matrix_norm(w).clamp_min(1e-300)
-        m.fit_info = {"rel_error": float(torch.linalg.vector_norm(approx - w) / torch.linalg.vector_norm(w)),
-                      "layer_rel_errors": [float(e) for e in err], "ranks": ring.ranks}
-        return m
-    return None
+def _fit(w: torch.Tensor, b: torch.Tensor, tol: float) -> CrossLayerTR:
+    return CrossLayerTR.from_matrices(w, biases=b, tol=tol)
 
 
 def _allocate(cands: dict[str, list[CrossLayerTR]], budget_params: int) -> dict[str, CrossLayerTR]:
@@ -212,12 +183,9 @@ def compress_mma(source, budget: float | None = 0.1, tol: float | None = None, t
     n_mma = mma_param_count(dt, dv, h, len(tl))
     if tol is not None:
         fits = {p: _fit(w, b, tol) for p, (w, b) in proj.items()}
-        for p, f in fits.items():
-            if f is None:  # a tighter tolerance still meets the request
-                fits[p] = next(f for t in _TOLS if t < tol and (f := _fit(*proj[p], t)) is not None)
     else:
-        cands = {p: [f for r in _RANKS if (f := _fit_ranks(w, b, r)) is not None]
-                 + [f for t in _TOLS if (f := _fit(w, b, t)) is not None] for p, (w, b) in proj.items()}
+        cands = {p: [_fit_ranks(w, b, r) for r in _RANKS] + [_fit(w, b, t) for t in _TOLS]
+                 for p, (w, b) in proj.items()}
         fits = _allocate(cands, int(float(budget) * n_mma))
     config = AdaRingConfig(hidden=h, ranks=[{p: list(fits[p].ranks) for p in PROJECTIONS}], bias="all",
                            init="kaiming", text_layers=mma_cfg.text_layers, image_layers=mma_cfg.image_layers,

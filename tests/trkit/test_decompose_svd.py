@@ -88,3 +88,44 @@ def test_exported_and_deterministic():
     x = torch.randn(8, 8, 8, generator=torch.Generator().manual_seed(3)).cumsum(0)
     a, b = tr_svd(x, tol=0.05), tr_svd(x, tol=0.05)
     assert all(torch.equal(p, q) for p, q in zip(a.cores, b.cores))
+
+
+def _stacked_low_rank(d_in, d_out, L, ranks, ring_seed):
+    """A stack of L low-TR-rank (d_in, d_out) matrices as tr_svd sees it, stored in float32
+    (what compress_mma feeds it)."""
+    x = TensorRing.random((d_in, d_out, L), list(ranks), seed=ring_seed).to_dense()
+    return x.float().double()
+
+
+@pytest.mark.parametrize("shape,ranks,ring_seed,seed", [
+    ((24, 6, 3), (1, 2, 2), 2, 0), ((16, 8, 4), (2, 1, 2), 3, 1), ((32, 8, 4), (1, 2, 2), 0, 1)])
+def test_block_split_whole_space_block_regression(shape, ranks, ring_seed, seed):
+    # these recursed until RecursionError: a complex pair whose invariant block spanned the
+    # whole operator space was "split" again into itself
+    x = _stacked_low_rank(*shape, ranks, ring_seed)
+    for tol in (0.1, 1e-4):
+        ring = tr_svd(x, tol=tol, seed=seed)
+        assert _rel(x, ring) <= tol
+
+
+@settings(max_examples=30, deadline=None)
+@given(d_in=st.integers(4, 40), d_out=st.integers(2, 10), L=st.integers(2, 5),
+       ranks=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+       ring_seed=st.integers(0, 10_000), seed=st.integers(0, 5), tol=st.sampled_from([0.3, 0.1, 1e-4]))
+def test_stacked_low_rank_never_raises_and_meets_tol(d_in, d_out, L, ranks, ring_seed, seed, tol):
+    x = _stacked_low_rank(d_in, d_out, L, ranks, ring_seed)
+    ring = tr_svd(x, tol=tol, seed=seed)
+    assert _rel(x, ring) <= tol * (1 + 1e-9)
+
+
+def test_kron_split_gives_up_cleanly_on_non_ring_operators():
+    from trkit.decompose._split import _block_split, kron_split
+
+    rng = np.random.default_rng(0)
+    # one 2x2 rotation-like operator family: its only invariant block is the whole space
+    rot = np.array([[0.0, -1.0], [1.0, 0.0]])
+    assert _block_split([rot, 2 * rot], 1, rng) is None
+    assert _block_split([np.eye(4)], 3, rng) is None  # 4 cannot be cut into blocks of 3
+    y = rng.standard_normal((6, 40))  # random data: no Kronecker structure
+    k = kron_split(y, 2, 3, 4, seed=0)
+    assert k is None or np.linalg.cond(k) < 1e10

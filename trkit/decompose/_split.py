@@ -49,39 +49,56 @@ def _null_basis(m: np.ndarray, dim: int):
     return vt[-dim:].T
 
 
+def _invariant_blocks(e: np.ndarray, r2: int):
+    """Bases of ``e``'s real invariant subspaces of width ``r2`` (real eigenvalue clusters) or
+    ``2 r2`` (complex pairs); None when the eigenvalues do not cluster that way."""
+    m = e.shape[0]
+    found = _cluster(np.linalg.eigvals(e), r2)
+    if found is None:
+        return None
+    centers, spread = found
+    blocks = []
+    for c in centers:
+        if abs(c.imag) <= 10 * spread:
+            b = _null_basis(e - c.real * np.eye(m), r2)
+        elif c.imag > 0:  # real invariant subspace of the conjugate pair
+            b = _null_basis(e @ e - 2 * c.real * e + abs(c) ** 2 * np.eye(m), 2 * r2)
+        else:
+            continue
+        if b is None:
+            return None
+        blocks.append(b)
+    return blocks
+
+
 def _block_split(ops: list[np.ndarray], r2: int, rng: np.random.Generator, tries: int = 30):
+    """Basis ``V`` (``m x m``) splitting the common invariant subspaces of ``ops`` into blocks
+    of width ``r2``, or None.
+
+    Recursion happens only on blocks strictly narrower than ``m``, so it always makes progress
+    (a block spanning the whole space, e.g. one complex pair when ``m = 2 r2``, splits nothing:
+    that draw is discarded and another random element tried).
+    """
     m = ops[0].shape[0]
     if m == r2:
         return np.eye(m)
+    if m < r2 or m % r2:
+        return None
     for _ in range(tries):
         e = sum(c * op for c, op in zip(rng.standard_normal(len(ops)), ops))
-        lam = np.linalg.eigvals(e)
-        found = _cluster(lam, r2)
-        if found is None:
+        blocks = _invariant_blocks(e, r2)
+        if blocks is None or sum(b.shape[1] for b in blocks) != m:
             continue
-        centers, spread = found
-        blocks, ok = [], True
-        for c in centers:
-            if abs(c.imag) <= 10 * spread:
-                b = _null_basis(e - c.real * np.eye(m), r2)
-            elif c.imag > 0:  # real invariant subspace of the conjugate pair
-                b = _null_basis(e @ e - 2 * c.real * e + abs(c) ** 2 * np.eye(m), 2 * r2)
-            else:
-                continue
-            if b is None:
-                ok = False
-                break
-            blocks.append(b)
-        if not ok or sum(b.shape[1] for b in blocks) != m or len(blocks) == 1:
-            continue  # one block (a complex pair spanning everything) splits nothing: redraw
+        if any(b.shape[1] >= m for b in blocks):
+            continue  # no progress possible from this draw
         v = np.hstack(blocks)
         if np.linalg.cond(v) > 1e8:
             continue
         vinv = np.linalg.inv(v)
-        out, col = v.copy(), 0
+        out, col, ok = v.copy(), 0, True
         for b in blocks:
             w = b.shape[1]
-            if w > r2:
+            if w > r2:  # w < m here, so the recursion shrinks
                 sub = [(vinv @ op @ v)[col:col + w, col:col + w] for op in ops]
                 inner = _block_split(sub, r2, rng, tries)
                 if inner is None:
@@ -99,7 +116,16 @@ def kron_split(y: np.ndarray, r1: int, r2: int, n_last: int, seed: int = 0):
 
     Args:
         y: ``U^T X_(1)``, shape ``(R, N / n_1)`` with the last mode (size ``n_last``) fastest.
+
+    None means "no Kronecker structure found"; the caller then keeps the plain split.
     """
+    try:
+        return _kron_split(y, r1, r2, n_last, seed)
+    except np.linalg.LinAlgError:  # a non-converging eig/SVD on data that is not a ring
+        return None
+
+
+def _kron_split(y: np.ndarray, r1: int, r2: int, n_last: int, seed: int):
     R = r1 * r2
     if r1 == 1 or y.shape[0] != R:
         return np.eye(R)
