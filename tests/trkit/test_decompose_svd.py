@@ -129,3 +129,66 @@ def test_kron_split_gives_up_cleanly_on_non_ring_operators():
     y = rng.standard_normal((6, 40))  # random data: no Kronecker structure
     k = kron_split(y, 2, 3, 4, seed=0)
     assert k is None or np.linalg.cond(k) < 1e10
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.integers(1, 40), q=st.integers(1, 300), rank=st.integers(1, 12), seed=st.integers(0, 1000),
+       f32=st.booleans())
+def test_row_basis_matches_svd(p, q, rank, seed, f32):
+    from trkit.decompose._lowrank import row_basis
+
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.randn(p, rank, generator=g, dtype=torch.float64)
+         @ torch.randn(rank, q, generator=g, dtype=torch.float64))
+    m = m + 1e-6 * torch.randn(p, q, generator=g, dtype=torch.float64)
+    m = m.float() if f32 else m
+    u, s, b = row_basis(m)
+    eps = 1e-5 if f32 else 1e-12
+    scale = float(torch.linalg.matrix_norm(m.double(), 2))
+    assert torch.allclose((u @ b).double(), m.double(), atol=eps * scale)
+    assert torch.allclose((u.T @ u).double(), torch.eye(u.shape[1], dtype=torch.float64), atol=10 * eps)
+    ref = torch.linalg.svdvals(m.double())
+    # truncating after r rows costs exactly ||s[r:]|| and never less than the optimal SVD tail
+    for r in range(len(s)):
+        exact = float(torch.linalg.matrix_norm(m.double() - (u[:, :r] @ b[:r]).double()))
+        assert abs(exact - float(torch.linalg.vector_norm(s[r:].double()))) <= 10 * eps * scale
+        assert exact >= float(torch.linalg.vector_norm(ref[r:])) - 10 * eps * scale
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.integers(20, 120), q=st.integers(200, 600), rank=st.integers(1, 30), need=st.integers(1, 20),
+       rel=st.floats(1e-8, 0.5), seed=st.integers(0, 1000))
+def test_sketch_rank_never_exceeds_truncation_rank(p, q, rank, need, rel, seed):
+    from trkit.decompose.svd import _rank_for, _rank_lower_bound
+
+    g = torch.Generator().manual_seed(seed)
+    decay = 0.7 ** torch.arange(rank, dtype=torch.float64)
+    m = (torch.randn(p, rank, generator=g, dtype=torch.float64) * decay) @ torch.randn(
+        rank, q, generator=g, dtype=torch.float64) + 1e-4 * torch.randn(p, q, generator=g, dtype=torch.float64)
+    delta = rel * float(torch.linalg.matrix_norm(m))
+    lb = _rank_lower_bound(m, delta, None, need)
+    assert lb <= _rank_for(torch.linalg.svdvals(m), delta, None, None)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-4])
+def test_sketch_pruning_does_not_change_the_result(monkeypatch, noise):
+    import trkit.decompose.svd as svd_mod
+
+    tr = TensorRing.random((16, 14, 16, 12), 3, seed=4)
+    x = tr.to_dense() + noise * torch.randn(16, 14, 16, 12, generator=torch.Generator().manual_seed(0),
+                                            dtype=torch.float64)
+    fired = []
+    real = svd_mod._rank_lower_bound
+
+    def spy(mat, delta, cap, need):
+        out = real(mat, delta, cap, need)
+        fired.append(out >= need)
+        return out
+
+    runs = {}
+    for name, fn in (("sketch", spy), ("off", lambda *a: 0)):
+        monkeypatch.setattr(svd_mod, "_rank_lower_bound", fn)
+        runs[name] = [tr_svd(x, tol=tol, start=s0) for tol in (1e-2, 1e-6) for s0 in ("auto", 0, 2)]
+    assert any(fired)  # the sketch did prune something
+    for a, b in zip(runs["sketch"], runs["off"]):
+        assert a.ranks == b.ranks and all(torch.equal(p, q) for p, q in zip(a.cores, b.cores))

@@ -10,15 +10,11 @@ import torch
 
 from trkit.decompose._common import (DecompositionInfo, check_tensor, check_tol, normalize_ranks,
                                      relative_error)
+from trkit.decompose._lowrank import row_basis
 from trkit.decompose._split import kron_split
 from trkit.ring import TensorRing
 
 __all__ = ["tr_svd"]
-
-
-def _svd(m: torch.Tensor):
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    return u, s, vh
 
 
 def _rank_for(s: torch.Tensor, delta: float | None, fixed: int | None, cap: int | None) -> int:
@@ -36,6 +32,25 @@ def _rank_for(s: torch.Tensor, delta: float | None, fixed: int | None, cap: int 
     return max(1, min(r, n))
 
 
+def _rank_lower_bound(mat: torch.Tensor, delta: float, cap: int | None, need: int) -> int:
+    """A rank <= the one ``_rank_for`` picks for ``mat`` at ``delta``, from a sketch; 0 if skipped.
+
+    For ``Q`` with orthonormal columns ``sigma_i(mat Q) <= sigma_i(mat)`` (interlacing), so the
+    truncation rank of ``mat Q`` at ``delta`` never exceeds that of ``mat`` (nor the one the row
+    basis finds, which is at least the SVD's). One power step makes ``Q`` catch the top space.
+    """
+    p, q = mat.shape
+    k = need + 4
+    if cap is not None and need > cap or k >= min(p, q) or p * q < 16_384:
+        return 0
+    g = torch.Generator().manual_seed(0)
+    omega = torch.randn(q, k, generator=g, dtype=mat.dtype).to(mat.device)
+    qz, _ = torch.linalg.qr(mat.T @ (mat @ omega))
+    s = torch.linalg.svdvals(mat @ qz)
+    slack = 1e-9 * delta + 64 * torch.finfo(mat.dtype).eps * float(s[0])  # rounding of the sketch
+    return _rank_for(s, delta + slack, None, cap)
+
+
 def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | None,
           ranks: list[int] | None, max_rank: int | None, budget: float = math.inf):
     """TT-SVD of the remainder ``y`` (``R x prod(shape[1:])``) with the ``a`` bond carried last.
@@ -50,14 +65,21 @@ def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | No
     cores, r_prev, lost = [], r2, 0.0
     for k in range(1, d - 1):
         mat = m.reshape(r_prev * shape[k], -1)
-        u, s, vh = _svd(mat)
+        if delta is not None and math.isfinite(budget):
+            # the same test as below, for the smallest rank that fails it: if even a cheap lower
+            # bound on the rank reaches it, skip the full decomposition (same result, less work)
+            done = sum(c.numel() for c in cores)
+            need = max(1, math.ceil((budget - done) / (r_prev * shape[k] + shape[d - 1] * r1)))
+            if need <= 1 or _rank_lower_bound(mat, delta, max_rank, need) >= need:
+                return None
+        u, s, b = row_basis(mat)
         fixed = ranks[k + 1] if ranks is not None else None
         r = _rank_for(s, delta, fixed, max_rank)
         lost += float((s[r:].double() ** 2).sum())
         cores.append(u[:, :r].reshape(r_prev, shape[k], r))
         if sum(c.numel() for c in cores) + r * shape[d - 1] * r1 >= budget:
             return None
-        m = s[:r, None] * vh[:r]
+        m = b[:r]
         r_prev = r
     cores.append(m.reshape(r_prev, shape[d - 1], r1))
     return cores, lost
@@ -65,12 +87,22 @@ def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | No
 
 def _candidate(x2: torch.Tensor, u: torch.Tensor, y: torch.Tensor, r1: int, r2: int, shape,
                delta, ranks, max_rank, structured: bool, seed: int, budget: float = math.inf):
-    """One full ring for a given split; None if the structured split cannot be found."""
+    """One full ring for a given split.
+
+    Returns ``(found, out)``: ``found`` whether the Kronecker split was found (structured, r1 > 1
+    only); ``out`` the cores and error bound, or None (no structured split, or pruned by budget).
+    """
     R = r1 * r2
+    # every core holds >= r_k n_k r_{k+1} >= n_k entries: prune before any work
+    least = r2 * shape[1] * r1 if len(shape) == 2 else r2 * shape[1] + sum(shape[2:-1]) + shape[-1] * r1
+    if shape[0] * R + least >= budget:
+        return False, None
+    found = False
     if structured and r1 > 1:
         k_np = kron_split(y.detach().cpu().double().numpy(), r1, r2, shape[-1], seed=seed)
         if k_np is None:
-            return None
+            return False, None
+        found = True
         k = torch.from_numpy(k_np).to(dtype=u.dtype, device=u.device)
         u_k = u @ k
         y_k = torch.linalg.solve(k, y)
@@ -82,14 +114,20 @@ def _candidate(x2: torch.Tensor, u: torch.Tensor, y: torch.Tensor, r1: int, r2: 
     first = u_k.reshape(shape[0], r1, r2).permute(1, 0, 2).contiguous()
     out = _tail(y_k, r1, r2, list(shape), tail_delta, ranks, max_rank, budget - first.numel())
     if out is None:
-        return None
+        return found, None
     rest, lost = out
-    return [first] + rest, math.sqrt(lost) * knorm
+    return found, ([first] + rest, math.sqrt(lost) * knorm)
 
 
-def _first_rank(x: torch.Tensor, delta: float, cap: int | None) -> tuple[int, torch.Tensor]:
-    s = torch.linalg.svdvals(x.reshape(x.shape[0], -1))
-    return _rank_for(s, delta, None, cap), s
+def _rotated(x: torch.Tensor, s0: int) -> torch.Tensor:
+    d = x.ndim
+    return x.permute([(s0 + j) % d for j in range(d)]) if s0 else x
+
+
+def _start_basis(x: torch.Tensor, s0: int):
+    """Row basis ``(u, s, b)`` of the unfolding of the ring cut at mode ``s0``."""
+    xs = _rotated(x, s0)
+    return row_basis(xs.reshape(xs.shape[0], -1))
 
 
 def _factor_pairs(R: int, max_rank: int | None):
@@ -99,14 +137,13 @@ def _factor_pairs(R: int, max_rank: int | None):
     return pairs
 
 
-def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf):
+def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf, basis=None):
     """All first splits for the ring started at mode ``s0``; returns the best candidate (or None
-    when none has fewer than ``budget`` parameters)."""
+    when none has fewer than ``budget`` parameters). ``basis``: ``_start_basis(x, s0)`` if known."""
     d = x.ndim
-    xs = x.permute([(s0 + j) % d for j in range(d)]) if s0 else x
+    xs = _rotated(x, s0)
     sshape = list(xs.shape)
-    mat = xs.reshape(sshape[0], -1)
-    u, s, vh = _svd(mat)
+    u, s, b = _start_basis(x, s0) if basis is None else basis
     if ranks is not None:
         rr = [ranks[(s0 + j) % d] for j in range(d)]
         R = rr[0] * rr[1]
@@ -123,14 +160,14 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf):
     for r1, r2 in pairs:
         if r1 * r2 != R:
             continue
-        u_r, y = u[:, :R], s[:R, None] * vh[:R]
-        for structured in (True, False):
+        u_r, y = u[:, :R], b[:R]
+        for structured in ((True, False) if r1 > 1 else (False,)):
             if not structured and kron_ok and r1 > 1:
-                break  # a Kronecker split worked: the data is ring-like, arbitrary splits lose
+                break  # a Kronecker split was found: the data is ring-like, arbitrary splits lose
             limit = budget if best is None or ranks is not None else min(budget, best[0][0])
-            out = _candidate(xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed,
-                             limit if ranks is None else math.inf)
-            kron_ok = kron_ok or (structured and r1 > 1 and r2 > 1 and out is not None)
+            found, out = _candidate(xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed,
+                                    limit if ranks is None else math.inf)
+            kron_ok = kron_ok or (found and r2 > 1)
             if out is None:
                 continue
             cores, bound_tail = out
@@ -143,8 +180,6 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf):
                 key = (n_params, bound)
             if best is None or key < best[0]:
                 best = (key, cores, bound, structured and r1 > 1, (r1, r2))
-            if r1 == 1:
-                break
     return best
 
 
@@ -200,19 +235,25 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
         cap_list = normalize_ranks(rank, shape, warn=False)
         cap = max(cap_list) if cap is None else min(cap, max(cap_list))
 
+    bases = {}
     if s0 is None:
-        # modes whose unfolding is genuinely low-rank are worth starting at; try each, keep the best
+        # modes whose unfolding is genuinely low-rank are worth starting at; try the 3 most
+        # compressible (their row bases are kept for the candidates, the others dropped)
         firsts = []
         for k in range(d):
-            firsts.append(_first_rank(torch.movedim(x, k, 0), delta, None if cap is None else cap * cap)[0])
+            basis = _start_basis(x, k)
+            firsts.append(_rank_for(basis[1], delta, None, None if cap is None else cap * cap))
+            bases[k] = basis
+            keep = sorted(bases, key=lambda j: (firsts[j], j))[:3]
+            bases = {j: bases[j] for j in keep}
         starts = [k for k in range(d) if firsts[k] < shape[k]] or [int(np.argmin(firsts))]
-        starts = sorted(starts, key=lambda k: (firsts[k], k))[:3]  # the 3 most compressible
+        starts = sorted(starts, key=lambda k: (firsts[k], k))[:3]
     else:
         starts = [s0]
     best = None
     for s_try in starts:
         budget = math.inf if best is None or ranks is not None else best[0][0]
-        found = _best_for_start(x, s_try, ranks, delta, cap, xnorm, seed, budget)
+        found = _best_for_start(x, s_try, ranks, delta, cap, xnorm, seed, budget, bases.pop(s_try, None))
         if found is not None and (best is None or found[0] < best[0]):
             best = found + (s_try,)
     s0 = best[-1]
