@@ -156,7 +156,7 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf, basi
         # balanced splits first: they are usually best, and later ones then abort early
         pairs.sort(key=lambda p: (abs(math.log(p[0] / p[1])), p[0]))
     lost0 = float((s[R:].double() ** 2).sum())
-    best, kron_ok = None, False
+    best, kron_ok, fixed = None, False, []
     for r1, r2 in pairs:
         if r1 * r2 != R:
             continue
@@ -173,13 +173,18 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf, basi
             cores, bound_tail = out
             n_params = sum(c.numel() for c in cores)
             bound = math.sqrt(lost0 + bound_tail ** 2)
+            entry = (cores, bound, structured and r1 > 1, (r1, r2))
             if ranks is not None:
-                err = relative_error(xs, TensorRing(cores, validate=False), xnorm)
-                key = (err, n_params)
-            else:
-                key = (n_params, bound)
-            if best is None or key < best[0]:
-                best = (key, cores, bound, structured and r1 > 1, (r1, r2))
+                fixed.append(entry)  # compared by dense error below, only if there is a choice
+                continue
+            if best is None or (n_params, bound) < best[0]:
+                best = ((n_params, bound),) + entry
+    if len(fixed) == 1:
+        best = ((0.0, 0),) + fixed[0]
+    elif fixed:
+        errs = [relative_error(xs, TensorRing(e[0], validate=False), xnorm) for e in fixed]
+        j = int(np.argmin(errs))
+        best = ((errs[j], 0),) + fixed[j]
     return best
 
 
@@ -208,7 +213,10 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
     The first SVD's ``r_1 r_2`` columns are split between the two bonds by recovering their
     Kronecker structure (see ``trkit.decompose._split``) so an exact ring is recovered at its
     own ranks; every factorisation ``r_1 r_2 = R`` is tried and the one with the fewest
-    parameters (tolerance mode) or the lowest error (rank mode) is kept.
+    parameters (tolerance mode) or the lowest error (rank mode) is kept. Candidates that a
+    cheap sketched rank bound shows cannot beat the best so far are skipped before their SVDs;
+    wide unfoldings are decomposed through their Gram matrix with exact error accounting
+    (``trkit.decompose._lowrank``), so the guarantee is unchanged.
     """
     t0 = time.perf_counter()
     x = check_tensor(x)
