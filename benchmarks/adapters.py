@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,15 +50,9 @@ VARIANTS = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
+
+from _common import cpu_model  # noqa: E402
 
 def param_table(info) -> list[dict]:
     t, v = info["text"], info["image"]

@@ -34,15 +34,9 @@ FULL = [(4, 32, 8), (4, 32, 16), (6, 8, 4), (6, 12, 8), (6, 16, 4), (8, 6, 4), (
 QUICK = [(4, 16, 4), (6, 6, 4), (8, 4, 4), (10, 3, 2)]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
+
+from _common import cpu_model  # noqa: E402
 
 def timeit(fn, repeats: int) -> dict:
     fn()  # warm-up: plan caches, allocator

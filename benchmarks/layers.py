@@ -36,15 +36,9 @@ torch.set_num_threads(1)
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.json"
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
+
+from _common import cpu_model  # noqa: E402
 
 def timeit(fn, min_time: float, max_reps: int = 200) -> float:
     fn()  # warm-up (plans, allocator)

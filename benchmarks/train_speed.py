@@ -42,15 +42,9 @@ SMALL_CONFIG = {  # 12 layers like ViT-B so the default placement (layers 5..12)
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
+
+from _common import cpu_model  # noqa: E402
 
 def make_dataset(root: Path, n_classes: int, n_train: int, size: int = 256) -> Path:
     """CoOp layout with real JPEG files (smooth random colour fields, ``size`` px)."""

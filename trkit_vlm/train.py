@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from trkit_vlm import prefix_cache as pc
 from trkit_vlm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trkit_vlm.config import RunConfig, save_config
 from trkit_vlm.data import (ClassificationData, few_shot_data, fewshot_cache_path, load_dataset,

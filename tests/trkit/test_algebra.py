@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import trkit
-from trkit import algebra
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import trkit.nn as tn

@@ -10,7 +10,7 @@ import trkit_vlm as tv
 from trkit_vlm.adapters import (MMAConfig, adapter_parameters, adapters_disabled, count_trainable, get_adapters,
                                 grad_scale, mma_param_count)
 from trkit_vlm.adapters.base import default_layers
-from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info, tower_info_from_config
+from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info_from_config
 
 TINY = "trkit-test-tiny"
 register_model_config(TINY, TINY_CONFIG)

@@ -11,7 +11,6 @@ the output layout directly.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
 
 import torch
 

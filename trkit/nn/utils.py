@@ -8,9 +8,7 @@ import math
 import string
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
-import torch
 from torch import nn
 
 from trkit import contract as _contract
