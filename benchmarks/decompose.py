@@ -224,10 +224,10 @@ def report(results: list[dict], env: dict, quick: bool) -> dict:
         + ", ".join(f"{c}: {'-' if v is None else f'{v:.2f}x'}" for c, v in vs_quimb) + ")",
     ]
     exact = next((r for r in rows if r["case"].startswith("exact ring")), None)
-    if exact is not None:
-        targets.append(f"tr_svd(tol) on {exact['case']} within 2x of rank mode: "
-                       f"{'met' if exact['SVD(tol) s'] <= 2 * exact['trkit SVD(rank) s'] else 'missed'} "
-                       f"({exact['SVD(tol) s']:.3f} s vs {exact['trkit SVD(rank) s']:.3f} s)")
+    if exact is not None and not quick:  # 2.32 s before the Gram bases and candidate pruning
+        targets.append(f"tr_svd(tol) on {exact['case']} under 0.5 s (was 2.32 s): "
+                       f"{'met' if exact['SVD(tol) s'] < 0.5 else 'missed'} ({exact['SVD(tol) s']:.3f} s; "
+                       f"rank mode {exact['trkit SVD(rank) s']:.3f} s)")
     notes = [
         "Same tensors, same process, one BLAS thread for everyone; the machine is shared, so read ratios.",
         "'to target' = time for trkit TR-ALS (SVD init included) to reach the best error of tensorly/quimb ALS "
