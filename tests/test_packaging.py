@@ -45,3 +45,18 @@ def test_console_scripts_help_and_version(script, words):
         assert w in help_.stdout
     version = _run(str(exe), "--version")
     assert version.returncode == 0 and trkit.__version__ in version.stdout
+
+
+@pytest.mark.parametrize("argv", [["trkit-vlm", "--help"], ["trkit-vlm", "train", "-c", "x.yaml"],
+                                  ["trkit-vlm", "table", "runs"]])
+def test_trkit_vlm_without_the_vlm_extra_says_how_to_install_it(argv):
+    # Simulate `pip install .` without extras: importing pillow fails as if it were not installed.
+    code = ("import sys; sys.modules['PIL'] = None; from trkit_vlm.cli import main; "
+            f"sys.exit(main({argv[1:]!r}))")
+    proc = _run(sys.executable, "-c", code)
+    if argv[1] == "--help":
+        assert proc.returncode == 0 and "pip install 'trkit[vlm]'" in proc.stdout
+    else:
+        assert proc.returncode == 2
+        assert "needs the 'vlm' extra (missing module 'PIL')" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -69,7 +69,7 @@ def load_array(path: str, key: str | None = None) -> np.ndarray:
                 arr = np.asarray(img)
         else:
             raise CLIError(f"{p}: unsupported file type {suffix!r} (use .npy, .npz, .pt, .safetensors or an image)")
-    except CLIError:
+    except (CLIError, ModuleNotFoundError):
         raise
     except Exception as exc:  # corrupt/truncated files raise many different types
         detail = str(exc).splitlines()[0][:120] if str(exc) else ""
@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, TypeError) as exc:  # bad options caught by the library's own checks
         print(f"trkit: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # optional: matplotlib for --plot, pillow for image files
+        package = {"PIL": "pillow"}.get((exc.name or "").split(".")[0], exc.name)
+        print(f"trkit: error: this needs the optional package '{package}': pip install {package}",
+              file=sys.stderr)
         return 2
 
 

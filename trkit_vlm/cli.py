@@ -8,15 +8,27 @@ import sys
 
 from trkit_vlm._version import __version__
 
-# Subcommand name -> module under trkit_vlm.commands (imported lazily so --help stays fast).
+# Subcommand name -> (module under trkit_vlm.commands, one-line help shown when it cannot be imported).
 COMMANDS = {
-    "train": "train",
-    "eval": "evaluate",
-    "table": "table",
-    "compress": "compress",
-    "pretrain-small": "pretrain_small",
-    "quickstart": "quickstart",
+    "train": ("train", "train adapters few-shot (base-to-novel protocol)"),
+    "eval": ("evaluate", "evaluate a trained run"),
+    "table": ("table", "aggregate runs into base-to-novel tables"),
+    "compress": ("compress", "compress trained MMA adapters into AdaRing"),
+    "pretrain-small": ("pretrain_small", "pre-train the small Fashion-MNIST CLIP"),
+    "quickstart": ("quickstart", "the AdaRing quickstart on the project's small CLIP"),
 }
+# Third-party packages of the `vlm` extra; without them the commands explain how to install it.
+VLM_EXTRA = {"open_clip", "PIL", "torchvision", "matplotlib", "yaml"}
+
+
+def _missing_extra(name: str, help_: str, missing: str, subparsers) -> None:
+    def run(args) -> int:  # main() turns this into the one-line install hint
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+    # No option parsing here (prefix_chars that never occur), so any arguments reach run().
+    sub = subparsers.add_parser(name, help=f"{help_} [needs: pip install 'trkit[vlm]']", add_help=False,
+                                prefix_chars="\0")
+    sub.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt CLIP models with AdaRing cross-layer tensor-ring adapters (and the MMA baseline).")
     parser.add_argument("--version", action="version", version=f"trkit-vlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        importlib.import_module(f"trkit_vlm.commands.{module}").register(subparsers)
+    for name, (module, help_) in COMMANDS.items():
+        try:  # some commands import their dependencies inside register()
+            importlib.import_module(f"trkit_vlm.commands.{module}").register(subparsers)
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] not in VLM_EXTRA:
+                raise
+            subparsers._name_parser_map.pop(name, None)  # a half-registered parser, if any
+            _missing_extra(name, help_, err.name, subparsers)
     return parser
 
 
@@ -36,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as err:  # commands import their heavy dependencies lazily
+        if (err.name or "").split(".")[0] not in VLM_EXTRA:
+            raise
+        print(f"trkit-vlm {args.command}: needs the 'vlm' extra (missing module '{err.name}'): "
+              "pip install 'trkit[vlm]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
