@@ -66,10 +66,10 @@ class PretrainRecipe:
     Training length is a number of steps, not wall time, so the result is the same on any machine.
     """
     model_config: dict = field(default_factory=lambda: json.loads(json.dumps(SMALL_CLIP_CONFIG)))
-    steps: int = 400
-    batch_size: int = 256
-    lr: float = 2e-3
-    warmup_steps: int = 20
+    steps: int = 720
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1
     templates: tuple[str, ...] = PRETRAIN_TEMPLATES
@@ -282,7 +282,8 @@ def train_small_clip(recipe: PretrainRecipe, images: np.ndarray, labels: np.ndar
     metrics = {"zero_shot_val_acc": acc, "train_seconds": train_s, "steps": recipe.steps,
                "seconds_per_step": train_s / max(recipe.steps, 1), "threads": torch.get_num_threads(),
                "final_loss": float(np.mean(losses[-20:])), "epochs": recipe.steps * recipe.batch_size / len(train_idx),
-               "logit_scale": float(model.logit_scale.detach().exp())}
+               "logit_scale": float(model.logit_scale.detach().exp()),
+               "loss_curve": [round(float(np.mean(losses[i:i + 20])), 4) for i in range(0, len(losses), 20)]}
     return model, metrics
 
 

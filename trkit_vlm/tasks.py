@@ -28,7 +28,7 @@ from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mni
 from trkit_vlm.small_clip import PretrainRecipe, images_to_tensor, split_train_val
 
 # Chosen on the validation split by shift_sweep (benchmarks/results/small_clip_shift_sweep.json).
-DEFAULT_SHIFT_STRENGTH = 0.3
+DEFAULT_SHIFT_STRENGTH = 0.6
 
 
 def apply_shift(images: np.ndarray, strength: float) -> np.ndarray:
