@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -105,15 +106,16 @@ def weights_path(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathL
 
 def register_small_clip(config: dict | None = None, name: str = SMALL_CLIP_NAME) -> str:
     """Make ``name`` a known open_clip model config (idempotent); returns the name."""
-    config = json.loads(json.dumps(config or SMALL_CLIP_CONFIG))
-    try:
-        from trkit_vlm.models import register_model_config
-    except ImportError:  # models.py not there yet: talk to open_clip directly
-        from open_clip import factory
-        factory._MODEL_CONFIGS[name] = config
-    else:
-        register_model_config(name, config)
+    from trkit_vlm.models import register_model_config
+    register_model_config(name, config or SMALL_CLIP_CONFIG)
     return name
+
+
+class _DropRandomInitWarning(logging.Filter):
+    # open_clip warns "No pretrained weights loaded" on every create_model(pretrained=None); for a model
+    # about to be pre-trained that is the point, not news.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
 
 
 def _model_name_for(config: dict) -> str:
@@ -129,7 +131,12 @@ def create_small_clip(config: dict | None = None) -> torch.nn.Module:
     import open_clip
     config = config or SMALL_CLIP_CONFIG
     name = register_small_clip(config, _model_name_for(config))
-    return open_clip.create_model(name, pretrained=None)
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -288,15 +295,16 @@ def train_small_clip(recipe: PretrainRecipe, images: np.ndarray, labels: np.ndar
 
 
 def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Weights (safetensors) and the recipe/metrics JSON beside them, each via temp file + os.replace."""
     from safetensors.torch import save_file
+
+    from trkit_vlm.checkpoint import atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"trkit_recipe": json.dumps(meta)})
     os.replace(tmp, path)
-    json_tmp = path.with_suffix(f".json.tmp{os.getpid()}")
-    json_tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(json_tmp, path.with_suffix(".json"))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
 def pretrain_small(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathLike | None = None,
