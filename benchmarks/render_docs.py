@@ -77,7 +77,9 @@ def _is_table(v) -> bool:
 
 
 def section(name: str, data: dict) -> str:
-    out = [f"## {data.get('title', name)}", "", f"Source: `benchmarks/{name}.py` → `benchmarks/results/{name}.json`", ""]
+    script = ROOT / "benchmarks" / f"{name}.py"
+    source = f"`benchmarks/{name}.py` → " if script.exists() else ""
+    out = [f"## {data.get('title', name)}", "", f"Source: {source}`benchmarks/results/{name}.json`", ""]
     if data.get("command"):
         out += [f"Command: `{data['command']}`", ""]
     for key, value in data.items():
