@@ -87,7 +87,7 @@ def section(name: str, data: dict) -> str:
             if key not in ("rows", "results", "table"):
                 out += [f"### {key.replace('_', ' ')}", ""]
             out += [table(value), ""]
-        elif isinstance(value, dict) and key not in ("env", "targets"):
+        elif isinstance(value, dict) and key not in ("env", "targets", "details"):  # details: JSON only
             out += [f"### {key.replace('_', ' ')}", "", table([value]), ""]
     for key in ("targets", "notes"):
         v = data.get(key)
