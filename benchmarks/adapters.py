@@ -28,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit_vlm as tv  # noqa: E402
@@ -52,7 +51,7 @@ VARIANTS = {
 
 
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, peak_alloc_bytes  # noqa: E402
 
 def param_table(info) -> list[dict]:
     t, v = info["text"], info["image"]
@@ -96,14 +95,7 @@ def interleaved(fns: dict, reps: int) -> dict:
 
 
 def peak_mb(fn) -> float:
-    """Peak of the running sum of CPU allocations during ``fn`` (torch profiler memory events)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    cur = best = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        cur += e.self_cpu_memory_usage
-        best = max(best, cur)
-    return best / 2**20
+    return peak_alloc_bytes(fn) / 2**20
 
 
 def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:

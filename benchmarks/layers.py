@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit.nn as tn  # noqa: E402
@@ -38,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "layers.json"
 
 
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, peak_alloc_bytes  # noqa: E402
 
 def timeit(fn, min_time: float, max_reps: int = 200) -> float:
     fn()  # warm-up (plans, allocator)
@@ -52,17 +51,6 @@ def timeit(fn, min_time: float, max_reps: int = 200) -> float:
     return statistics.median(times)
 
 
-def peak_bytes(fn) -> int:
-    """Peak of the running sum of CPU allocations during ``fn`` (torch profiler, memory events)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    cur = best = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        cur += e.self_cpu_memory_usage
-        best = max(best, cur)
-    return best
-
-
 def measure(module, x, min_time):
     def fwd():
         with torch.no_grad():
@@ -73,7 +61,7 @@ def measure(module, x, min_time):
         module(x).sum().backward()
 
     return {"fwd_ms": 1e3 * timeit(fwd, min_time), "fwdbwd_ms": 1e3 * timeit(fwd_bwd, min_time),
-            "fwd_peak_mb": peak_bytes(fwd) / 2**20, "fwdbwd_peak_mb": peak_bytes(fwd_bwd) / 2**20}
+            "fwd_peak_mb": peak_alloc_bytes(fwd) / 2**20, "fwdbwd_peak_mb": peak_alloc_bytes(fwd_bwd) / 2**20}
 
 
 def tltorch_layer(in_f, out_f, in_modes, out_modes, target_params):

@@ -4,20 +4,11 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import trkit
+from _strategies import SETTINGS, ring_specs
 
-SETTINGS = settings(max_examples=25, deadline=None)
-
-
-@st.composite
-def ring_specs(draw, max_d=6, max_n=6, max_r=4):
-    d = draw(st.integers(2, max_d))
-    shape = draw(st.lists(st.integers(1, max_n), min_size=d, max_size=d))
-    ranks = draw(st.lists(st.integers(1, max_r), min_size=d, max_size=d))
-    seed = draw(st.integers(0, 2**31 - 1))
-    return shape, ranks, seed
 
 
 def dense_ref(tr: trkit.TensorRing) -> torch.Tensor:
