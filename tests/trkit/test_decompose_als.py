@@ -48,6 +48,20 @@ def test_matches_or_beats_tensorly_als():
     assert info.rel_error <= err_tly * 1.02
 
 
+@pytest.mark.parametrize("seed", [1, 3])
+def test_same_start_same_fixed_point_as_tensorly(seed):
+    # On a noise tensor ALS has many local minima; which one is reached depends on the start only.
+    # From tensorly's own random start, our sweeps (normal equations, QR gauge) must land on the
+    # same fixed point as tensorly's lstsq ALS: any gap between the two is the start, not the solver.
+    x = np.random.default_rng(seed).standard_normal((6, 5, 7, 6))
+    tl.set_backend("numpy")
+    tly = tensor_ring_als(x, rank=[3] * 5, n_iter_max=200, random_state=seed)
+    err_tly = np.linalg.norm(x - tl.tr_to_tensor(tly)) / np.linalg.norm(x)
+    start = tl.random.random_tr(x.shape, [3] * 5, random_state=tl.check_random_state(seed))
+    init = TensorRing([torch.from_numpy(np.asarray(c)) for c in start])
+    _, info = tr_als(torch.from_numpy(x), 3, init=init, max_iter=200, tol=1e-12, return_info=True)
+    assert abs(info.rel_error - err_tly) <= 1e-4 * err_tly
+
 def test_callback_stop_seed_determinism_and_float32():
     x = torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ring, info = tr_als(x, 2, init="random", max_iter=50, seed=3, return_info=True,
