@@ -12,9 +12,7 @@ stderr and exit code 2; outputs are written atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,14 +91,8 @@ def _ints(text: str, what: str) -> list[int]:
 def _atomic_write(path: Path, write) -> None:
     if not path.parent.is_dir():
         raise CLIError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from trkit.io import atomic_write
+    atomic_write(path, write)
 
 
 def _decompose(x, method: str, tol, rank, args):

@@ -11,16 +11,36 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from trkit.ring import TensorRing, as_tensor
 
-__all__ = ["save", "load", "from_tensorly", "to_tensorly"]
+__all__ = ["save", "load", "from_tensorly", "to_tensorly", "atomic_write"]
 
 FORMAT_NAME = "trkit.TensorRing"
 FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then ``os.replace`` it onto ``path``.
+
+    The one atomic-write mechanism of the project (its add-on packages call it too): readers see
+    the old file or the complete new one, never half a file; the temp file is removed if ``write``
+    fails. The parent directory must exist (callers decide whether to create it). Returns ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def save(tr: TensorRing, path: str | os.PathLike) -> Path:
@@ -38,16 +58,7 @@ def save(tr: TensorRing, path: str | os.PathLike) -> Path:
     tensors = {f"core_{k}": c.detach().cpu().contiguous() for k, c in enumerate(tr.cores)}
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "shape": list(tr.shape),
             "ranks": list(tr.ranks), "dtype": str(tr.dtype).replace("torch.", "")}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"trkit": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"trkit": json.dumps(meta)}))
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> TensorRing:

@@ -298,12 +298,11 @@ def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
     """Weights (safetensors) and the recipe/metrics JSON beside them, each via temp file + os.replace."""
     from safetensors.torch import save_file
 
+    from trkit.io import atomic_write
     from trkit_vlm.checkpoint import atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"trkit_recipe": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"trkit_recipe": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 

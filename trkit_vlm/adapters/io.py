@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from trkit.io import atomic_write
 from trkit_vlm.adapters.base import AdapterSet, add_adapters, get_adapters, remove_adapters
 from trkit_vlm.models import tower_info
 
@@ -38,15 +38,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     meta = {"format": FORMAT, "config": json.dumps(aset.config.to_dict()), "towers": json.dumps(aset.info),
             "layers": json.dumps({"text": aset.text_layers, "image": aset.image_layers})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_adapter_file(path: str | os.PathLike):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -49,6 +47,7 @@ def _read_source(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from trkit_vlm.checkpoint import atomic_write_text
     from trkit_vlm.compress import compress_mma
 
     try:
@@ -60,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         report = {"source": str(args.checkpoint), "budget": budget, "tol": args.tol, "n_params": res.n_params,
                   "mma_params": res.mma_params, "fraction": res.fraction, "projections": res.projections,
                   "output_rel_error": res.output_rel_error, "config": res.config.to_dict()}
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, out / "report.json")
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     except (ValueError, TypeError, OSError) as err:
         print(f"trkit-vlm compress: error: {err}", file=sys.stderr)
         return 2
