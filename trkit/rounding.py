@@ -21,6 +21,7 @@ import math
 import torch
 
 from trkit.algebra import inner
+from trkit.decompose._common import check_tol
 from trkit.ring import TensorRing
 
 __all__ = ["round", "ring_error"]
@@ -93,9 +94,7 @@ def round(tr: TensorRing, tol: float | None = None, max_rank: int | None = None,
     if tol is None and max_rank is None:
         raise ValueError("give tol and/or max_rank")
     if tol is not None:
-        tol = float(tol)
-        if not math.isfinite(tol) or tol <= 0:
-            raise ValueError(f"tol must be a positive finite number, got {tol}")
+        tol = check_tol(tol)
     if max_rank is not None and int(max_rank) < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     if int(refine) < 0:

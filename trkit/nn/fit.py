@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from trkit.decompose._common import check_tol
 from trkit.ring import TensorRing
 
 __all__ = ["fit_ring"]
@@ -43,9 +44,7 @@ def fit_ring(x: torch.Tensor, tol: float | None = None, max_params: int | None =
     if ranks is not None and (tol is not None or max_params is not None):
         raise ValueError("give either ranks or tol/max_params, not both")
     if tol is not None:
-        tol = float(tol)
-        if not math.isfinite(tol) or tol <= 0:
-            raise ValueError(f"tol must be a positive finite number, got {tol}")
+        tol = check_tol(tol)
     x = x.detach()
     x_norm = float(torch.linalg.vector_norm(x))
     if ranks is not None:
