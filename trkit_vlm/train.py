@@ -22,7 +22,7 @@ from torch import nn
 
 from trkit_vlm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trkit_vlm.config import RunConfig, save_config
-from trkit_vlm.data import (ClassificationData, few_shot_data, fewshot_cache_path, load_dataset,
+from trkit_vlm.data import (ClassificationData, check_usable, few_shot_data, fewshot_cache_path, load_dataset,
                             subsample_classes)
 from trkit_vlm.data.transforms import build_transforms, check_files, load_image
 from trkit_vlm.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
@@ -58,16 +58,13 @@ def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
 
 def prepare_data(cfg: RunConfig, data: ClassificationData | None, info: DistInfo) -> tuple[ClassificationData, ClassificationData]:
     """(few-shot data with all classes, the training subset). Rank 0 samples and caches the shots."""
-    if data is None:
+    if data is None:  # load_dataset checks the splits itself
         data = load_dataset(cfg.data.dataset, cfg.data.root, split_file=cfg.data.split_file,
                             image_dir=cfg.data.image_dir, classnames=cfg.data.classnames)
     elif cfg.data.classnames is not None and list(cfg.data.classnames) != list(data.classnames):
         raise ValueError("class-name mismatch between the data passed in and data.classnames in the config")
-    data.validate()
-    if not data.test:
-        raise ValueError(f"dataset {data.name!r}: the test split is empty")
-    if not data.train:
-        raise ValueError(f"dataset {data.name!r}: the train split is empty")
+    else:
+        check_usable(data)
     cache = fewshot_cache_path(cfg.output_dir, cfg.dataset_key(), cfg.data.shots, cfg.seed)
     if info.is_main:
         fs = few_shot_data(data, cfg.data.shots, cfg.seed, cache)

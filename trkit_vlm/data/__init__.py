@@ -63,6 +63,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, split_file
         want = classnames[diff] if diff < len(classnames) else "nothing"
         raise ValueError(f"class-name mismatch between the split and the config: label {diff} is {got!r} "
                          f"in {data.name} and {want!r} in the config")
+    return check_usable(data)
+
+
+def check_usable(data: ClassificationData) -> ClassificationData:
+    """``data`` with non-empty train and test splits and valid labels; ValueError naming the problem."""
     if not data.test:
         raise ValueError(f"dataset {data.name!r}: the test split is empty")
     if not data.train:
