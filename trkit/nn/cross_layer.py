@@ -116,10 +116,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     def n_params(self) -> int:
         """``sum_k r_k n_k r_{k+1}`` over the ring (``R1 R2 d_in + R2 R3 d_out + R3 R1 L`` for three
         cores), plus ``n_layers * d_out`` with bias."""
-        r, d = self.ranks, len(self.ranks)
-        modes = self.in_modes + self.out_modes + (self.n_layers,)
-        n = sum(r[k] * modes[k] * r[(k + 1) % d] for k in range(d))
-        return n + (self.n_layers * self.d_out if self.bias is not None else 0)
+        return sum(c.numel() for c in self.cores) + (self.bias.numel() if self.bias is not None else 0)
 
     @property
     def dense_params(self) -> int:

@@ -100,10 +100,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
     @property
     def n_params(self) -> int:
         """``sum_k r_k n_k r_{k+1}`` (+ ``out_features`` with bias)."""
-        d = len(self.ranks)
-        modes = self.out_modes + self.in_modes
-        n = sum(self.ranks[k] * modes[k] * self.ranks[(k + 1) % d] for k in range(d))
-        return n + (self.out_features if self.bias is not None else 0)
+        return sum(c.numel() for c in self.cores) + (self.bias.numel() if self.bias is not None else 0)
 
     @property
     def dense_params(self) -> int:
