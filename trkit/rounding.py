@@ -21,7 +21,7 @@ import math
 import torch
 
 from trkit.algebra import inner
-from trkit.decompose._common import check_tol
+from trkit.decompose._common import check_max_rank, check_tol
 from trkit.ring import TensorRing
 
 __all__ = ["round", "ring_error"]
@@ -95,8 +95,7 @@ def round(tr: TensorRing, tol: float | None = None, max_rank: int | None = None,
         raise ValueError("give tol and/or max_rank")
     if tol is not None:
         tol = check_tol(tol)
-    if max_rank is not None and int(max_rank) < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    max_rank = check_max_rank(max_rank)
     if int(refine) < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     cores = [c.detach() for c in tr.cores]

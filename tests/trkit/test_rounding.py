@@ -71,3 +71,12 @@ def test_bad_input(kw, match):
         trkit.round(TensorRing.random((3, 4, 5), 2, seed=0), **kw)
     with pytest.raises(TypeError):
         trkit.round(torch.ones(3, 3), tol=0.1)
+
+
+@pytest.mark.parametrize("call", [lambda x, r: trkit.tr_svd(x, tol=0.1, max_rank=0),
+                                  lambda x, r: trkit.tr_als_adaptive(x, tol=0.1, max_rank=0),
+                                  lambda x, r: trkit.round(r, max_rank=0)])
+def test_max_rank_below_one_is_refused_everywhere(call):
+    ring = trkit.TensorRing.random((3, 4, 5), (2, 2, 2), seed=0)
+    with pytest.raises(ValueError, match="max_rank must be >= 1, got 0"):
+        call(ring.to_dense(), ring)

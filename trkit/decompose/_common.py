@@ -78,6 +78,15 @@ def check_tol(tol, name: str = "tol") -> float:
     return tol
 
 
+def check_max_rank(max_rank) -> int | None:
+    """``None`` (no cap) or an int >= 1."""
+    if max_rank is None:
+        return None
+    if int(max_rank) < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    return int(max_rank)
+
+
 def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = None,
                     warn: bool = True) -> list[int]:
     """``rank`` (int or one int per mode; ``rank[k]`` is the bond entering core ``k``) -> list.

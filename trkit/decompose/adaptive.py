@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_tensor, check_tol, progress,
+from trkit.decompose._common import (DecompositionInfo, check_max_rank, check_tensor, check_tol, progress,
                                      relative_error, solve_spd)
 from trkit.decompose.als import _Shifted, _gram, _rhs, _split_point, _transfer, als_sweeps
 from trkit.ring import TensorRing
@@ -77,9 +77,8 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
     t0 = time.perf_counter()
     x = check_tensor(x)
     tol = check_tol(tol)
-    if max_rank is not None and int(max_rank) < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    max_rank = 32 if max_rank is None else int(max_rank)
+    max_rank = check_max_rank(max_rank)
+    max_rank = 32 if max_rank is None else max_rank
     d = x.ndim
     xnorm = float(torch.linalg.vector_norm(x))
     if d < 3:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_tensor, check_tol, normalize_ranks,
+from trkit.decompose._common import (DecompositionInfo, check_max_rank, check_tensor, check_tol, normalize_ranks,
                                      relative_error)
 from trkit.decompose._lowrank import row_basis
 from trkit.decompose._split import kron_split
@@ -224,8 +224,7 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
         raise ValueError("give rank (int or list) or tol (relative error target)")
     if tol is not None:
         tol = check_tol(tol)
-    if max_rank is not None and int(max_rank) < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    max_rank = check_max_rank(max_rank)
     shape = list(x.shape)
     d = len(shape)
     xnorm = float(torch.linalg.vector_norm(x))
