@@ -122,3 +122,18 @@ def test_sampled_dense_memmap_and_callable(tmp_path):
 def test_exports():
     for name in ["tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "round", "DecompositionInfo"]:
         assert hasattr(trkit, name)
+
+
+def test_exact_svd_start_skips_sweeps_and_matches_dense():
+    """An exact ring is recovered by TR-SVD; ALS must return it without sweeping (dense check)."""
+    ring = TensorRing.random((6, 5, 7, 4), [2, 3, 2, 2], seed=4, dtype=torch.float64)
+    x = ring.to_dense()
+    calls = []
+    out, info = tr_als(x, [2, 3, 2, 2], return_info=True, callback=lambda *a: calls.append(a))
+    dense_err = float(torch.linalg.vector_norm(out.to_dense() - x) / torch.linalg.vector_norm(x))
+    assert info.n_iter == 0 and calls == [] and info.converged
+    assert dense_err < 1e-12 and abs(info.rel_error - dense_err) < 1e-13
+    # a noisy ring is not exact: sweeps run and improve on the start
+    noisy = x + 1e-3 * x.std() * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    _, info2 = tr_als(noisy, [2, 3, 2, 2], return_info=True, max_iter=5)
+    assert info2.n_iter >= 1

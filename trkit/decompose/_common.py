@@ -143,16 +143,21 @@ def solve_spd(gram: torch.Tensor, rhs: torch.Tensor, ridge: float = 0.0) -> torc
     only when Cholesky fails or when ``ridge`` asks for it; a rank-deficient subchain otherwise
     makes the update blow up along directions the data does not see.
     """
+    lam = float(ridge)
+    if lam == 0:  # the common case: no ridge, no identity or scale to build
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs, chol)
     n = gram.shape[0]
     eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
     scale = gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
     base = 1e-13 if gram.dtype == torch.float64 else 1e-6
-    lam = float(ridge)
-    for _ in range(6):
+    lam = lam or base
+    for _ in range(5):
         chol, info = torch.linalg.cholesky_ex(gram + lam * scale * eye)
         if int(info) == 0:
             return torch.cholesky_solve(rhs, chol)
-        lam = base if lam == 0 else lam * 100
+        lam *= 100
     return torch.linalg.lstsq(gram, rhs).solution
 
 
