@@ -137,3 +137,16 @@ def test_exact_svd_start_skips_sweeps_and_matches_dense():
     noisy = x + 1e-3 * x.std() * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
     _, info2 = tr_als(noisy, [2, 3, 2, 2], return_info=True, max_iter=5)
     assert info2.n_iter >= 1
+
+
+@pytest.mark.parametrize("method", ["als", "adaptive", "sampled", "complete"])
+def test_init_ring_of_wrong_shape_is_named(method):
+    """Every method that takes a starting ring checks its shape against the tensor's."""
+    x = TensorRing.random((4, 5, 6), 2, seed=0, dtype=torch.float64).to_dense()
+    bad = TensorRing.random((4, 5, 7), 2, seed=1, dtype=torch.float64)
+    calls = {"als": lambda: tr_als(x, 2, init=bad),
+             "adaptive": lambda: tr_als_adaptive(x, 1e-3, init=bad),
+             "sampled": lambda: tr_als_sampled(x, 2, init=bad),
+             "complete": lambda: trkit.tr_complete(x, torch.ones_like(x, dtype=torch.bool), 2, init=bad)}
+    with pytest.raises(ValueError, match=r"init ring has shape \(4, 5, 7\), the tensor has \(4, 5, 6\)"):
+        calls[method]()

@@ -123,6 +123,20 @@ def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = 
     return clamped
 
 
+def relative_residual(pred: torch.Tensor, vals: torch.Tensor) -> float:
+    """``||pred - vals|| / ||vals||`` (the absolute residual when ``vals`` is all zero)."""
+    den = float(torch.linalg.vector_norm(vals))
+    num = float(torch.linalg.vector_norm(pred - vals))
+    return num / den if den > 0 else num
+
+
+def start_cores(init: TensorRing, shape, dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """Copies of a user-given starting ring's cores, after checking it fits ``shape``."""
+    if tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init ring has shape {tuple(init.shape)}, the tensor has {tuple(shape)}")
+    return [c.detach().to(dtype=dtype, device=device).clone() for c in init.cores]
+
+
 def relative_error(x: torch.Tensor, ring: TensorRing, x_norm: float | None = None) -> float:
     """Dense ``||x - ring|| / ||x||`` (x is dense anyway for the callers)."""
     xn = float(torch.linalg.vector_norm(x)) if x_norm is None else x_norm

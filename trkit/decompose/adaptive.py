@@ -18,7 +18,7 @@ import time
 import torch
 
 from trkit.decompose._common import (DecompositionInfo, check_max_rank, check_tensor, check_tol, progress,
-                                     relative_error, solve_spd)
+                                     relative_error, solve_spd, start_cores)
 from trkit.decompose.als import _Shifted, _gram, _rhs, _split_point, _transfer, als_sweeps
 from trkit.ring import TensorRing
 
@@ -92,7 +92,7 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
             warnings.simplefilter("ignore")  # rank 2 may be clamped on tiny modes; fine for a start
             ring = tr_svd(x, rank=min(2, max_rank))
     elif isinstance(init, TensorRing):
-        ring = init.to(dtype=x.dtype, device=x.device)
+        ring = TensorRing(start_cores(init, x.shape, x.dtype, x.device), validate=False)
     else:
         raise ValueError("init must be None or a TensorRing")
     cores = [c.clone() for c in ring.cores]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from trkit.decompose._common import (DecompositionInfo, check_tensor, check_tol, generator_for,
-                                     normalize_ranks, progress, relative_error, solve_spd)
+                                     normalize_ranks, progress, relative_error, solve_spd, start_cores)
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als", "init_ring"]
@@ -112,9 +112,7 @@ def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator
     """
     d, shape = x.ndim, list(x.shape)
     if isinstance(init, TensorRing):
-        if init.shape != tuple(shape):
-            raise ValueError(f"init ring has shape {init.shape}, tensor has {tuple(shape)}")
-        return [c.detach().to(dtype=x.dtype, device=x.device).clone() for c in init.cores], None
+        return start_cores(init, shape, x.dtype, x.device), None
     if init == "random":
         cores = [torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=x.dtype,
                              device=gen.device).to(x.device) for k in range(d)]

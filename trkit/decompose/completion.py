@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from trkit.decompose._common import DecompositionInfo, check_tol, normalize_ranks, progress
+from trkit.decompose._common import (DecompositionInfo, check_tol, normalize_ranks, progress, relative_residual,
+                                     start_cores)
 from trkit.decompose._entries import slice_solve, subchain_rows
 from trkit.ring import TensorRing, as_tensor
 
@@ -48,12 +49,6 @@ def _observed(x, mask, shape):
         raise ValueError(f"indices out of range for shape {tuple(shape)}")
     vals = vals if vals.is_floating_point() else vals.to(torch.float64)
     return idx, vals, tuple(int(n) for n in shape), None, None
-
-
-def _rel(pred: torch.Tensor, vals: torch.Tensor) -> float:
-    den = float(torch.linalg.vector_norm(vals))
-    num = float(torch.linalg.vector_norm(pred - vals))
-    return num / den if den > 0 else num
 
 
 def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: int = 300,
@@ -98,7 +93,7 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
     idx_t, val_t, idx_h, val_h = idx[train], vals[train], idx[hold], vals[hold]
     dtype, device = vals.dtype, vals.device
     if isinstance(init, TensorRing):
-        cores = [c.detach().to(dtype=dtype, device=device).clone() for c in init.cores]
+        cores = start_cores(init, shape, dtype, device)
     elif init == "random":
         rms = float(torch.sqrt((val_t ** 2).mean())) if val_t.numel() else 1.0
         cores = []
@@ -118,9 +113,9 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
                 new = slice_solve(rows, val_t, idx_t[:, k], nk, None, ridge, old)
                 cores[k] = new.reshape(nk, ra, rb).permute(1, 0, 2).contiguous()
             ring = TensorRing(cores, validate=False)
-            train_err = _rel(ring.entries(idx_t), val_t)
+            train_err = relative_residual(ring.entries(idx_t), val_t)
             history.append(train_err)
-            key = _rel(ring.entries(idx_h), val_h) if n_hold else train_err
+            key = relative_residual(ring.entries(idx_h), val_h) if n_hold else train_err
             if key < best_key:
                 best_key, best = key, [c.clone() for c in cores]
             bar.update(1)
@@ -132,11 +127,11 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
     ring = TensorRing(best, validate=False)
     if not return_info:
         return ring
-    train_err = _rel(ring.entries(idx_t), val_t)
-    held = _rel(ring.entries(idx_h), val_h) if n_hold else None
+    train_err = relative_residual(ring.entries(idx_t), val_t)
+    held = relative_residual(ring.entries(idx_h), val_h) if n_hold else None
     unobs = None
     if dense is not None and (~m).any() and dense.numel() <= 50_000_000:
-        unobs = _rel(ring.to_dense()[~m], dense[~m])
+        unobs = relative_residual(ring.to_dense()[~m], dense[~m])
     info = DecompositionInfo(rel_error=held if held is not None else train_err, history=history,
                              ranks=ring.ranks, time_s=time.perf_counter() - t0, n_iter=it,
                              converged=converged,

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import torch
 
-from trkit.decompose._common import DecompositionInfo, check_tol, normalize_ranks, progress, solve_spd
+from trkit.decompose._common import (DecompositionInfo, check_tol, normalize_ranks, progress, relative_residual,
+                                     solve_spd, start_cores)
 from trkit.decompose._entries import EntrySource, subchain_rows
 from trkit.ring import TensorRing
 from trkit.algebra import norm as ring_norm
@@ -30,11 +31,6 @@ def _leverage(core: torch.Tensor) -> torch.Tensor:
     lev = (q ** 2).sum(1)
     p = lev / lev.sum()
     return 0.9 * p + 0.1 / n  # a uniform floor keeps weights bounded when a core degenerates
-
-
-def _rel(pred, vals) -> float:
-    den = float(torch.linalg.vector_norm(vals))
-    return float(torch.linalg.vector_norm(pred - vals)) / den if den > 0 else float("nan")
 
 
 def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str = "leverage",
@@ -78,7 +74,7 @@ def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str 
     hold_val = src(hold_idx)
     reads = int(n_holdout)
     if isinstance(init, TensorRing):
-        cores = [c.detach().to(dtype=dtype, device=device).clone() for c in init.cores]
+        cores = start_cores(init, shape, dtype, device)
     elif init == "random":
         cores = [torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=dtype).to(device)
                  for k in range(d)]
@@ -120,7 +116,7 @@ def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str 
                 ra, _, rb = cores[k].shape
                 cores[k] = sol.reshape(nk, ra, rb).permute(1, 0, 2).contiguous()
             ring = TensorRing(cores, validate=False)
-            err = _rel(ring.entries(hold_idx_dev), hold_val)
+            err = relative_residual(ring.entries(hold_idx_dev), hold_val)
             history.append(err)
             if err < best_err:
                 best_err, best = err, [c.clone() for c in cores]
