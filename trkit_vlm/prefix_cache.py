@@ -12,6 +12,9 @@ token + positional embedding, blocks with the causal mask, ``ln_final``, EOT poo
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +29,25 @@ def first_adapted_layer(model: nn.Module, tower: str) -> int:
     aset = get_adapters(model)
     layers = aset.layers(tower) if aset is not None else []
     return min(layers) if layers else depth + 1
+
+
+@contextlib.contextmanager
+def tower_pass(model: nn.Module, tower: str) -> Iterator[None]:
+    """One pass of ``tower`` ("text"/"image") as the adapters see it when blocks are called one by one.
+
+    ``add_adapters`` hooks the tower's ``Transformer`` module so an adapter set can prepare per-pass
+    state (AdaRing builds every layer's dense weights once per pass). The split forward calls the
+    blocks directly, bypassing those hooks, so it announces the pass here; without it AdaRing falls
+    back to contracting its cores again in every layer (slower, and a different rounding order).
+    """
+    aset = get_adapters(model)
+    if aset is not None and aset.enabled:
+        aset.tower_pre_forward(tower)
+    try:
+        yield
+    finally:
+        if aset is not None:
+            aset.tower_post_forward(tower)
 
 
 def _run_blocks(transformer: nn.Module, x: torch.Tensor, blocks, attn_mask=None) -> torch.Tensor:
@@ -72,7 +94,8 @@ def image_suffix(model: nn.Module, tokens: torch.Tensor, n_layers: int, normaliz
     Returns ``(B, embed_dim)``.
     """
     visual = model.visual
-    x = _run_blocks(visual.transformer, tokens, visual.transformer.resblocks[n_layers:])
+    with tower_pass(model, "image"):
+        x = _run_blocks(visual.transformer, tokens, visual.transformer.resblocks[n_layers:])
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
@@ -89,23 +112,58 @@ def text_prefix_supported(model: nn.Module) -> str | None:
     return None
 
 
+def pooled_length(model: nn.Module, text: torch.Tensor) -> int:
+    """Shortest context giving the same text features as the full one for these token ids.
+
+    Under the causal mask a token's state depends only on the tokens before it, so everything after
+    the pooled (EOT) token is dead work: trimming to ``max pooled position + 1`` changes no value.
+    Returns the full length when the tower is not causal or pools from a fixed position.
+    """
+    n = text.shape[-1]
+    pool = getattr(model, "text_pool_type", "argmax")
+    if getattr(model, "attn_mask", None) is None or pool not in ("argmax", "eos"):
+        return n
+    if pool == "argmax":
+        idx = text.argmax(dim=-1)
+    else:
+        eos = getattr(model, "text_eos_id", None)
+        if eos is None:
+            return n
+        idx = (text == eos).int().argmax(dim=-1)
+    return int(idx.max()) + 1
+
+
+def _causal_mask(model: nn.Module, n: int) -> torch.Tensor | None:
+    mask = model.attn_mask
+    return mask if mask is None or mask.shape[-1] == n else mask[..., :n, :n]
+
+
 def text_prefix(model: nn.Module, text: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Token states after the embeddings and the first ``n_layers`` text blocks: ``(C, ctx, width)``."""
+    """Token states after the embeddings and the first ``n_layers`` text blocks: ``(C, ctx, width)``.
+
+    ``text`` may be cut to ``ctx <= context_length`` columns (see :func:`pooled_length`); the
+    positional embedding and causal mask are cut to match.
+    """
+    n = text.shape[-1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast_dtype)
-    x = x + model.positional_embedding.to(cast_dtype)
-    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers], attn_mask=model.attn_mask)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers],
+                       attn_mask=_causal_mask(model, n))
 
 
 def text_suffix(model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_layers: int,
                 normalize: bool = True) -> torch.Tensor:
     """Text features from prefix states (``text`` = the token ids, for EOT pooling): ``(C, embed_dim)``.
 
-    ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``.
+    ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``, also
+    for ``t`` cut to :func:`pooled_length` columns.
     """
     from open_clip.transformer import text_global_pool
 
-    x = _run_blocks(model.transformer, states, model.transformer.resblocks[n_layers:], attn_mask=model.attn_mask)
+    with tower_pass(model, "text"):
+        x = _run_blocks(model.transformer, states, model.transformer.resblocks[n_layers:],
+                        attn_mask=_causal_mask(model, states.shape[1]))
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:

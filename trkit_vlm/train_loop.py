@@ -77,15 +77,18 @@ class Trainer:
         text_ids = bundle.tokenizer(prompts).to(dev)
         use_cache = cfg.prefix_cache != "off"
         n_text = pc.first_adapted_layer(model, "text") - 1
-        text_states = None
-        if use_cache and n_text > 0 and pc.text_prefix_supported(model) is None:
-            with torch.no_grad():
-                text_states = pc.text_prefix(model, text_ids, n_text)
         self.text_frozen = None
         if cfg.loss.lambda_text > 0:
             from trkit_vlm.adapters import adapters_disabled
             with torch.no_grad(), adapters_disabled(model):
                 self.text_frozen = model.encode_text(text_ids, normalize=True).float()
+        text_states = None
+        if use_cache and pc.text_prefix_supported(model) is None:
+            # Fixed prompts: cut the padding after the longest prompt's EOT (dead work under the causal
+            # mask, see pooled_length), and run the blocks before the first adapter once.
+            text_ids = text_ids[:, :pc.pooled_length(model, text_ids)]
+            with torch.no_grad():
+                text_states = pc.text_prefix(model, text_ids, n_text)
 
         # Image side: with fixed views the frozen prefix of every view is computed once.
         fixed = (not cfg.data.augment) or cfg.data.cached_views > 0
@@ -286,7 +289,9 @@ class Trainer:
                 "final_train_loss": stats.get("loss"), "final_train_acc": stats.get("acc"),
                 "train_time_s": train_time, "epoch_time_s": epoch_times, "eval_time_s": time.perf_counter() - t0,
                 "prefix_cache": {"image": self.cached, "image_prefix_layers": self.n_image if self.cached else 0,
-                                 "text": self.forward.text_states is not None, **self.timing},
+                                 "text": self.forward.text_states is not None,
+                                 "text_prefix_layers": self.forward.n_text if self.forward.text_states is not None else 0,
+                                 "text_context": int(self.forward.text_ids.shape[1]), **self.timing},
                 "world_size": self.info.world_size, "run_dir": str(self.run_dir),
             }
             from trkit_vlm.checkpoint import atomic_write_text

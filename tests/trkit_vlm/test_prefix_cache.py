@@ -62,12 +62,17 @@ def test_no_adapters_means_whole_tower_is_prefix():
                                bundle.model.encode_image(x, normalize=True), rtol=0, atol=1e-6)
 
 
-def test_cached_training_equals_uncached(tmp_path):
+@pytest.mark.parametrize("method", ["mma", "adaring"])
+def test_cached_training_equals_uncached(tmp_path, method):
     root = make_coop_dataset(tmp_path / "d")
     over = {"optim.epochs": 2, "loss.lambda_image": 1.0, "loss.lambda_text": 1.0}
-    on = train(tiny_config(tmp_path / "on", root, prefix_cache="memory", **over), progress=False)
-    off = train(tiny_config(tmp_path / "off", root, prefix_cache="off", **over), progress=False)
+    if method == "adaring":  # adapters from layer 2 on (a 1-layer prefix), kaiming init so they act at once
+        over["adapter"] = {"image_layers": [2, 3], "text_layers": [2, 3], "init": "kaiming", "scale": 0.1}
+    on = train(tiny_config(tmp_path / "on", root, method, prefix_cache="memory", **over), progress=False)
+    off = train(tiny_config(tmp_path / "off", root, method, prefix_cache="off", **over), progress=False)
     assert on["prefix_cache"]["image"] and on["prefix_cache"]["text"] and not off["prefix_cache"]["image"]
+    # "a photo of a red thing." is 8 tokens + SOT/EOT: the cached text pass runs 9 of the 16 positions.
+    assert on["prefix_cache"]["text_context"] < off["prefix_cache"]["text_context"] == 16
     a = load_file(Path(on["run_dir"]) / "adapters.safetensors")
     b = load_file(Path(off["run_dir"]) / "adapters.safetensors")
     for k in a:
@@ -103,3 +108,75 @@ def test_disk_store_keyed_by_weights(tmp_path):
         model.visual.conv1.weight.mul_(1.01)
     pc.build_image_cache(model, recs, view, 1, 1, frozen_features=True, disk_dir=str(tmp_path / "c"))
     assert len(list((tmp_path / "c").glob("prefix_*.pt"))) == 2
+
+
+def test_split_forward_builds_adaring_weights_once_per_pass(monkeypatch):
+    # The split forward calls blocks one by one, past the tower hooks; it must still announce the pass,
+    # or AdaRing contracts its cores again in every layer (the slow path behind issue 8's small gain).
+    from trkit.nn import CrossLayerTR
+
+    bundle, model = _adapted(AdaRingConfig(image_layers=(2, 3), text_layers=(2, 3), scale=0.5))
+    calls = {"weights": 0, "per_layer": 0}
+    real_weights, real_layer = CrossLayerTR.weights, CrossLayerTR._contract_layer
+
+    def weights(self):
+        calls["weights"] += 1
+        return real_weights(self)
+
+    def per_layer(self, *a, **k):
+        calls["per_layer"] += 1
+        return real_layer(self, *a, **k)
+
+    monkeypatch.setattr(CrossLayerTR, "weights", weights)
+    monkeypatch.setattr(CrossLayerTR, "_contract_layer", per_layer)
+    x = torch.randn(3, 3, 32, 32)
+    tokens = pc.image_prefix(model, x, 1)
+    got = pc.image_suffix(model, tokens, 1)
+    n_branches = len(get_adapters(model).branches)
+    assert calls == {"weights": 3 * n_branches, "per_layer": 0}  # down, shared, up: once each per branch
+    assert get_adapters(model)._dense == {}  # the pass state is dropped afterwards
+    # Same operations in the same order as open_clip's own pass: equal to the last bit.
+    torch.testing.assert_close(got, model.encode_image(x, normalize=True), rtol=0, atol=0)
+    ids = bundle.tokenizer(["a photo of a red thing."])
+    calls["weights"] = 0
+    pc.text_suffix(model, pc.text_prefix(model, ids, 1), ids, 1)
+    assert calls == {"weights": 3 * n_branches, "per_layer": 0}
+
+
+@pytest.mark.parametrize("config", [MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
+                                    AdaRingConfig(image_layers=(1, 3), text_layers=(1, 3), scale=0.5)])
+def test_trimmed_prompts_equal_full_context(config):
+    # Cutting the padding after the longest prompt's EOT token changes no value and no gradient
+    # (causal mask); float64 so that only a real difference could show.
+    bundle, model = _adapted(config, torch.float64)
+    ids = bundle.tokenizer(["a photo of a red thing.", "a cat.", "a photo of a very small grey thing."])
+    n = pc.pooled_length(model, ids)
+    eot = ids.argmax(dim=-1)
+    assert n == int(eot.max()) + 1 < ids.shape[1]
+    assert (ids[:, n:] == 0).all() and not (ids[:, :n] == 0).all(dim=0).any()
+    nt = pc.first_adapted_layer(model, "text") - 1
+    params = adapter_parameters(model)
+    ref = model.encode_text(ids, normalize=True)
+    g_ref = torch.autograd.grad((ref * torch.arange(ref.shape[1])).sum(), params, allow_unused=True)
+    with torch.no_grad():
+        states = pc.text_prefix(model, ids[:, :n], nt)
+    assert states.shape[:2] == (3, n)
+    got = pc.text_suffix(model, states, ids[:, :n], nt)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    g_got = torch.autograd.grad((got * torch.arange(got.shape[1])).sum(), params, allow_unused=True)
+    for a, b in zip(g_ref, g_got):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_pooled_length_keeps_full_context_without_causal_mask():
+    bundle = load_clip(register_tiny())
+    ids = bundle.tokenizer(["a cat."])
+    assert pc.pooled_length(bundle.model, ids) == int(ids.argmax()) + 1
+    attn_mask = bundle.model.attn_mask
+    bundle.model.attn_mask = None  # a bidirectional text tower: every token can matter
+    try:
+        assert pc.pooled_length(bundle.model, ids) == ids.shape[1]
+    finally:
+        bundle.model.attn_mask = attn_mask
