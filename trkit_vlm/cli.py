@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as err:  # bad input: one line, no traceback
+        print(f"trkit-vlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as err:  # commands import their heavy dependencies lazily
         if (err.name or "").split(".")[0] not in VLM_EXTRA:
             raise

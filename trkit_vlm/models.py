@@ -6,6 +6,7 @@ hub tag (needs internet; offline it fails fast with a clear message).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -126,8 +127,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             UserWarning, stacklevel=2)
     use_file = pretrained if (pretrained is not None and jit_state is None) else None
     try:
-        model, pre_train, pre_val = _quiet(open_clip.create_model_and_transforms, name,
-                                           pretrained=use_file, **kwargs)
+        with quiet_random_init():
+            model, pre_train, pre_val = open_clip.create_model_and_transforms(name, pretrained=use_file, **kwargs)
     except RuntimeError as err:
         msg = str(err)
         if use_file is not None and os.path.isfile(use_file):
@@ -157,15 +158,25 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                       tokenizer=tokenizer, name=name, pretrained=pretrained)
 
 
-def _quiet(fn, *args, **kwargs):
-    # open_clip logs its own "initialized randomly" warning; ours is the one users should act on.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    """Drop open_clip's "No pretrained weights loaded" log line (and nothing else) inside the block.
+
+    open_clip logs it on the root logger for every model created without weights; ours (a
+    ``UserWarning`` from :func:`load_clip`) is the one users should act on, and a model about to be
+    pre-trained has random weights on purpose.
+    """
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
     try:
-        return fn(*args, **kwargs)
+        yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(drop)
 
 
 def _first_lines(msg: str, n: int = 4) -> str:

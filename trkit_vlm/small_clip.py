@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -111,13 +110,6 @@ def register_small_clip(config: dict | None = None, name: str = SMALL_CLIP_NAME)
     return name
 
 
-class _DropRandomInitWarning(logging.Filter):
-    # open_clip warns "No pretrained weights loaded" on every create_model(pretrained=None); for a model
-    # about to be pre-trained that is the point, not news.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
 def _model_name_for(config: dict) -> str:
     """The default config keeps the public name; any other gets a name of its own (hash-suffixed)."""
     if config == SMALL_CLIP_CONFIG:
@@ -130,13 +122,10 @@ def create_small_clip(config: dict | None = None) -> torch.nn.Module:
     """An open_clip CLIP of the small config with random weights (for training or tests)."""
     import open_clip
     config = config or SMALL_CLIP_CONFIG
+    from trkit_vlm.models import quiet_random_init
     name = register_small_clip(config, _model_name_for(config))
-    root, quiet = logging.getLogger(), _DropRandomInitWarning()
-    root.addFilter(quiet)
-    try:
+    with quiet_random_init():
         return open_clip.create_model(name, pretrained=None)
-    finally:
-        root.removeFilter(quiet)
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """load_clip / register_model_config / feature helpers on tiny random-weight models (nothing downloads)."""
 import copy
+import logging
 import warnings
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from trkit_vlm.models import (TINY_CONFIG, clip_logits, clip_towers, encode_image, encode_text, load_clip,
-                              register_model_config, tower_info, tower_info_from_config)
+                              quiet_random_init, register_model_config, tower_info, tower_info_from_config)
 
 TINY = "trkit-test-tiny"
 register_model_config(TINY, TINY_CONFIG)
@@ -19,10 +20,17 @@ def _load(name=TINY, **kw):
         return load_clip(name, **kw)
 
 
-def test_random_weights_warn_loudly():
+def test_random_weights_warn_loudly(caplog):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         b = load_clip(TINY)
     assert b.pretrained is None and b.name == TINY
+    # open_clip's own "No pretrained weights loaded" line is dropped (ours says what to do) ...
+    assert not any("No pretrained weights" in r.getMessage() for r in caplog.records)
+    # ... and only that line: other warnings logged meanwhile still come through
+    with quiet_random_init():
+        logging.warning("something else")
+        logging.warning("No pretrained weights loaded for model 'x'")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
     assert tower_info(b.model) == {"text": {"width": 48, "depth": 4}, "image": {"width": 64, "depth": 4}}
 
 

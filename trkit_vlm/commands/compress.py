@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -50,19 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from trkit_vlm.checkpoint import atomic_write_text
     from trkit_vlm.compress import compress_mma
 
-    try:
-        budget = 0.1 if args.budget is None and args.tol is None else args.budget
-        res = compress_mma(_read_source(args.checkpoint), budget=budget, tol=args.tol, model_name=args.model)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res.save(out / "adapters.safetensors")
-        report = {"source": str(args.checkpoint), "budget": budget, "tol": args.tol, "n_params": res.n_params,
-                  "mma_params": res.mma_params, "fraction": res.fraction, "projections": res.projections,
-                  "output_rel_error": res.output_rel_error, "config": res.config.to_dict()}
-        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    except (ValueError, TypeError, OSError) as err:
-        print(f"trkit-vlm compress: error: {err}", file=sys.stderr)
-        return 2
+    budget = 0.1 if args.budget is None and args.tol is None else args.budget
+    res = compress_mma(_read_source(args.checkpoint), budget=budget, tol=args.tol, model_name=args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.save(out / "adapters.safetensors")
+    report = {"source": str(args.checkpoint), "budget": budget, "tol": args.tol, "n_params": res.n_params,
+              "mma_params": res.mma_params, "fraction": res.fraction, "projections": res.projections,
+              "output_rel_error": res.output_rel_error, "config": res.config.to_dict()}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print(res.table())
     print(f"wrote {out / 'adapters.safetensors'} and {out / 'report.json'}")
     return 0

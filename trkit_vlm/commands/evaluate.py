@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +88,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        res = evaluate_run(args.run_dir, args.dataset, args.root, args.split, args.zero_shot, args.model,
-                           args.pretrained, args.batch_size, args.device)
-    except (ValueError, TypeError, OSError) as err:
-        print(f"trkit-vlm eval: error: {err}", file=sys.stderr)
-        return 2
+    res = evaluate_run(args.run_dir, args.dataset, args.root, args.split, args.zero_shot, args.model,
+                       args.pretrained, args.batch_size, args.device)
     print(json.dumps(res, indent=2))
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXAMPLES = """examples:
   trkit-vlm table output                 # writes output/results.{md,csv,png}
@@ -25,11 +24,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from trkit_vlm.report import write_report
 
-    try:
-        paths = write_report(args.results_dir, args.out, plot=not args.no_plot)
-    except (ValueError, OSError) as err:
-        print(f"trkit-vlm table: error: {err}", file=sys.stderr)
-        return 2
+    paths = write_report(args.results_dir, args.out, plot=not args.no_plot)
     print(paths["markdown"].read_text())
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")

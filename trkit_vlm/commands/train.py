@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXAMPLES = """examples:
   # AdaRing on Caltech101 (CoOp layout under ./data), 16 shots, seed 1, real ViT-B/16 weights from a file
@@ -34,8 +33,4 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from trkit_vlm.train import run_from_args
 
-    try:
-        return run_from_args(args)
-    except (ValueError, TypeError, OSError) as err:
-        print(f"trkit-vlm train: error: {err}", file=sys.stderr)
-        return 2
+    return run_from_args(args)
