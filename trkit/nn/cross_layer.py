@@ -75,8 +75,10 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         self.g_layer = nn.Parameter(torch.empty(shapes[-1], **kw))
         self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_out, **kw)) if bias else None
         self._build_equations()
+        self._core_shapes = tuple(tuple(c.shape) for c in self.cores)  # fixed: load_state_dict checks shapes
+        self._plans: dict = {}  # compiled contraction per (which, tokens, contiguity)
         self._init_cache()
-        self._views, self._views_src = [], None
+        self._set(_views=[], _views_src=None)
         self._choices: dict = {}
         self.fit_info: dict | None = None
         self.reset_parameters()
@@ -94,6 +96,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         self._eq_all = f"{shared},{layer_core}->{lay}{i_str}{o_str}"
         self._eq_one = f"{shared},{slice_}->{i_str}{o_str}"
         self._eq_fwd = f"{t}{i_str},{shared},{slice_}->{t}{o_str}"
+        self._eq_fwd_all = f"{lay}{t}{i_str},{shared},{layer_core}->{lay}{t}{o_str}"
 
     def reset_parameters(self, std: float | None = None) -> None:
         """Draw cores so each reconstructed entry has standard deviation ``std``
@@ -110,7 +113,9 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     @property
     def cores(self) -> list[nn.Parameter]:
         """All cores in ring order: in-cores, out-cores, layer core."""
-        return [self.g_in, *self.g_in_rest, self.g_out, *self.g_out_rest, self.g_layer]
+        # ParameterList iteration goes through __getitem__ with string keys (~1.5 us per core)
+        return [self.g_in, *self.g_in_rest._parameters.values(), self.g_out,
+                *self.g_out_rest._parameters.values(), self.g_layer]
 
     @property
     def n_params(self) -> int:
@@ -152,28 +157,33 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         if self._views_src is not w:
             wts = w.transpose(1, 2).unbind(0)
             bs = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_layers
-            self._views, self._views_src = list(zip(wts, bs)), w
+            self._set(_views=list(zip(wts, bs)), _views_src=w)
         return self._views
 
     def _clear_cache(self) -> None:
         super()._clear_cache()
-        self._views, self._views_src = [], None
+        self._set(_views=[], _views_src=None)
 
     def _weights_all(self) -> torch.Tensor:
-        return _exec.run(self._eq_all, *self.cores).reshape(self.n_layers, self.d_in, self.d_out)
+        cores = self.cores
+        key = ("weights", *(c.is_contiguous() for c in cores))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _exec.get_plan(self._eq_all, self._core_shapes, self._core_shapes, key[1:])
+        return _exec.execute(plan, cores, None, (self.n_layers, self.d_in, self.d_out))
 
     # ---- path choice ------------------------------------------------------------------------------
     def _shapes(self) -> tuple:
         return tuple(tuple(c.shape) for c in self.cores)
 
     def _costs(self, tokens: int, cached: bool, all_layers: bool) -> tuple[float, float]:
-        *shared, g_layer = self._shapes()
+        *shared, g_layer = self._core_shapes
         L = self.n_layers
-        slice_shape = (g_layer[0], g_layer[2])
-        if all_layers:  # contract = one planned contraction per layer (see forward_all)
-            c_contract = L * path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shared, slice_shape)).cost
-            c_dense = gemm_cost(L * tokens, self.d_in, self.d_out).cost
+        if all_layers:  # contract = one compiled contraction batched over the layer index
+            c_contract = path_cost(self._eq_fwd_all, ((L, tokens, *self.in_modes), *shared, g_layer)).cost
+            c_dense = L * gemm_cost(tokens, self.d_in, self.d_out).cost
             return c_contract, c_dense + (0.0 if cached else path_cost(self._eq_all, (*shared, g_layer)).cost)
+        slice_shape = (g_layer[0], g_layer[2])
         c_contract = path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shared, slice_shape)).cost
         c_dense = gemm_cost(tokens, self.d_in, self.d_out).cost
         if cached:
@@ -226,20 +236,47 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         self._check_input(x)
         lead = x.shape[:-1]
         tokens = math.prod(lead)
-        if tokens == 0 or self.choose_path(tokens) == "dense":
+        # one validity check per call (it compares every parameter's version counter)
+        valid = self._cache_depth > 0 and self.has_valid_cache()
+        path = self.path
+        if path == "auto":
+            key = (tokens, valid, False, self._cache_depth > 0)
+            path = self._choices.get(key) or self._decide(key)
+        if tokens == 0 or path == "dense":
             if self._cache_depth > 0:
-                w_t, b = self._layer_views()[layer]
+                views = self._views if valid and self._views_src is self._cache_value else self._layer_views()
+                w_t, b = views[layer]
                 return F.linear(x, w_t, b)
             return F.linear(x, self._weight_one(layer).t(), self.bias[layer] if self.bias is not None else None)
         return self._contract_layer(x.reshape(tokens, self.d_in), layer).reshape(*lead, self.d_out)
 
+    def _plan(self, which: str, x: torch.Tensor, ops: tuple):
+        """Compiled contraction for ``which`` ("one": a layer, "all": every layer) and these operands."""
+        key = (which, tuple(x.shape), *(o.is_contiguous() for o in ops))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(key, ops)
+        return plan
+
+    @torch.compiler.disable  # planning is Python-only
+    def _make_plan(self, key: tuple, ops: tuple):
+        if len(self._plans) >= 64:  # many distinct batch sizes: start over rather than grow without bound
+            self._plans.clear()
+        which, x_shape = key[0], key[1]
+        *shared, g_layer = self._core_shapes
+        if which == "one":
+            eq, last = self._eq_fwd, (g_layer[0], g_layer[2])
+        else:
+            eq, last = self._eq_fwd_all, g_layer
+        shapes = ((*x_shape[:-1], *self.in_modes), *shared, last)
+        return _exec.get_plan(eq, shapes, tuple(tuple(o.shape) for o in ops), key[2:])
+
     def _contract_layer(self, x2: torch.Tensor, layer: int) -> torch.Tensor:
-        """``(T, d_in) -> (T, d_out)`` by the planned contraction with layer ``layer``'s slice, plus bias."""
+        """``(T, d_in) -> (T, d_out)`` by the compiled contraction with layer ``layer``'s slice, plus bias."""
         *shared, g_layer = self.cores
-        y = _exec.run(self._eq_fwd, x2.reshape(x2.shape[0], *self.in_modes), *shared, g_layer[:, layer, :])
-        y = y.reshape(x2.shape[0], self.d_out)
-        # in place: the einsum result is fresh, and add's backward needs neither operand
-        return y.add_(self.bias[layer]) if self.bias is not None else y
+        ops = (x2, *shared, g_layer[:, layer, :])
+        return _exec.execute(self._plan("one", x2, ops), ops, self.bias[layer] if self.bias is not None else None,
+                             (x2.shape[0], self.d_out))
 
     def forward_all(self, xs):
         """Apply every layer: ``xs`` is ``(n_layers, ..., d_in)`` (layer ``l`` gets ``xs[l]``) or a
@@ -258,9 +295,12 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
                 w = self.weights()
                 y = torch.bmm(x3, w) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x3, w)
             else:
-                # per-layer contractions: one einsum batched over the layer index runs its bmm on a
-                # strided layout and measured 2-5x slower than L separate contractions
-                y = torch.stack([self._contract_layer(x3[k], k) for k in range(self.n_layers)])
+                # one compiled contraction: the layer-shared cores meet all L*T rows in single GEMMs,
+                # only the small layer-slice step is batched over layers
+                ops = (x3, *self.cores)
+                y = _exec.execute(self._plan("all", x3, ops), ops, None, (self.n_layers, tokens, self.d_out))
+                if self.bias is not None:
+                    y = y.add_(self.bias.unsqueeze(1))  # fresh GEMM output; add's backward needs neither operand
             return y.reshape(self.n_layers, *lead, self.d_out)
         xs = list(xs)
         if len(xs) != self.n_layers:

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trkit import contract as _contract
 from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin
@@ -70,8 +69,10 @@ class TRLinear(DenseCacheMixin, nn.Module):
             nn.Parameter(torch.empty(self.ranks[k], modes[k], self.ranks[(k + 1) % d], **kw)) for k in range(d))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
         self._build_equations()
+        self._core_shapes = tuple(tuple(c.shape) for c in self.cores)  # fixed: load_state_dict checks shapes
         self._init_cache()
         self._choices: dict = {}
+        self._plans: dict = {}  # compiled forward plan per (tokens, contiguity)
         self.fit_info: dict | None = None
         self.reset_parameters()
 
@@ -112,7 +113,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         return TensorRing(list(self.cores), validate=False)
 
     def _dense(self) -> torch.Tensor:
-        return _exec.run(self._eq_dense, *self.cores).reshape(self.out_features, self.in_features)
+        return _exec.run(self._eq_dense, *self.cores, out_shape=(self.out_features, self.in_features))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -157,7 +158,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
             "contract_cost": c_contract, "dense_cost": c_dense,
             "contract_flops": fwd.flops, "dense_flops": recon.flops + 2 * tokens * self.in_features * self.out_features,
             "contract_steps": fwd.steps, "equation": self._eq_fwd,
-            "path": [tuple(p) for p in _contract.contract_path(self._eq_fwd, (tokens, *self.in_modes), *shapes)[0]],
+            "path": [s["eq"] for s in _exec.describe(self._eq_fwd, (tokens, *self.in_modes), *shapes)],
         }
         print(f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
               f"ranks {self.ranks}, {tokens} tokens\n"
@@ -175,10 +176,21 @@ class TRLinear(DenseCacheMixin, nn.Module):
         tokens = math.prod(lead)
         if tokens == 0 or self.choose_path(tokens) == "dense":
             return F.linear(x, self.weight, self.bias)
-        y = _exec.run(self._eq_fwd, x.reshape(tokens, *self.in_modes), *self.cores)
-        y = y.reshape(*lead, self.out_features)
-        # in place: the einsum result is a fresh tensor, and add's backward needs neither operand
-        return y.add_(self.bias) if self.bias is not None else y
+        # the input goes in as (tokens, in_features); the compiled plan regroups it for its first GEMM
+        cores = tuple(self.cores._parameters.values())  # ParameterList iteration costs ~6 us per call
+        x2 = x.reshape(tokens, self.in_features)
+        key = (tokens, x2.is_contiguous(), *(c.is_contiguous() for c in cores))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._get_plan(key)
+        return _exec.execute(plan, (x2, *cores), self.bias, (*lead, self.out_features))
+
+    @torch.compiler.disable  # planning is Python-only
+    def _get_plan(self, key: tuple):
+        if len(self._plans) >= 64:  # many distinct batch sizes: start over rather than grow without bound
+            self._plans.clear()
+        shapes = ((key[0], *self.in_modes), *self._core_shapes)
+        return _exec.get_plan(self._eq_fwd, shapes, ((key[0], self.in_features), *self._core_shapes), key[1:])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, in_modes={self.in_modes}, "

@@ -11,10 +11,11 @@ from functools import lru_cache
 
 from torch import nn
 
-from trkit import contract as _contract
+from trkit.nn import _exec
+from trkit.nn._exec import COST
 
 __all__ = ["balanced_factors", "resolve_modes", "resolve_ranks", "count_params", "compression_ratio",
-           "PathCost", "path_cost", "gemm_cost", "COST_MODEL"]
+           "PathCost", "path_cost", "gemm_cost"]
 
 
 # ---- mode factorisation ------------------------------------------------------------------
@@ -144,60 +145,29 @@ def compression_ratio(module_or_params, dense_params: int | None = None) -> floa
 
 # ---- execution-cost model -------------------------------------------------------------------
 @dataclass(frozen=True)
-class CostModel:
-    """Estimated time of a contraction, in FLOP-equivalents.
-
-    ``cost = flops * (1 if GEMM-like else nongemm_factor) + mem_weight * elements_touched
-    + step_overhead * steps``. FLOP counts alone favour the multi-step ring contraction too
-    much: every pairwise step has a fixed dispatch overhead and permutes/copies its operands,
-    while densify-then-matmul is one large, efficient GEMM. The constants were measured on
-    one CPU core (torch 2.x, fp32); see benchmarks/layers.py for the check that the automatic
-    choice stays within 1.2x of the better path.
-    """
-
-    mem_weight: float = 4.0
-    step_overhead: float = 4.0e5
-    nongemm_factor: float = 1.5
-
-
-COST_MODEL = CostModel()
-
-
-@dataclass(frozen=True)
 class PathCost:
+    """Modelled cost of one way to run a contraction (FLOP-equivalents, see
+    :class:`trkit.nn._exec.ExecCost`): ``flops``, ``copies`` (elements moved by non-view
+    permutes), ``steps`` (GEMM/einsum calls) and the total ``cost``."""
+
     flops: int
-    elements: int
+    copies: int
     steps: int
     cost: float
 
     def __add__(self, other: "PathCost") -> "PathCost":
-        return PathCost(self.flops + other.flops, self.elements + other.elements,
+        return PathCost(self.flops + other.flops, self.copies + other.copies,
                         self.steps + other.steps, self.cost + other.cost)
 
 
-@lru_cache(maxsize=4096)
 def path_cost(equation: str, shapes: tuple) -> PathCost:
-    """Cost of evaluating ``equation`` on operands of ``shapes`` along the planner's path."""
-    _, info = _contract.contract_path(equation, *shapes)
-    sizes = info.size_dict
-    flops = elements = 0
-    cost = 0.0
-    for step in info.contraction_list:
-        idx_removed, eq, blas = step[1], step[2], step[4]
-        ins, out = eq.split("->")
-        all_idx = set("".join(ins.split(",")))
-        f = math.prod(sizes[c] for c in all_idx) * (2 if idx_removed else 1)
-        e = sum(math.prod(sizes[c] for c in t) for t in ins.split(",")) + math.prod(sizes[c] for c in out)
-        flops += f
-        elements += e
-        cost += f * (1.0 if blas in ("GEMM", "GEMV/EINSUM", "DOT") else COST_MODEL.nongemm_factor)
-    steps = len(info.contraction_list)
-    cost += COST_MODEL.mem_weight * elements + COST_MODEL.step_overhead * steps
-    return PathCost(flops, elements, steps, cost)
+    """Cost of ``equation`` on operands of ``shapes`` as :mod:`trkit.nn._exec` compiles it (the
+    same plan the layer then runs, so the path choice and the execution agree)."""
+    plan = _exec.plan_cost(equation, *shapes)
+    return PathCost(plan.flops, plan.copies, len(plan.steps), plan.cost)
 
 
 def gemm_cost(batch: int, m: int, n: int) -> PathCost:
     """Cost of one ``(batch, m) @ (m, n)`` matrix product under the same model."""
     f = 2 * batch * m * n
-    e = batch * m + m * n + batch * n
-    return PathCost(f, e, 1, f + COST_MODEL.mem_weight * e + COST_MODEL.step_overhead)
+    return PathCost(f, 0, 1, f + COST.mm_overhead + COST.mem_elem * (batch * m + m * n + batch * n))
