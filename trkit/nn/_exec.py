@@ -40,6 +40,7 @@ class ExecCost:
     mm_overhead: float = 1.2e5  # one mm/bmm dispatch (~2.5 us)
     view_overhead: float = 4.0e4  # one permute/reshape/transpose/view dispatch (~0.8 us)
     copy_elem: float = 20.0  # per element copied by a permute that is not a view
+    copy_overhead: float = 1.0e5  # allocation and dispatch of one such copy (~2 us)
     mem_elem: float = 2.0  # per element a GEMM reads or writes
     einsum_overhead: float = 6.0e5  # a torch.einsum fallback step (~12 us)
 
@@ -81,7 +82,7 @@ class _Step(NamedTuple):
 class _Plan(NamedTuple):
     steps: tuple
     final_ops: tuple  # ops turning the last GEMM result into the output's index shape and order
-    fuse_bias: int  # N of a final 2-D mm whose rows are exactly the leading output index (0: none)
+    fuse_bias: bool  # the final GEMM adds the bias (addmm)
     out_shape: tuple  # the output's index sizes
     flops: int
     copies: int
@@ -163,7 +164,7 @@ def _pair(a: str, b: str, needed: set, out: str, sizes: dict, final: bool) -> _P
         mat = ((_prod(sizes, batch),) if batch else ()) + (_prod(sizes, fa_s), _prod(sizes, fb_s))
         view = tuple(sizes[c] for c in res) != mat
         cost = (flops + COST.mm_overhead + COST.mem_elem * (_prod(sizes, a) + _prod(sizes, b) + n_res)
-                + COST.copy_elem * copies
+                + COST.copy_elem * copies + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
                 + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out))
         # ties: output order (later steps and the result then need no transpose copy)
         key = (cost, res != out_sorted(list(res), res))
@@ -312,11 +313,17 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
             final_ops.append((_VIEW, logical))
         final_ops.append((_PERMUTE, tuple(res.index(c) for c in out)))
     last = steps[-1] if steps else None
-    # a final 2-D mm whose rows are the leading output index alone adds a bias itself (addmm)
-    fuse = (last.n_cols if last and last.kind == "mm" and not final_ops and _same_layout(last.rows, out[:1], sizes)
-            and last.n_cols * sizes[out[0]] == _prod(sizes, out) else 0) if out else 0
-    fn = _codegen(tuple(steps), n_in, tuple(final_ops), bool(fuse))
-    return _Plan(tuple(steps), tuple(final_ops), fuse, tuple(sizes[c] for c in out), flops, copies, cost, fn)
+    # A final 2-D mm adds the bias itself (addmm) when its rows are the leading output index alone
+    # (bias as is), or when that index has size 1 (bias viewed as the whole (rows, cols) matrix).
+    fuse: bool | tuple = False
+    if out and last and last.kind == "mm" and not final_ops:
+        n_rows = _prod(sizes, out) // last.n_cols
+        if _same_layout(last.rows, out[:1], sizes) and n_rows == sizes[out[0]]:
+            fuse = True
+        elif sizes[out[0]] == 1:
+            fuse = (n_rows, last.n_cols)
+    fn = _codegen(tuple(steps), n_in, tuple(final_ops), fuse)
+    return _Plan(tuple(steps), tuple(final_ops), bool(fuse), tuple(sizes[c] for c in out), flops, copies, cost, fn)
 
 
 def get_plan(equation: str, shapes: tuple, phys: tuple, contiguous: tuple) -> _Plan:
@@ -359,7 +366,7 @@ def _expr(name: str, ops: tuple) -> str:
     return name
 
 
-def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool):
+def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool | tuple):
     """Straight-line Python for the steps: no per-op interpretation at call time (the loop
     version measured ~0.5 us of Python per op, a sizeable share of a 1-token forward)."""
     lines = ["def _run(ops, bias, out_shape):", "    " + "".join(f"s{k}, " for k in range(n_in)) + "= ops"]
@@ -367,7 +374,8 @@ def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool):
         a = _expr(f"s{s.a}", s.ops_a)
         b = _expr(f"s{s.b}", s.ops_b) if s.b >= 0 else ""
         if s.kind == "mm" and fuse and k == len(steps) - 1:
-            call = f"torch.mm({a}, {b}) if bias is None else torch.addmm(bias, {a}, {b})"
+            c = "bias" if fuse is True else f"bias.view({fuse!r})"
+            call = f"torch.mm({a}, {b}) if bias is None else torch.addmm({c}, {a}, {b})"
         elif s.kind in ("mm", "bmm"):
             call = f"torch.{s.kind}({a}, {b})"
         else:
@@ -379,10 +387,14 @@ def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool):
             lines.append(f"    del {', '.join(dead)}")
     lines.append(f"    y = {_expr(f's{steps[-1].out}', final_ops)}")
     if not fuse:
-        # a fresh GEMM result may take the bias in place (add's backward needs neither operand);
-        # a unary einsum step may return a view of an input, so that case adds out of place
-        add = "add_(bias)" if steps[-1].b >= 0 else "__add__(bias)"
-        lines += ["    if bias is not None:", f"        y = y.reshape(-1, bias.numel()).{add}"]
+        # In place only without autograd: y is a view of the GEMM result, and an in-place op on a
+        # view makes backward clone the whole gradient (CopySlices; measured 3x the fwd+bwd time
+        # of a 32->768 layer bank). A unary einsum step may return a view of an input: never in place.
+        lines += ["    if bias is not None:", "        y = y.reshape(-1, bias.numel())"]
+        if steps[-1].b >= 0:
+            lines.append("        y = y.add_(bias) if not torch.is_grad_enabled() else y + bias")
+        else:
+            lines.append("        y = y + bias")
     lines.append("    return y if y.shape == out_shape else y.reshape(out_shape)")
     namespace = {"torch": torch}
     namespace["__source__"] = "\n".join(lines)
