@@ -137,39 +137,40 @@ def _same_layout(a: str, b: str, sizes: dict) -> bool:
 
 
 def _pair(a: str, b: str, needed: set, out: str, sizes: dict, final: bool) -> _Pair:
-    """Cheapest GEMM layout for contracting terms ``a`` and ``b``."""
+    """Cheapest GEMM layout for contracting terms ``a`` and ``b`` (either may be the left one)."""
     rank = {c: k for k, c in enumerate(out)}
     lead = out[:1]
     if lead and lead in b and lead not in a:
-        a, b = b, a  # the operand with the leading output index goes left: its rows lead the result
-    batch = "".join(c for c in a if c in b and c in needed)
-    contr = [c for c in a if c in b and c not in needed]
-    fa = [c for c in a if c not in b]
-    fb = [c for c in b if c not in a]
+        a, b = b, a  # ties go to the operand with the leading output index on the left
 
     def out_sorted(f: list, term: str) -> str:
         return "".join(sorted(f, key=lambda c: (0, rank[c]) if c in rank else (1, term.index(c))))
 
-    flops = _prod(sizes, set(a) | set(b)) * (2 if contr else 1)
+    flops = _prod(sizes, set(a) | set(b)) * (2 if any(c in b and c not in needed for c in a) else 1)
     best = None
-    for fa_s, fb_s, k_src in itertools.product(dict.fromkeys(("".join(fa), out_sorted(fa, a))),
-                                               dict.fromkeys(("".join(fb), out_sorted(fb, b))), (a, b)):
-        k = "".join(c for c in k_src if c in contr)
-        pa = _prep(a, (batch, fa_s, k), sizes)
-        pb = _prep(b, (batch, k, fb_s), sizes)
-        res = batch + fa_s + fb_s
-        n_res = _prod(sizes, res)
-        permute_out = final and not _same_layout(res, out, sizes)
-        copies = pa.copies + pb.copies + (n_res if permute_out else 0)
-        mat = ((_prod(sizes, batch),) if batch else ()) + (_prod(sizes, fa_s), _prod(sizes, fb_s))
-        view = tuple(sizes[c] for c in res) != mat
-        cost = (flops + COST.mm_overhead + COST.mem_elem * (_prod(sizes, a) + _prod(sizes, b) + n_res)
-                + COST.copy_elem * copies + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
-                + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out))
-        # ties: output order (later steps and the result then need no transpose copy)
-        key = (cost, res != out_sorted(list(res), res))
-        if best is None or key < best[0]:
-            best = (key, _Pair(cost, flops, copies, a, b, pa, pb, res, fa_s, fb_s, batch, view))
+    for swap, (a, b) in enumerate(((a, b), (b, a))):
+        batch = "".join(c for c in a if c in b and c in needed)
+        contr = [c for c in a if c in b and c not in needed]
+        fa = [c for c in a if c not in b]
+        fb = [c for c in b if c not in a]
+        for fa_s, fb_s, k_src in itertools.product(dict.fromkeys(("".join(fa), out_sorted(fa, a))),
+                                                   dict.fromkeys(("".join(fb), out_sorted(fb, b))), (a, b)):
+            k = "".join(c for c in k_src if c in contr)
+            pa = _prep(a, (batch, fa_s, k), sizes)
+            pb = _prep(b, (batch, k, fb_s), sizes)
+            res = batch + fa_s + fb_s
+            n_res = _prod(sizes, res)
+            permute_out = final and not _same_layout(res, out, sizes)
+            copies = pa.copies + pb.copies + (n_res if permute_out else 0)
+            mat = ((_prod(sizes, batch),) if batch else ()) + (_prod(sizes, fa_s), _prod(sizes, fb_s))
+            view = tuple(sizes[c] for c in res) != mat
+            cost = (flops + COST.mm_overhead + COST.mem_elem * (_prod(sizes, a) + _prod(sizes, b) + n_res)
+                    + COST.copy_elem * copies + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
+                    + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out))
+            # ties: output order (later steps and the result then need no transpose copy), then lead left
+            key = (cost, res != out_sorted(list(res), res), swap)
+            if best is None or key < best[0]:
+                best = (key, _Pair(cost, flops, copies, a, b, pa, pb, res, fa_s, fb_s, batch, view))
     return best[1]
 
 
