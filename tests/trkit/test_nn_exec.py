@@ -133,3 +133,31 @@ def test_dp_path_no_worse_than_planner_flops_by_much(tokens):
     shapes = [(tokens, 32, 24), (8, 32, 8), (8, 24, 8), (8, 32, 8), (8, 24, 8)]
     _, info = _contract.contract_path(eq, *shapes)
     assert _exec.plan_cost(eq, *shapes).flops <= 2 * info.opt_cost
+
+
+def test_layer_one_token_fuses_bias_and_gradchecks():
+    import trkit.nn as tn
+
+    torch.manual_seed(4)
+    layer = tn.TRLinear(6, 4, (2, 3, 2), in_modes=(2, 3), out_modes=(4,), path="contract", dtype=F64)
+    x = torch.randn(1, 6, dtype=F64, requires_grad=True)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-12)
+    assert all(p.fuse_bias for p in layer._plans.values())  # one token: bias goes into addmm
+    names = [n for n, _ in layer.named_parameters()]
+    ps = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+    assert torch.autograd.gradcheck(
+        lambda x, *ps: torch.func.functional_call(layer, dict(zip(names, ps)), (x,)), (x, *ps))
+
+
+def test_forward_all_stacked_contraction_gradchecks():
+    import trkit.nn as tn
+
+    torch.manual_seed(5)
+    m = tn.CrossLayerTR(6, 4, 3, (2, 1, 3, 2), in_modes=(2, 3), path="contract", dtype=F64)
+    xs = torch.randn(3, 2, 6, dtype=F64, requires_grad=True)
+    ref = torch.stack([xs[k] @ m.weight(k) + m.bias[k] for k in range(3)])
+    torch.testing.assert_close(m.forward_all(xs), ref, rtol=0, atol=1e-12)
+    assert any(s.kind == "bmm" for p in m._plans.values() for s in p.steps)  # the layer index is batched
+    # gradcheck perturbs its inputs in place: passing the module's own parameters checks them
+    params = tuple(m.parameters())
+    assert torch.autograd.gradcheck(lambda xs, *ps: m.forward_all(xs), (xs, *params))

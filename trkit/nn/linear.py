@@ -176,10 +176,11 @@ class TRLinear(DenseCacheMixin, nn.Module):
         tokens = math.prod(lead)
         if tokens == 0 or self.choose_path(tokens) == "dense":
             return F.linear(x, self.weight, self.bias)
-        # the input goes in as (tokens, in_features); the compiled plan regroups it for its first GEMM
-        cores = tuple(self.cores._parameters.values())  # ParameterList iteration costs ~6 us per call
+        # the input goes in as (tokens, in_features); the compiled plan regroups it for its first GEMM.
+        # Cores straight from the registry: ParameterList iteration costs ~6 us per call.
+        cores = tuple(self._modules["cores"]._parameters.values())
         x2 = x.reshape(tokens, self.in_features)
-        key = (tokens, x2.is_contiguous(), *(c.is_contiguous() for c in cores))
+        key = (tokens, x2.is_contiguous(), *[c.is_contiguous() for c in cores])
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._get_plan(key)
