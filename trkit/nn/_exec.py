@@ -8,62 +8,26 @@ each step is planned once per (equation, shapes) and then costs one ``mm``/``bmm
 an operand is copied only when its indices cannot be grouped as ``(batch, free, contracted)``
 or ``(batch, contracted, free)`` by a view (a transposed operand is passed to BLAS as is).
 
-Path: for up to ``_DP_MAX`` operands, dynamic programming over subsets picks the pairwise order
-minimising the modelled time (:data:`COST`: FLOPs, plus per-dispatch overhead, plus elements
-copied by non-view permutes, plus GEMM memory traffic); larger networks use the planner's
-(``trkit.contract.contract_path``) order with the same layout choice. Layout per step: free
-indices keep their order or are sorted into output order (so the result needs no transpose
-copy), the contracted indices follow either operand; the cheapest option wins, ties going to
-output order. Equations with repeated indices or an index summed inside one operand run on
-``torch.einsum``.
+Path and layouts come from :mod:`trkit.nn._paths` (a time model; dynamic programming over
+operand subsets for up to ``DP_MAX`` operands, the planner's ``trkit.contract.contract_path``
+order beyond). The compiled steps are generated as straight-line Python (no per-op
+interpretation at call time) and cached per (equation, shapes, contiguity). Equations with
+repeated indices or an index summed inside one operand run on ``torch.einsum``.
 """
 from __future__ import annotations
 
-import itertools
-import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from trkit import contract as _contract
+from trkit.nn._paths import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, prod, same_layout
 
-__all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "COST"]
-
-
-@dataclass(frozen=True)
-class ExecCost:
-    """Modelled time of the compiled steps, in FLOP-equivalents (1 us ~ 5e4 at ~50 GFLOP/s on
-    one core). Constants measured with torch 2.x fp32 on one CPU core."""
-
-    mm_overhead: float = 1.2e5  # one mm/bmm dispatch (~2.5 us)
-    view_overhead: float = 4.0e4  # one permute/reshape/transpose/view dispatch (~0.8 us)
-    copy_elem: float = 20.0  # per element copied by a permute that is not a view
-    copy_overhead: float = 1.0e5  # allocation and dispatch of one such copy (~2 us)
-    mem_elem: float = 2.0  # per element a GEMM reads or writes
-    einsum_overhead: float = 6.0e5  # a torch.einsum fallback step (~12 us)
-
-
-COST = ExecCost()
-_DP_MAX = 8  # subsets DP is 3^n pair checks: 6561 at 8 operands
+__all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "COST", "ExecCost"]
 
 _plans: "OrderedDict[tuple, _Plan]" = OrderedDict()
 _MAX_PLANS = 512
-
-
-class _Prep(NamedTuple):
-    """How to view one operand as a (batched) matrix: ``permute`` (None: none), ``reshape``
-    target (None: already that shape), then transpose the last two dims."""
-
-    perm: tuple | None
-    shape: tuple | None
-    transpose: bool
-    copies: int  # elements copied by permute + reshape (0 for a pure view)
-
-    @property
-    def dispatches(self) -> int:
-        return (self.perm is not None) + (self.shape is not None) + self.transpose
 
 
 class _Step(NamedTuple):
@@ -90,148 +54,10 @@ class _Plan(NamedTuple):
     fn: object  # the generated function running the steps: fn(operands, bias, out_shape)
 
 
-class _Pair(NamedTuple):
-    cost: float
-    flops: int
-    copies: int
-    a: str
-    b: str
-    pa: _Prep
-    pb: _Prep
-    res: str
-    rows: str
-    cols: str
-    batch: str
-    view: bool  # the GEMM result needs a .view to its index sizes
-
-
-def _prod(sizes: dict, idx) -> int:
-    return math.prod(sizes[c] for c in idx)
-
-
-def _prep(order: str, groups: tuple[str, str, str], sizes: dict) -> _Prep:
-    """Layout for an operand with index ``order`` to become the matrix ``groups`` =
-    (batch, rows, cols); reading (batch, cols, rows) transposed is also a view. Size-1 indices
-    may sit anywhere in a view (a batch of one token needs no transpose copy)."""
-    bt, r, c = groups
-    shp = tuple(sizes[i] for i in order)
-    lead = (_prod(sizes, bt),) if bt else ()
-    big = "".join(i for i in order if sizes[i] != 1)
-
-    def same(*parts: str) -> bool:
-        return big == "".join(i for i in "".join(parts) if sizes[i] != 1)
-
-    if same(bt, r, c):
-        mat = lead + (_prod(sizes, r), _prod(sizes, c))
-        return _Prep(None, None if shp == mat else mat, False, 0)
-    if same(bt, c, r):
-        mat = lead + (_prod(sizes, c), _prod(sizes, r))
-        return _Prep(None, None if shp == mat else mat, True, 0)
-    mat = lead + (_prod(sizes, r), _prod(sizes, c))
-    return _Prep(tuple(order.index(i) for i in bt + r + c), mat, False, math.prod(shp))
-
-
-def _same_layout(a: str, b: str, sizes: dict) -> bool:
-    """Index orders ``a`` and ``b`` lay out memory identically (size-1 indices ignored)."""
-    return [i for i in a if sizes[i] != 1] == [i for i in b if sizes[i] != 1]
-
-
-def _pair(a: str, b: str, needed: set, out: str, sizes: dict, final: bool) -> _Pair:
-    """Cheapest GEMM layout for contracting terms ``a`` and ``b`` (either may be the left one)."""
-    rank = {c: k for k, c in enumerate(out)}
-    lead = out[:1]
-    if lead and lead in b and lead not in a:
-        a, b = b, a  # ties go to the operand with the leading output index on the left
-
-    def out_sorted(f: list, term: str) -> str:
-        return "".join(sorted(f, key=lambda c: (0, rank[c]) if c in rank else (1, term.index(c))))
-
-    flops = _prod(sizes, set(a) | set(b)) * (2 if any(c in b and c not in needed for c in a) else 1)
-    best = None
-    for swap, (a, b) in enumerate(((a, b), (b, a))):
-        batch = "".join(c for c in a if c in b and c in needed)
-        contr = [c for c in a if c in b and c not in needed]
-        fa = [c for c in a if c not in b]
-        fb = [c for c in b if c not in a]
-        for fa_s, fb_s, k_src in itertools.product(dict.fromkeys(("".join(fa), out_sorted(fa, a))),
-                                                   dict.fromkeys(("".join(fb), out_sorted(fb, b))), (a, b)):
-            k = "".join(c for c in k_src if c in contr)
-            pa = _prep(a, (batch, fa_s, k), sizes)
-            pb = _prep(b, (batch, k, fb_s), sizes)
-            res = batch + fa_s + fb_s
-            n_res = _prod(sizes, res)
-            permute_out = final and not _same_layout(res, out, sizes)
-            copies = pa.copies + pb.copies + (n_res if permute_out else 0)
-            mat = ((_prod(sizes, batch),) if batch else ()) + (_prod(sizes, fa_s), _prod(sizes, fb_s))
-            view = tuple(sizes[c] for c in res) != mat
-            cost = (flops + COST.mm_overhead + COST.mem_elem * (_prod(sizes, a) + _prod(sizes, b) + n_res)
-                    + COST.copy_elem * copies + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
-                    + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out))
-            # ties: output order (later steps and the result then need no transpose copy), then lead left
-            key = (cost, res != out_sorted(list(res), res), swap)
-            if best is None or key < best[0]:
-                best = (key, _Pair(cost, flops, copies, a, b, pa, pb, res, fa_s, fb_s, batch, view))
-    return best[1]
-
-
-def _dp_path(terms: list[str], out: str, sizes: dict) -> list[tuple[int, int]]:
-    """Cheapest pairwise order by :func:`_pair` costs, as a tree over operand subsets; returned
-    as opt_einsum-style positions into the shrinking operand list."""
-    n = len(terms)
-    full = (1 << n) - 1
-    letters_of = [set(t) for t in terms]
-    best: dict[int, tuple[float, str, tuple | None]] = {1 << i: (0.0, terms[i], None) for i in range(n)}
-
-    def needed_outside(mask: int) -> set:
-        s = set(out)
-        for i in range(n):
-            if not mask >> i & 1:
-                s |= letters_of[i]
-        return s
-
-    for mask in sorted(range(1, full + 1), key=lambda m: bin(m).count("1")):
-        if mask in best:
-            continue
-        low = mask & -mask
-        needed = needed_outside(mask)
-        cand = None
-        sub = (mask - 1) & mask
-        while sub:
-            if sub & low and sub != mask:  # each split once: the part holding the lowest operand
-                other = mask ^ sub
-                ca, ta, _ = best[sub]
-                cb, tb, _ = best[other]
-                p = _pair(ta, tb, needed, out, sizes, mask == full)
-                c = ca + cb + p.cost
-                if cand is None or c < cand[0]:
-                    cand = (c, p.res, (sub, other))
-            sub = (sub - 1) & mask
-        best[mask] = cand
-    # replay the tree bottom-up as positions into the shrinking operand list
-    order: list[tuple[int, int]] = []
-
-    def walk(mask):
-        split = best[mask][2]
-        if split is None:
-            return
-        walk(split[0])
-        walk(split[1])
-        order.append(split)
-
-    walk(full)
-    current = [1 << i for i in range(n)]
-    path = []
-    for s1, s2 in order:
-        i, j = current.index(s1), current.index(s2)
-        path.append((i, j))
-        current = [m for k, m in enumerate(current) if k not in (i, j)] + [s1 | s2]
-    return path
-
-
 _VIEW, _RESHAPE, _PERMUTE, _T = 0, 1, 2, 3
 
 
-def _ops(phys: tuple, logical: tuple, prep: _Prep, strided: bool) -> tuple:
+def _ops(phys: tuple, logical: tuple, prep: Prep, strided: bool) -> tuple:
     """Ops turning a tensor of shape ``phys`` (a grouping of index sizes ``logical``) into the
     matrix ``prep`` describes. Intermediates (contiguous GEMM results) and contiguous inputs
     regroup by ``view``; strided inputs by ``reshape``."""
@@ -260,8 +86,8 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
         sizes.update(zip(t, s))
     counts = {c: sum(c in t for t in terms) + (c in out) for c in sizes}
     simple = all(len(set(t)) == len(t) for t in terms) and all(v >= 2 for v in counts.values()) and len(terms) > 1
-    if simple and len(terms) <= _DP_MAX:
-        path = _dp_path(terms, out, sizes)
+    if simple and len(terms) <= DP_MAX:
+        path = dp_path(terms, out, sizes)
     else:
         path = [tuple(p) for p in _contract.contract_path(equation, *shapes)[0]]
     n_in = len(terms)
@@ -286,17 +112,17 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
             steps.append(_Step(slots[pair[0]], slots[pair[1]] if len(pair) == 2 else -1, n_slots, "einsum",
                                in_ops[0], in_ops[1] if len(in_ops) > 1 else (),
                                ",".join(ops_t) + "->" + keep, 0, "", 0))
-            cost += COST.einsum_overhead + _prod(sizes, set("".join(ops_t)))
+            cost += COST.einsum_overhead + prod(sizes, set("".join(ops_t)))
             phys[n_slots] = tuple(sizes[c] for c in keep)
         else:
             i, j = pair
-            p = _pair(terms[i], terms[j], needed, out, sizes, final)
+            p = pair_layout(terms[i], terms[j], needed, out, sizes, final)
             keep = p.res
             si, sj = (slots[i], slots[j]) if p.a == terms[i] else (slots[j], slots[i])
             ops_a = _ops(phys[si], tuple(sizes[c] for c in p.a), p.pa, si < n_in and not contiguous[si])
             ops_b = _ops(phys[sj], tuple(sizes[c] for c in p.b), p.pb, sj < n_in and not contiguous[sj])
-            n_cols = _prod(sizes, p.cols)
-            mat = ((_prod(sizes, p.batch),) if p.batch else ()) + (_prod(sizes, p.rows), n_cols)
+            n_cols = prod(sizes, p.cols)
+            mat = ((prod(sizes, p.batch),) if p.batch else ()) + (prod(sizes, p.rows), n_cols)
             steps.append(_Step(si, sj, n_slots, "bmm" if p.batch else "mm", ops_a, ops_b,
                                f"{p.a},{p.b}->{keep}", n_cols, p.rows, p.copies))
             phys[n_slots] = mat
@@ -309,7 +135,7 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
     res = terms[0]
     logical = tuple(sizes[c] for c in res)
     final_ops: list = []
-    if not _same_layout(res, out, sizes):
+    if not same_layout(res, out, sizes):
         if phys[slots[0]] != logical:
             final_ops.append((_VIEW, logical))
         final_ops.append((_PERMUTE, tuple(res.index(c) for c in out)))
@@ -318,8 +144,8 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
     # (bias as is), or when that index has size 1 (bias viewed as the whole (rows, cols) matrix).
     fuse: bool | tuple = False
     if out and last and last.kind == "mm" and not final_ops:
-        n_rows = _prod(sizes, out) // last.n_cols
-        if _same_layout(last.rows, out[:1], sizes) and n_rows == sizes[out[0]]:
+        n_rows = prod(sizes, out) // last.n_cols
+        if same_layout(last.rows, out[:1], sizes) and n_rows == sizes[out[0]]:
             fuse = True
         elif sizes[out[0]] == 1:
             fuse = (n_rows, last.n_cols)
