@@ -161,3 +161,23 @@ def test_forward_all_stacked_contraction_gradchecks():
     # gradcheck perturbs its inputs in place: passing the module's own parameters checks them
     params = tuple(m.parameters())
     assert torch.autograd.gradcheck(lambda xs, *ps: m.forward_all(xs), (xs, *params))
+
+
+def test_modules_pickle_and_deepcopy_after_forward():
+    # compiled plans hold generated functions: they must not stop torch.save(module) or deepcopy
+    import copy
+    import io
+
+    import trkit.nn as tn
+
+    torch.manual_seed(6)
+    x = torch.randn(3, 12, dtype=F64)
+    for mod, call in [(tn.TRLinear(12, 6, 2, path="contract", dtype=F64), lambda m: m(x)),
+                      (tn.CrossLayerTR(12, 6, 3, 2, path="contract", dtype=F64), lambda m: m(x, 1))]:
+        y = call(mod)
+        buf = io.BytesIO()
+        torch.save(mod, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)  # our own module, just written: trusted
+        torch.testing.assert_close(call(loaded), y, rtol=0, atol=0)
+        torch.testing.assert_close(call(copy.deepcopy(mod)), y, rtol=0, atol=0)

@@ -46,6 +46,16 @@ class DenseCacheMixin:
     def _set(self, **attrs) -> None:
         self.__dict__.update(attrs)
 
+    def __getstate__(self) -> dict:
+        # Pickling (torch.save of a whole module, deepcopy): compiled plans hold generated
+        # functions that cannot be pickled and are rebuilt on the next call; the cache is never saved.
+        state = self.__dict__.copy()
+        state.update(_plans={}, _cache_depth=0, _cache_value=None, _cache_plist=[], _cache_versions=[],
+                     _cache_stale=False)
+        if "_views" in state:
+            state.update(_views=[], _views_src=None)
+        return state
+
     @property
     def caching(self) -> bool:
         """True inside a :func:`dense_weights_cache` context covering this module."""
