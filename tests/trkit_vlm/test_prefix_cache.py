@@ -180,3 +180,52 @@ def test_pooled_length_keeps_full_context_without_causal_mask():
         assert pc.pooled_length(bundle.model, ids) == ids.shape[1]
     finally:
         bundle.model.attn_mask = attn_mask
+
+
+def _trainer(tmp_path, root, cache: str):
+    from trkit_vlm.distributed import init_distributed
+    from trkit_vlm.train import build_model, fingerprint, prepare_data, seed_everything, view_transform
+    from trkit_vlm.train_loop import Trainer
+
+    register_tiny()
+    cfg = tiny_config(tmp_path / cache, root, prefix_cache=cache, **{
+        "loss.lambda_image": 1.0, "loss.lambda_text": 1.0,
+        "adapter": {"hidden": 8, "image_layers": [2, 3], "text_layers": [2, 3]}}).validate()
+    seed_everything(cfg.seed)
+    info = init_distributed("cpu")
+    fs, data = prepare_data(cfg, None, info)
+    bundle, model, _ = build_model(cfg, None, info.device)
+    cfg.run_dir().mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, bundle, model, data, fs, info, cfg.run_dir(), progress=False, view_fn=view_transform,
+                   fingerprint=fingerprint(cfg), amp=None)
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_no_frozen_work_left_per_step(tmp_path, cache):
+    # With the cache, a step runs only the adapted blocks, once per tower: no prefix block, no embedding,
+    # no frozen pass for the consistency loss. Without it, all of that runs (which shows the count works).
+    from trkit_vlm.models import clip_towers
+
+    root = make_coop_dataset(tmp_path / "d")
+    tr = _trainer(tmp_path, root, cache)
+    calls: dict = {}
+
+    def counter(name):
+        def hook(*_):
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    towers = clip_towers(tr.model)
+    for tower, t in towers.items():
+        for i, blk in enumerate(t.resblocks):
+            blk.register_forward_hook(counter(f"{tower}{i + 1}"))
+    tr.model.visual.conv1.register_forward_hook(counter("patch_embed"))
+    tr.model.token_embedding.register_forward_hook(counter("token_embed"))
+    tr.train_epoch(0)
+    steps = tr.micro_per_epoch
+    assert steps == 2  # base classes (2) x 2 shots, batch 2
+    if cache == "memory":
+        assert calls == {**{f"{t}{i}": steps for t in ("image", "text") for i in (2, 3)}}
+    else:  # frozen image pass + adapted pass per step; the whole text tower every step
+        assert calls["patch_embed"] == 2 * steps and calls["image1"] == calls["image2"] == 2 * steps
+        assert calls["text1"] == calls["text3"] == calls["token_embed"] == steps
