@@ -293,6 +293,23 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
     return targets, notes
 
 
+def summary_rows(linear, cross) -> tuple[list, list]:
+    """Compact ratio tables (the full per-variant timings stay in ``linear``/``cross_layer``)."""
+    lin = [{"shape": r["shape"], "tokens": r["tokens"], "params_pct": r["params_pct"], "choice": r["auto_choice"],
+            "dense_fwd_us": round(r["dense_fwd_ms"] * 1e3, 1), "tr_fwd_us": round(r["tr_auto_fwd_ms"] * 1e3, 1),
+            "tr_vs_dense_fwd": round(r["tr_vs_dense_fwd"], 2), "tr_vs_dense_fwdbwd": round(r["tr_vs_dense_fwdbwd"], 2),
+            "auto_vs_best_fwd": round(r["auto_vs_best_fwd"], 2), "auto_vs_best_fwdbwd": round(r["auto_vs_best_fwdbwd"], 2),
+            "floor_gemms_us": round(r["floor_gemms_ms"] * 1e3, 1) if "floor_gemms_ms" in r else None,
+            "floor_f_linear_us": round(r["floor_f_linear_ms"] * 1e3, 1) if "floor_f_linear_ms" in r else None}
+           for r in linear]
+    cl = [{"shape": r["shape"], "dense_adapters_fwd_ms": round(r["dense_adapters_fwd_ms"], 3),
+           **{f"{n}_vs_dense_{k}": round(r[f"{n}_vs_dense_{k}"], 2)
+              for n in ("tr_cached", "tr_uncached", "tr_forward_all_list") for k in ("fwd", "fwdbwd")},
+           "stacked_vs_dense_stacked_fwd": round(r["stacked_vs_dense_stacked_fwd"], 2),
+           "stacked_vs_dense_stacked_fwdbwd": round(r["stacked_vs_dense_stacked_fwdbwd"], 2)} for r in cross]
+    return lin, cl
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced sizes (1024 instead of 4096, 4x197 tokens)")
@@ -315,9 +332,11 @@ def main(argv=None):
     L, T = 8, (4 * 197 if args.quick else 16 * 197)
     alloc = allocation_cost(L, T, 768)
     targets, notes = targets_and_notes(linear, cross, alloc)
+    lin_summary, cross_summary = summary_rows(linear, cross)
     result = {"title": "TRLinear and CrossLayerTR vs dense layers (CPU, 1 thread)",
               "command": "python benchmarks/layers.py" + (" --quick" if args.quick else ""),
-              "env": env, "linear": linear, "cross_layer": cross, "targets": targets, "notes": notes}
+              "env": env, "summary_linear": lin_summary, "summary_cross_layer": cross_summary,
+              "targets": targets, "notes": notes, "linear": linear, "cross_layer": cross}
     text = json.dumps(result, indent=1, default=str)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     print("\n".join(["targets:", *targets]))
