@@ -34,6 +34,8 @@ class _Forward(nn.Module):
         m = self.model
         if self.text_states is not None:
             txt = pc.text_suffix(m, self.text_states, self.text_ids, self.n_text)
+        elif pc.text_prefix_supported(m) is None:  # the cut prompts (see Trainer), all blocks each step
+            txt = pc.text_suffix(m, pc.text_prefix(m, self.text_ids, 0), self.text_ids, 0)
         else:
             txt = m.encode_text(self.text_ids, normalize=True)
         img = pc.image_suffix(m, x, self.n_image) if cached else m.encode_image(x, normalize=True)
@@ -83,12 +85,14 @@ class Trainer:
             with torch.no_grad(), adapters_disabled(model):
                 self.text_frozen = model.encode_text(text_ids, normalize=True).float()
         text_states = None
-        if use_cache and pc.text_prefix_supported(model) is None:
-            # Fixed prompts: cut the padding after the longest prompt's EOT (dead work under the causal
-            # mask, see pooled_length), and run the blocks before the first adapter once.
+        if pc.text_prefix_supported(model) is None:
+            # Cut the padding after the longest prompt's EOT: dead work under the causal mask (see
+            # pooled_length), with or without the cache. With it, the blocks before the first adapter
+            # run once for these fixed prompts.
             text_ids = text_ids[:, :pc.pooled_length(model, text_ids)]
-            with torch.no_grad():
-                text_states = pc.text_prefix(model, text_ids, n_text)
+            if use_cache:
+                with torch.no_grad():
+                    text_states = pc.text_prefix(model, text_ids, n_text)
 
         # Image side: with fixed views the frozen prefix of every view is computed once.
         fixed = (not cfg.data.augment) or cfg.data.cached_views > 0
