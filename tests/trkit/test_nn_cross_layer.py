@@ -199,6 +199,17 @@ def test_bad_arguments(kwargs, exc, match):
         tn.CrossLayerTR(12, 6, 3, **kwargs)
 
 
+@pytest.mark.parametrize("dims,match", [((0, 6, 3), "d_in must be a positive int, got 0"),
+                                        ((12, 6.0, 3), "d_out must be a positive int, got 6.0"),
+                                        ((12, 6, True), "n_layers must be a positive int, got True")])
+def test_sizes_must_be_positive_ints_as_in_trlinear(dims, match):
+    with pytest.raises(ValueError, match=match):
+        tn.CrossLayerTR(*dims, ranks=2)
+    import numpy as np
+    assert tn.CrossLayerTR(np.int64(12), 6, 3, ranks=2).d_in == 12  # numpy ints are ints
+    assert tn.TRLinear(np.int64(12), 6, ranks=2).in_features == 12
+
+
 def test_bad_calls():
     m = tn.CrossLayerTR(12, 6, 3, 2)
     with pytest.raises(IndexError, match="out of range"):

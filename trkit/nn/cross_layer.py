@@ -25,7 +25,7 @@ from torch import nn
 from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin, dense_weights_cache
-from trkit.nn.utils import gemm_cost, letters, path_cost, resolve_modes, resolve_ranks
+from trkit.nn.utils import gemm_cost, letters, path_cost, positive_int, resolve_modes, resolve_ranks
 from trkit.ring import TensorRing
 
 __all__ = ["CrossLayerTR"]
@@ -51,9 +51,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     def __init__(self, d_in: int, d_out: int, n_layers: int, ranks, bias: bool = True,
                  dtype=None, device=None, in_modes=None, out_modes=None, path: str = "auto"):
         super().__init__()
-        for name, v in (("d_in", d_in), ("d_out", d_out), ("n_layers", n_layers)):
-            if isinstance(v, bool) or int(v) != v or int(v) < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        d_in, d_out, n_layers = positive_int("d_in", d_in), positive_int("d_out", d_out), positive_int("n_layers", n_layers)
         if path not in ("auto", "contract", "dense"):
             raise ValueError(f"path must be 'auto', 'contract' or 'dense', got {path!r}")
         self.d_in, self.d_out, self.n_layers = int(d_in), int(d_out), int(n_layers)

@@ -22,7 +22,7 @@ from torch import nn
 from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin
-from trkit.nn.utils import gemm_cost, letters, path_cost, resolve_modes, resolve_ranks
+from trkit.nn.utils import gemm_cost, letters, path_cost, positive_int, resolve_modes, resolve_ranks
 from trkit.ring import TensorRing
 
 __all__ = ["TRLinear"]
@@ -52,9 +52,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
                  bias: bool = True, init: str | float = "kaiming", path: str = "auto",
                  dtype=None, device=None):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        in_features, out_features = positive_int("in_features", in_features), positive_int("out_features", out_features)
         if path not in _PATHS:
             raise ValueError(f"path must be one of {_PATHS}, got {path!r}")
         self.in_features, self.out_features = in_features, out_features

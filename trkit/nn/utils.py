@@ -5,6 +5,7 @@ densifying the weight, and parameter counting.
 from __future__ import annotations
 
 import math
+import numbers
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -85,6 +86,13 @@ def resolve_modes(n: int, modes, name: str, target: int = 16) -> tuple[int, ...]
     if math.prod(modes) != n:
         raise ValueError(f"{name}={modes} multiply to {math.prod(modes)}, not to the dimension {n}")
     return modes
+
+
+def positive_int(name: str, v) -> int:
+    """``v`` as an int >= 1 (Python or numpy integer; bools and floats are refused)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
 
 
 def resolve_ranks(ranks, n_cores: int, name: str = "ranks") -> tuple[int, ...]:
