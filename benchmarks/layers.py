@@ -142,6 +142,8 @@ def linear_suite(quick: bool):
             row = {"shape": f"{in_f}x{out_f}", "tokens": tokens, "rank": rank, "modes": f"{tr.in_modes}->{tr.out_modes}",
                    "tr_params": tr.n_params, "params_pct": round(100 * tr.n_params / tn.count_params(dense), 2),
                    "auto_choice": tr.choose_path(tokens)}
+            with torch.no_grad():  # the forward rows run without autograd, where "factored" may be chosen
+                row["auto_choice_fwd"] = tr.choose_path(tokens)
             for kind, make in (("fwd", fwd_fn), ("fwdbwd", fwd_bwd_fn)):
                 t = side_by_side({k: make(m, x) for k, m in mods.items()}, rounds, sample)
                 for k, v in t.items():
@@ -149,16 +151,20 @@ def linear_suite(quick: bool):
             for kind in ("fwd", "fwdbwd"):
                 best = min(row[f"tr_contract_{kind}_ms"], row[f"tr_dense_{kind}_ms"])
                 row[f"auto_vs_best_{kind}"] = row[f"tr_auto_{kind}_ms"] / best
-                row[f"choice_vs_best_{kind}"] = row[f"tr_{row['auto_choice']}_{kind}_ms"] / best
+                choice = row["auto_choice_fwd"] if kind == "fwd" else row["auto_choice"]
+                # "factored" has no forced twin: the chosen path is then the auto run itself
+                row[f"choice_vs_best_{kind}"] = (row[f"tr_{choice}_{kind}_ms"] if choice != "factored"
+                                                 else row[f"tr_auto_{kind}_ms"]) / best
                 row[f"tr_vs_dense_{kind}"] = row[f"tr_auto_{kind}_ms"] / row[f"dense_{kind}_ms"]
             for k in ("dense", "tr_auto"):
                 row[f"{k}_fwdbwd_peak_mb"] = peak_alloc_bytes(fwd_bwd_fn(mods[k], x)) / 2**20
             if tl is not None:
                 row["tltorch_params"] = tn.count_params(tl)
-            if small and row["auto_choice"] == "contract":
+            if small and row["auto_choice_fwd"] in ("contract", "factored"):
                 row.update(gemm_floor(tr, x, rounds))
             rows.append(row)
-            print(f"{row['shape']:>10} {tokens:>5} {row['params_pct']:5.2f}% {row['auto_choice']:>8} | fwd ms "
+            print(f"{row['shape']:>10} {tokens:>5} {row['params_pct']:5.2f}% {row['auto_choice_fwd']:>8}/"
+                  f"{row['auto_choice']:<8} | fwd ms "
                   f"lin {row['dense_fwd_ms']:.4f} tr {row['tr_auto_fwd_ms']:.4f} (x{row['tr_vs_dense_fwd']:.2f}) | "
                   f"f+b ms lin {row['dense_fwdbwd_ms']:.4f} tr {row['tr_auto_fwdbwd_ms']:.4f} "
                   f"(x{row['tr_vs_dense_fwdbwd']:.2f}) | auto/best {row['auto_vs_best_fwd']:.2f}/"
@@ -277,9 +283,13 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
         "with other jobs, so absolute times drift between runs.",
         "TRLinear contracts through trkit.nn._exec: a path chosen by modelled time (FLOPs + per-call overhead "
         "+ copies) and run as generated straight-line code of views and mm/bmm/addmm calls (no einsum per step).",
-        "At 1 token the dense 768x32 layer is one ~5-7 us GEMV call; any ring needs at least one GEMM per "
-        "core merge or input contraction (4 here), each a separate eager dispatch: the floor columns measure "
-        "those GEMM calls alone, with no views, copies or Python.",
+        "Forward rows run under no_grad, where TRLinear's automatic choice may take the factored path "
+        "(W = B @ A cut between output and input cores; the two factors cached while the cores are unchanged, "
+        "only when they hold fewer numbers than the dense weight): auto_choice_fwd; auto_choice is the choice "
+        "with autograd (forward+backward rows). 'Better forced path' compares with contract and dense only.",
+        "At 1 token the dense 768x32 layer is one ~4-7 us GEMV call; a ring needs at least two dependent GEMM "
+        "calls (the factored path's two; four when contracting core by core), each a separate eager dispatch: "
+        "the floor columns time the chosen plan's GEMM calls alone, with no views, copies or Python.",
         f"forward_all on one stacked (L, T, d_out) tensor allocates one large block: a fresh float32 "
         f"(8, T, 768) tensor written once took {alloc['stacked']:.1f} ms vs {alloc['per_layer']:.1f} ms for 8 "
         f"separate (T, 768) ones (large blocks are mmapped and page-faulted on every call), so it is compared "
@@ -295,7 +305,8 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
 
 def summary_rows(linear, cross) -> tuple[list, list]:
     """Compact ratio tables (the full per-variant timings stay in ``linear``/``cross_layer``)."""
-    lin = [{"shape": r["shape"], "tokens": r["tokens"], "params_pct": r["params_pct"], "choice": r["auto_choice"],
+    lin = [{"shape": r["shape"], "tokens": r["tokens"], "params_pct": r["params_pct"],
+            "choice (fwd / fwd+bwd)": f"{r['auto_choice_fwd']} / {r['auto_choice']}",
             "dense_fwd_us": round(r["dense_fwd_ms"] * 1e3, 1), "tr_fwd_us": round(r["tr_auto_fwd_ms"] * 1e3, 1),
             "tr_vs_dense_fwd": round(r["tr_vs_dense_fwd"], 2), "tr_vs_dense_fwdbwd": round(r["tr_vs_dense_fwdbwd"], 2),
             "auto_vs_best_fwd": round(r["auto_vs_best_fwd"], 2), "auto_vs_best_fwdbwd": round(r["auto_vs_best_fwdbwd"], 2),

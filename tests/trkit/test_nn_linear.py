@@ -252,3 +252,59 @@ def test_torch_compile_inductor():
     y = torch.compile(layer)(x)
     torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-6)
     print(f"inductor compile+run: {time.perf_counter() - t0:.1f}s")
+
+
+# ---- inference: the factored path (W = B @ A cut between output and input cores) ----------------
+
+def _bench_layer(**kw):
+    # the benchmark's 768x32 layer (4.55% of the dense parameters), float64 for exact comparisons
+    return tn.TRLinear(768, 32, ranks=4, in_modes=(32, 24), out_modes=(8, 4), dtype=F64, **kw)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 2), st.integers(1, 3), st.integers(1, 70), st.booleans(), st.integers(0, 99))
+def test_factored_forward_equals_dense_linear(p, q, r, tokens, bias, seed):
+    torch.manual_seed(seed)
+    in_modes, out_modes = (3, 4, 2)[:p], (5, 3)[:q]
+    layer = tn.TRLinear(math.prod(in_modes), math.prod(out_modes), ranks=r, in_modes=in_modes,
+                        out_modes=out_modes, bias=bias, dtype=F64)
+    x = torch.randn(tokens, layer.in_features, dtype=F64)
+    ref = F.linear(x, layer.weight, layer.bias).detach()
+    with torch.no_grad():
+        a_t, b_t = layer._inference_factors(tuple(layer.cores))
+        torch.testing.assert_close(b_t.T @ a_t.T, layer.weight, rtol=0, atol=1e-10)  # W = B @ A exactly
+        fact = x @ a_t @ b_t + (layer.bias if bias else 0)
+        torch.testing.assert_close(fact, ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-10)  # whichever path no-grad picks
+
+
+def test_factored_path_is_taken_without_grad_and_tracks_the_cores():
+    layer = _bench_layer()
+    x = torch.randn(64, 768, dtype=F64)
+    assert layer.choose_path(64) != "factored"  # autograd on: never
+    with torch.no_grad():
+        assert layer.choose_path(64) == "factored" and layer.choose_path(1) == "factored"
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-10)
+        assert layer._factors is not None
+        layer.cores[1].mul_(-2.0)  # an in-place update (optimizer.step, load_state_dict) moves _version
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-10)
+    y = layer(x)  # autograd on again: the contraction path, and the factors are freed
+    assert layer._factors is None and y.requires_grad
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-10)
+    moved = layer.to(torch.float32)  # new parameter tensors: the factors are rebuilt, not reused
+    with torch.no_grad():
+        xf = x.float()
+        torch.testing.assert_close(moved(xf), F.linear(xf, moved.weight, moved.bias), rtol=1e-4, atol=1e-4)
+        import copy
+        clone = copy.deepcopy(moved)  # the factor cache is not part of the pickled state
+        assert clone._factors is None
+        torch.testing.assert_close(clone(xf), moved(xf), rtol=0, atol=0)
+
+
+def test_factored_path_never_holds_more_than_the_dense_weight():
+    # 12 -> 6 with ranks 4: the cut rank 16 makes factors of 16 * 18 = 288 > 72 dense numbers
+    layer = tn.TRLinear(12, 6, ranks=4, in_modes=(3, 4), out_modes=(6,), dtype=F64)
+    with torch.no_grad():
+        assert layer._factored_cost(5) is None and layer.choose_path(5) != "factored"
+        layer(torch.randn(5, 12, dtype=F64))
+    assert layer._factors is None

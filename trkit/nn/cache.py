@@ -52,6 +52,8 @@ class DenseCacheMixin:
         state = self.__dict__.copy()
         state.update(_plans={}, _cache_depth=0, _cache_value=None, _cache_plist=[], _cache_versions=[],
                      _cache_stale=False)
+        if "_factors" in state:
+            state["_factors"] = None
         if "_views" in state:
             state.update(_views=[], _views_src=None)
         return state

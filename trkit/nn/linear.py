@@ -43,6 +43,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         init: target distribution of the reconstructed weight: ``"kaiming"``, ``"xavier"``,
             ``"torch"`` (``nn.Linear``'s default std) or a float std; see :mod:`trkit.nn.init`.
         path: ``"auto"`` (cost model picks per batch size), ``"contract"`` or ``"dense"``.
+            Under ``torch.no_grad()`` ``"auto"`` may also pick ``"factored"`` (see :meth:`choose_path`).
 
     Forward: ``x (..., in_features) -> (..., out_features)``, equal to
     ``F.linear(x, self.weight, self.bias)``.
@@ -71,6 +72,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         self._init_cache()
         self._choices: dict = {}
         self._plans: dict = {}  # compiled forward plan per (tokens, contiguity)
+        self._set(_factors=None)  # inference factors, see _inference_factors
         self.fit_info: dict | None = None
         self.reset_parameters()
 
@@ -119,6 +121,18 @@ class TRLinear(DenseCacheMixin, nn.Module):
         return self._cached(self._dense)
 
     # ---- path choice ----------------------------------------------------------------------------
+    def _factor_rank(self) -> int:
+        """Bond product at the cut between output and input cores: the rank of ``W`` as ``B @ A``."""
+        return self.ranks[0] * self.ranks[len(self.out_modes)]
+
+    def _factored_cost(self, tokens: int) -> float | None:
+        """Cost of ``(x @ A) @ B`` with cached factors, or None when the factors would take more
+        memory than the dense weight (the cache must never cost more than ``nn.Linear`` holds)."""
+        rank = self._factor_rank()
+        if rank * (self.in_features + self.out_features) > self.in_features * self.out_features:
+            return None
+        return gemm_cost(tokens, self.in_features, rank).cost + gemm_cost(tokens, rank, self.out_features).cost
+
     def _costs(self, tokens: int, cached: bool) -> tuple[float, float]:
         shapes = tuple(tuple(c.shape) for c in self.cores)
         c_contract = path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shapes)).cost
@@ -128,18 +142,45 @@ class TRLinear(DenseCacheMixin, nn.Module):
         return c_contract, c_dense
 
     def choose_path(self, tokens: int) -> str:
-        """``"contract"`` or ``"dense"`` for ``tokens`` input rows (cached per size and cache state)."""
+        """``"contract"``, ``"dense"`` or (only without autograd) ``"factored"`` for ``tokens``
+        input rows, by the cost model; cached per size, cache state and grad mode.
+
+        ``"factored"``: the ring cut between its output and input cores is ``W = B @ A`` with
+        ``A (rank, in_features)``, ``B (out_features, rank)``, ``rank = ranks[0] * ranks[q]``.
+        Under ``torch.no_grad()`` the two factors are built once and reused while the cores are
+        unchanged (two GEMMs a call; taken only when the factors hold fewer numbers than the dense
+        weight). Any call with autograd on drops them.
+        """
         if self.path != "auto":
             return self.path
-        key = (tokens, self.has_valid_cache())
+        key = (tokens, self.has_valid_cache(), torch.is_grad_enabled())
         choice = self._choices.get(key)  # hot path: a dict hit, no planning
         return choice if choice is not None else self._decide(key)
 
     @torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
     def _decide(self, key: tuple) -> str:
-        c_contract, c_dense = self._costs(*key)
-        choice = self._choices[key] = "dense" if c_dense <= c_contract else "contract"
+        tokens, cached, grad = key
+        c_contract, c_dense = self._costs(tokens, cached)
+        costs = {"dense": c_dense, "contract": c_contract}  # ties go to dense, as before
+        c_factored = None if grad else self._factored_cost(tokens)
+        if c_factored is not None:
+            costs["factored"] = c_factored
+        choice = self._choices[key] = min(costs, key=costs.get)
         return choice
+
+    @torch.compiler.disable  # a Python-side cache keyed by parameter identity and version
+    def _inference_factors(self, cores: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A^T (in, rank), B^T (rank, out))`` with ``W = B @ A``, rebuilt when a core changes."""
+        f = self._factors
+        if f is not None and all(a is b for a, b in zip(f[0], cores)) and [c._version for c in cores] == f[1]:
+            return f[2], f[3]
+        q = len(self.out_modes)
+        two = TensorRing(list(cores), validate=False).merge_modes(q, len(cores)).merge_modes(0, q)
+        b, a = two.cores  # b (r_0, out, r_q), a (r_q, in, r_0)
+        a_t = a.permute(1, 0, 2).reshape(self.in_features, -1).contiguous()  # columns (r_q, r_0)
+        b_t = b.permute(2, 0, 1).reshape(-1, self.out_features).contiguous()  # rows (r_q, r_0)
+        self._set(_factors=(cores, [c._version for c in cores], a_t, b_t))
+        return a_t, b_t
 
     def _cache_params(self) -> list:
         return [p for p in (*self.cores, self.bias) if p is not None]
@@ -156,12 +197,15 @@ class TRLinear(DenseCacheMixin, nn.Module):
             "contract_cost": c_contract, "dense_cost": c_dense,
             "contract_flops": fwd.flops, "dense_flops": recon.flops + 2 * tokens * self.in_features * self.out_features,
             "contract_steps": fwd.steps, "equation": self._eq_fwd,
+            "factored_cost": None if torch.is_grad_enabled() else self._factored_cost(tokens),
             "path": [s["eq"] for s in _exec.describe(self._eq_fwd, (tokens, *self.in_modes), *shapes)],
         }
         print(f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
               f"ranks {self.ranks}, {tokens} tokens\n"
               f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, path {report['path']})\n"
               f"  densify+matmul: cost {c_dense:.4g} ({report['dense_flops']:.4g} FLOPs)\n"
+              + ("" if report["factored_cost"] is None else
+                 f"  factored (no grad, rank {self._factor_rank()}): cost {report['factored_cost']:.4g}\n") +
               f"  choice: {report['choice']}" + ("" if self.path == "auto" else f" (forced by path={self.path!r})"),
               file=file or sys.stdout)
         return report
@@ -172,12 +216,20 @@ class TRLinear(DenseCacheMixin, nn.Module):
             raise ValueError(f"input has last dimension {x.shape[-1]}, expected in_features={self.in_features}")
         lead = x.shape[:-1]
         tokens = math.prod(lead)
-        if tokens == 0 or self.choose_path(tokens) == "dense":
+        choice = self.choose_path(tokens) if tokens else "dense"
+        if self._factors is not None and choice != "factored":
+            self._set(_factors=None)  # training (or another path) again: free the inference factors
+        if choice == "dense":
             return F.linear(x, self.weight, self.bias)
-        # the input goes in as (tokens, in_features); the compiled plan regroups it for its first GEMM.
         # Cores straight from the registry: ParameterList iteration costs ~6 us per call.
         cores = tuple(self._modules["cores"]._parameters.values())
         x2 = x.reshape(tokens, self.in_features)
+        if choice == "factored":
+            a_t, b_t = self._inference_factors(cores)
+            h = x2 @ a_t
+            y = torch.addmm(self.bias, h, b_t) if self.bias is not None else h @ b_t
+            return y.reshape(*lead, self.out_features)
+        # the input goes in as (tokens, in_features); the compiled plan regroups it for its first GEMM.
         key = (tokens, x2.is_contiguous(), *[c.is_contiguous() for c in cores])
         plan = self._plans.get(key)
         if plan is None:
