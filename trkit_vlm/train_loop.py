@@ -25,16 +25,17 @@ class _Forward(nn.Module):
     """Inputs -> (logits, image features, text features) as one module, so DDP sees one forward."""
 
     def __init__(self, model: nn.Module, text_ids: torch.Tensor, text_states: torch.Tensor | None,
-                 n_text: int, n_image: int):
+                 n_text: int, n_image: int, split_text: bool):
         super().__init__()
         self.model = model
         self.text_ids, self.text_states, self.n_text, self.n_image = text_ids, text_states, n_text, n_image
+        self.split_text = split_text  # the text tower runs block by block (prompts cut after the EOT)
 
     def forward(self, x: torch.Tensor, cached: bool):
         m = self.model
         if self.text_states is not None:
             txt = pc.text_suffix(m, self.text_states, self.text_ids, self.n_text)
-        elif pc.text_prefix_supported(m) is None:  # the cut prompts (see Trainer), all blocks each step
+        elif self.split_text:  # the cut prompts (see Trainer), all blocks each step
             txt = pc.text_suffix(m, pc.text_prefix(m, self.text_ids, 0), self.text_ids, 0)
         else:
             txt = m.encode_text(self.text_ids, normalize=True)
@@ -85,7 +86,8 @@ class Trainer:
             with torch.no_grad(), adapters_disabled(model):
                 self.text_frozen = model.encode_text(text_ids, normalize=True).float()
         text_states = None
-        if pc.text_prefix_supported(model) is None:
+        split_text = pc.text_prefix_supported(model) is None
+        if split_text:
             # Cut the padding after the longest prompt's EOT: dead work under the causal mask (see
             # pooled_length), with or without the cache. With it, the blocks before the first adapter
             # run once for these fixed prompts.
@@ -131,7 +133,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch)))
         self.scaler = torch.amp.GradScaler(dev.type, enabled=(amp == torch.float16))
-        self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image)
+        self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
