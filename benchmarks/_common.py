@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (run as scripts, so this sits beside them on sys.path)."""
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -14,6 +15,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_json(path: str | Path, data, indent: int = 1, default=None) -> Path:
+    """``data`` as JSON at ``path``, written atomically (``trkit.io.atomic_write``); creates the folder."""
+    from trkit.io import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=indent, default=default)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def peak_alloc_bytes(fn) -> int:

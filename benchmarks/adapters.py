@@ -14,7 +14,6 @@ every layer) side by side in one run, timed in interleaved rounds (medians).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -51,7 +50,7 @@ VARIANTS = {
 
 
 
-from _common import cpu_model, peak_alloc_bytes  # noqa: E402
+from _common import cpu_model, peak_alloc_bytes, write_json  # noqa: E402
 
 def param_table(info) -> list[dict]:
     t, v = info["text"], info["image"]
@@ -192,10 +191,7 @@ def main(argv=None) -> int:
            "notes": ["Parameter counts are for ViT-B-16 (text 512 x 12, image 768 x 12), biases included.",
                      "Speed on a shared 2-core CPU; read ratios measured in the same run, not absolute times."]}
     path = RESULTS if not args.quick else RESULTS.with_name("adapters_quick.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    write_json(path, out, indent=2)
     print(f"wrote {path}")
     return 0
 

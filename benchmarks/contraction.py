@@ -36,7 +36,7 @@ QUICK = [(4, 16, 4), (6, 6, 4), (8, 4, 4), (10, 3, 2)]
 
 
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, write_json  # noqa: E402
 
 def timeit(fn, repeats: int) -> dict:
     fn()  # warm-up: plan caches, allocator
@@ -178,10 +178,7 @@ def main() -> None:
     }
     print("\ntargets:", json.dumps(targets))
     out = Path(__file__).parent / "results" / ("contraction_quick.json" if args.quick else "contraction.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"env": env, "cases": rows, "large_ring": big, "targets": targets}, indent=1))
-    os.replace(tmp, out)
+    write_json(out, {"env": env, "cases": rows, "large_ring": big, "targets": targets})
     print(f"wrote {out}")
 
 

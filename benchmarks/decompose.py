@@ -19,7 +19,6 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +37,7 @@ torch.set_num_threads(1)
 
 
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, write_json  # noqa: E402
 
 def rel(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.norm(x - y) / np.linalg.norm(x))
@@ -219,10 +218,7 @@ def main(argv=None):
               f"{fmt(row['speedup_vs_quimb_same_start'], '8.1f')} | {st['error']:12.3e} {st['tol']:8.1e} "
               f"{st['params']:7d}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report(results, env, args.quick), indent=2))
-    os.replace(tmp, out)
+    write_json(out, report(results, env, args.quick), indent=2)
     print(f"# wrote {out}")
 
 

@@ -16,7 +16,6 @@ nn.Linear: per-layer calls inside ``dense_weights_cache``, without it, ``forward
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,8 +32,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit.nn as tn  # noqa: E402
-from _common import cpu_model, peak_alloc_bytes  # noqa: E402
-from trkit.io import atomic_write  # noqa: E402
+from _common import cpu_model, peak_alloc_bytes, write_json  # noqa: E402
 
 torch.set_num_threads(1)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -350,8 +348,7 @@ def main(argv=None):
               "command": "python benchmarks/layers.py" + (" --quick" if args.quick else ""),
               "env": env, "summary_linear": lin_summary, "summary_cross_layer": cross_summary,
               "targets": targets, "notes": notes, "linear": linear, "cross_layer": cross}
-    text = json.dumps(result, indent=1, default=str)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    write_json(out, result, default=str)
     print("\n".join(["targets:", *targets]))
     print(f"wrote {out}")
 

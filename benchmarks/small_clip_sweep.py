@@ -19,6 +19,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from _common import write_json  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -107,7 +109,7 @@ def main() -> None:
         res = shift(bundle, a.quick)
         res["env"] = _env()
         name = "small_clip_shift_sweep" + ("_quick" if a.quick else "")
-        (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
+        write_json(RESULTS / f"{name}.json", res, indent=2)
         strength = res["chosen_strength"] if strength is None else strength
         print("chosen strength:", res["chosen_strength"])
     if a.tune:
@@ -115,7 +117,7 @@ def main() -> None:
         res = tune(bundle, DEFAULT_SHIFT_STRENGTH if strength is None else strength, a.quick, "/tmp/trkit_tuning")
         res["env"] = _env()
         name = "small_clip_quickstart_tuning" + ("_quick" if a.quick else "")
-        (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
+        write_json(RESULTS / f"{name}.json", res, indent=2)
 
 
 if __name__ == "__main__":

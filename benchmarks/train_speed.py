@@ -38,7 +38,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, write_json  # noqa: E402
 from PIL import Image  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
@@ -307,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
               "env": env, "rows": rows, "targets": targets(rows), "notes": notes(rows),
               "details": {"per_case": details}}  # JSON only (render_docs skips "details")
     out = Path(__file__).parent / "results" / f"train_speed{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_out, out)
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 
