@@ -155,10 +155,9 @@ def als_sweeps(x: torch.Tensor, cores: list[torch.Tensor], *, max_iter: int, tol
     history, best, best_err = [], None, math.inf
     converged, it = False, 0
     floor = 1e-7 if x.dtype == torch.float64 else 3e-4  # the fit formula cancels below this
+    trans = [_transfer(g) for g in cores]  # kept current core by core during the sweeps
     with progress(max_iter, verbose, desc) as bar:
         for it in range(1, max_iter + 1):
-            if it == 1:
-                trans = [_transfer(g) for g in cores]
             suffix = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
             suffix[d] = None
             for k in range(d - 1, 0, -1):
