@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts (run as scripts, so this sits beside them on sys.path)."""
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ every layer) side by side in one run, timed in interleaved rounds (medians).
 
     python benchmarks/adapters.py [--quick]   # writes benchmarks/results/adapters.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,14 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit_vlm as tv  # noqa: E402
-from trkit_vlm.adapters import (AdaRingConfig, MMAConfig, adaring_param_count, count_trainable,  # noqa: E402
-                                get_adapters, mma_param_count)
+from trkit_vlm.adapters import (
+    AdaRingConfig,
+    MMAConfig,
+    adaring_param_count,
+    count_trainable,  # noqa: E402
+    get_adapters,
+    mma_param_count,
+)
 from trkit_vlm.models import tower_info_from_config  # noqa: E402
 
 torch.set_num_threads(1)
@@ -48,9 +55,8 @@ VARIANTS = {
 }
 
 
-
-
 from _common import cpu_model, peak_alloc_bytes, write_json  # noqa: E402
+
 
 def param_table(info) -> list[dict]:
     t, v = info["text"], info["image"]
@@ -59,17 +65,29 @@ def param_table(info) -> list[dict]:
         ("CLIP zero-shot", 0, "nothing trained"),
         ("CoOp (16 ctx)", 16 * t["width"], "16 x text width"),
         ("CLIP-Adapter (visual, reduction 4)", 2 * embed * (embed // 4), "Linear(512,128)+Linear(128,512), no bias"),
-        ("LoRA r=4 on q,v (both towers)",
-         sum(x["depth"] * 2 * 4 * (2 * x["width"]) for x in (t, v)), "depth x 2 proj x r(d_in+d_out)"),
-        ("CLIP-LoRA r=2 on q,k,v (both towers)",
-         sum(x["depth"] * 3 * 2 * (2 * x["width"]) for x in (t, v)), "depth x 3 proj x r(d_in+d_out)"),
+        (
+            "LoRA r=4 on q,v (both towers)",
+            sum(x["depth"] * 2 * 4 * (2 * x["width"]) for x in (t, v)),
+            "depth x 2 proj x r(d_in+d_out)",
+        ),
+        (
+            "CLIP-LoRA r=2 on q,k,v (both towers)",
+            sum(x["depth"] * 3 * 2 * (2 * x["width"]) for x in (t, v)),
+            "depth x 3 proj x r(d_in+d_out)",
+        ),
     ]
     out = [{"method": m, "trainable": n, "pct_of_mma": 100 * n / MMA_PAPER, "source": s} for m, n, s in rows]
     mma = MMAConfig().build(info)
     n_mma = sum(p.numel() for p in mma.parameters())
     assert n_mma == mma_param_count(t["width"], v["width"], 32, 8)
-    out.append({"method": "MMA (layers 5-12, hidden 32)", "trainable": n_mma, "pct_of_mma": 100 * n_mma / MMA_PAPER,
-                "source": "built module"})
+    out.append(
+        {
+            "method": "MMA (layers 5-12, hidden 32)",
+            "trainable": n_mma,
+            "pct_of_mma": 100 * n_mma / MMA_PAPER,
+            "source": "built module",
+        }
+    )
     for name, cfg in VARIANTS.items():
         n = sum(p.numel() for p in cfg.build(info).parameters())
         assert n == adaring_param_count(cfg, info)
@@ -85,7 +103,7 @@ def interleaved(fns: dict, reps: int) -> dict:
     times = {k: [] for k in fns}
     for r in range(reps):
         keys = list(fns)
-        keys = keys[r % len(keys):] + keys[:r % len(keys)]  # rotate who goes first
+        keys = keys[r % len(keys) :] + keys[: r % len(keys)]  # rotate who goes first
         for k in keys:
             t0 = time.perf_counter()
             fns[k]()
@@ -110,8 +128,12 @@ def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:
     tok = bundle.tokenizer([f"a photo of a class{i}." for i in range(n_cls)])
     labels = torch.arange(batch) % n_cls
     models = {}
-    for label, cfg in (("frozen", None), ("MMA", MMAConfig()), ("AdaRing default", AdaRingConfig()),
-                       ("AdaRing default, ring contraction per layer", AdaRingConfig())):
+    for label, cfg in (
+        ("frozen", None),
+        ("MMA", MMAConfig()),
+        ("AdaRing default", AdaRingConfig()),
+        ("AdaRing default, ring contraction per layer", AdaRingConfig()),
+    ):
         m = copy.deepcopy(base)
         if cfg is None:
             for p in m.parameters():
@@ -127,6 +149,7 @@ def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:
         def run():
             with torch.no_grad():
                 m.encode_image(img, normalize=True)
+
         return run
 
     def step(m):
@@ -136,20 +159,29 @@ def speed_rows(name: str, batch: int, n_cls: int, reps: int) -> list[dict]:
             f = m.encode_image(img, normalize=True)
             t = m.encode_text(tok, normalize=True)
             F.cross_entropy(m.logit_scale.exp() * f @ t.T, labels).backward()
+
         return run
 
     inf = interleaved({k: infer(m) for k, m in models.items()}, reps)
     stp = interleaved({k: step(m) for k, m in models.items() if k != "frozen"}, reps)
     rows = []
     for k, m in models.items():
-        row = {"setup": k, "trainable": count_trainable(m), "infer_ms": 1e3 * inf[k][0],
-               "infer_spread_ms": 1e3 * inf[k][1], "infer_peak_mb": peak_mb(infer(m))}
+        row = {
+            "setup": k,
+            "trainable": count_trainable(m),
+            "infer_ms": 1e3 * inf[k][0],
+            "infer_spread_ms": 1e3 * inf[k][1],
+            "infer_peak_mb": peak_mb(infer(m)),
+        }
         if k in stp:
             row.update(step_ms=1e3 * stp[k][0], step_spread_ms=1e3 * stp[k][1], step_peak_mb=peak_mb(step(m)))
         rows.append(row)
-        print(f"{k:<46} infer {row['infer_ms']:9.1f} ms (spread {row['infer_spread_ms']:.1f})  "
-              + (f"train step {row['step_ms']:9.1f} ms (spread {row['step_spread_ms']:.1f})  " if k in stp else "")
-              + f"peak {row.get('step_peak_mb', row['infer_peak_mb']):8.1f} MB", flush=True)
+        print(
+            f"{k:<46} infer {row['infer_ms']:9.1f} ms (spread {row['infer_spread_ms']:.1f})  "
+            + (f"train step {row['step_ms']:9.1f} ms (spread {row['step_spread_ms']:.1f})  " if k in stp else "")
+            + f"peak {row.get('step_peak_mb', row['infer_peak_mb']):8.1f} MB",
+            flush=True,
+        )
     frozen = rows[0]["infer_ms"]
     mma = rows[1]["step_ms"]
     for r in rows:
@@ -164,9 +196,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="ViT-B-32, batch 2, 5 repeats")
     args = ap.parse_args(argv)
     name, batch, reps = ("ViT-B-32", 2, 5) if args.quick else ("ViT-B-16", 8, 7)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "cpu": cpu_model(), "model": name,
-           "weights": "random (shapes only)", "batch": batch, "classes": 10, "repeats": reps}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu": cpu_model(),
+        "model": name,
+        "weights": "random (shapes only)",
+        "batch": batch,
+        "classes": 10,
+        "repeats": reps,
+    }
     print("settings:", env)
     params = param_table(tower_info_from_config("ViT-B-16"))
     print(f"\n{'method':<44}{'trainable':>12}{'% of MMA':>10}")
@@ -187,9 +227,16 @@ def main(argv=None) -> int:
         f"{'met' if ada['infer_vs_frozen'] <= 1.05 else 'MISSED'}",
     ]
     print("\n".join(targets))
-    out = {"env": env, "params": params, "speed": speed, "targets": targets,
-           "notes": ["Parameter counts are for ViT-B-16 (text 512 x 12, image 768 x 12), biases included.",
-                     "Speed on a shared 2-core CPU; read ratios measured in the same run, not absolute times."]}
+    out = {
+        "env": env,
+        "params": params,
+        "speed": speed,
+        "targets": targets,
+        "notes": [
+            "Parameter counts are for ViT-B-16 (text 512 x 12, image 768 x 12), biases included.",
+            "Speed on a shared 2-core CPU; read ratios measured in the same run, not absolute times.",
+        ],
+    }
     path = RESULTS if not args.quick else RESULTS.with_name("adapters_quick.json")
     write_json(path, out, indent=2)
     print(f"wrote {path}")

@@ -10,6 +10,7 @@ stdout and JSON to benchmarks/results/decompose.json.
     .venv/bin/python benchmarks/decompose.py            # full
     .venv/bin/python benchmarks/decompose.py --quick    # small sizes, fewer sweeps
 """
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,8 @@ import trkit  # noqa: E402
 torch.set_num_threads(1)
 
 
-
-
 from _common import cpu_model, write_json  # noqa: E402
+
 
 def rel(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.norm(x - y) / np.linalg.norm(x))
@@ -51,6 +51,7 @@ def make_cases(quick: bool):
     cases.append((f"exact ring {n}^4 r{r}", ring, r))
     cases.append((f"ring {n}^4 r{r} + 1e-3 noise", ring + 1e-3 * ring.std() * rng.standard_normal(ring.shape), r))
     from skimage.data import camera
+
     cam = camera().astype(np.float64)
     if quick:
         cam = cam[::8, ::8]  # 64 x 64 = 4^6
@@ -73,6 +74,7 @@ def make_cases(quick: bool):
 def run_tensorly_svd(x, r):
     from tensorly.decomposition import tensor_ring
     import tensorly as tl
+
     t0 = time.perf_counter()
     try:
         tr = tensor_ring(x, rank=[r] * (x.ndim + 1))
@@ -85,6 +87,7 @@ def run_tensorly_svd(x, r):
 def run_tensorly_als(x, r, iters):
     from tensorly.decomposition import tensor_ring_als
     import tensorly as tl
+
     t0 = time.perf_counter()
     tr = tensor_ring_als(x, rank=[r] * (x.ndim + 1), n_iter_max=iters, random_state=0)
     t = time.perf_counter() - t0
@@ -93,6 +96,7 @@ def run_tensorly_als(x, r, iters):
 
 def run_quimb(x, r, iters):
     import quimb.tensor as qtn
+
     d, n = x.ndim, x.shape[0]
     target = qtn.Tensor(x, inds=tuple(f"k{i}" for i in range(d)))
     mps = qtn.MPS_rand_state(d, bond_dim=r, phys_dim=n, cyclic=True, seed=0)
@@ -121,9 +125,14 @@ def run_ours(x, r, iters, target):
     out = {"svd_rank": {"time_s": t_svd, "error": rel(x, ring_svd.to_numpy()), "params": ring_svd.n_params}}
     tol = max(target, 1e-10)
     t_tol, (ring_tol, info_tol) = timed(lambda: trkit.tr_svd(xt, tol=tol, return_info=True))
-    out["svd_tol"] = {"time_s": t_tol, "tol": tol, "error": info_tol.rel_error,
-                      "params": ring_tol.n_params, "ranks": list(ring_tol.ranks),
-                      "meets_tol": info_tol.rel_error <= tol}
+    out["svd_tol"] = {
+        "time_s": t_tol,
+        "tol": tol,
+        "error": info_tol.rel_error,
+        "params": ring_tol.n_params,
+        "ranks": list(ring_tol.ranks),
+        "meets_tol": info_tol.rel_error <= tol,
+    }
     out["als"] = als_to_target(xt, r, iters, target)
     return out
 
@@ -134,20 +143,35 @@ def als_to_target(xt, r, iters, target, init="svd"):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ring, info = trkit.tr_als(xt, r, init=init, max_iter=iters, tol=1e-9, return_info=True,
-                                  callback=lambda it, err, _r: trace.append((time.perf_counter() - t0, err)))
+        ring, info = trkit.tr_als(
+            xt,
+            r,
+            init=init,
+            max_iter=iters,
+            tol=1e-9,
+            return_info=True,
+            callback=lambda it, err, _r: trace.append((time.perf_counter() - t0, err)),
+        )
     t_total = time.perf_counter() - t0
     if not trace:  # the TR-SVD start was already exact: no sweep ran
         trace = [(t_total, info.rel_error)]
     # "equal error" = within 1e-4 relative (the fit formula and the dense error differ in the last digits)
     reach = next((t for t, e in trace if e <= target * (1 + 1e-4)), None)
-    return {"time_s": t_total, "error": info.rel_error, "params": ring.n_params, "sweeps": info.n_iter,
-            "time_to_target_s": reach, "target": target, "trace": [[round(t, 4), e] for t, e in trace]}
+    return {
+        "time_s": t_total,
+        "error": info.rel_error,
+        "params": ring.n_params,
+        "sweeps": info.n_iter,
+        "time_to_target_s": reach,
+        "target": target,
+        "trace": [[round(t, 4), e] for t, e in trace],
+    }
 
 
 def tensorly_start(x, r) -> trkit.TensorRing:
     """The cores tensorly's ``tensor_ring_als(random_state=0)`` starts from."""
     import tensorly as tl
+
     cores = tl.random.random_tr(x.shape, [r] * (x.ndim + 1), random_state=tl.check_random_state(0))
     return trkit.TensorRing([torch.from_numpy(np.asarray(c)) for c in cores])
 
@@ -155,6 +179,7 @@ def tensorly_start(x, r) -> trkit.TensorRing:
 def quimb_start(x, r) -> trkit.TensorRing:
     """The cores quimb's fit starts from (``MPS_rand_state(seed=0)``, cyclic), as ``(left, n, right)``."""
     import quimb.tensor as qtn
+
     mps = qtn.MPS_rand_state(x.ndim, bond_dim=r, phys_dim=x.shape[0], cyclic=True, seed=0)
     return trkit.TensorRing([torch.from_numpy(np.asarray(t.data)).permute(0, 2, 1).contiguous() for t in mps])
 
@@ -173,13 +198,24 @@ def main(argv=None):
     iters = 30 if args.quick else 100
     import tensorly as tl
     import quimb
+
     tl.set_backend("numpy")
-    env = {"torch": torch.__version__, "numpy": np.__version__, "tensorly": tl.__version__,
-           "quimb": quimb.__version__, "threads": 1, "torch_threads": torch.get_num_threads(),
-           "cpu": cpu_model(), "python": platform.python_version(), "quick": args.quick,
-           "als_max_sweeps": iters}
-    print(f"# threads: torch {torch.get_num_threads()}, BLAS 1 (threadpoolctl), OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']}; CPU: {env['cpu']}")
+    env = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "tensorly": tl.__version__,
+        "quimb": quimb.__version__,
+        "threads": 1,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "quick": args.quick,
+        "als_max_sweeps": iters,
+    }
+    print(
+        f"# threads: torch {torch.get_num_threads()}, BLAS 1 (threadpoolctl), OMP_WAIT_POLICY="
+        f"{os.environ['OMP_WAIT_POLICY']}; CPU: {env['cpu']}"
+    )
     results = []
     with threadpool_limits(limits=1):
         for name, x, r in make_cases(args.quick):
@@ -192,8 +228,9 @@ def main(argv=None):
             row.update({f"trkit_{k}": v for k, v in run_ours(x, r, iters, target).items()})
             # the same start as each competitor: compares the solvers, not the luck of the start
             xt = torch.from_numpy(np.ascontiguousarray(x))
-            row["trkit_als_tensorly_start"] = als_to_target(xt, r, iters, row["tensorly_als"]["error"],
-                                                            tensorly_start(x, r))
+            row["trkit_als_tensorly_start"] = als_to_target(
+                xt, r, iters, row["tensorly_als"]["error"], tensorly_start(x, r)
+            )
             row["trkit_als_quimb_start"] = als_to_target(xt, r, iters, row["quimb_als"]["error"], quimb_start(x, r))
             for other, key in (("tensorly_als", "tensorly"), ("quimb_als", "quimb")):
                 t_same = row[f"trkit_als_{key}_start"]["time_to_target_s"]
@@ -202,21 +239,25 @@ def main(argv=None):
             row["speedup_vs_tensorly_als"] = None if t_ours is None else row["tensorly_als"]["time_s"] / t_ours
             row["speedup_vs_quimb"] = None if t_ours is None else row["quimb_als"]["time_s"] / t_ours
             results.append(row)
-    head = (f"{'case':38s} {'tl-SVD err':>10s} {'tl-ALS s':>9s} {'tl-ALS err':>10s} {'quimb s':>8s} "
-            f"{'quimb err':>9s} | {'ours SVD err':>12s} {'ours ALS s':>10s} {'ALS err':>9s} {'to tgt s':>8s} "
-            f"{'x tl':>6s} {'x quimb':>7s} | {'x tl same':>9s} {'x q same':>8s} | {'svd(tol) err':>12s} "
-            f"{'tol':>8s} {'params':>7s}")
+    head = (
+        f"{'case':38s} {'tl-SVD err':>10s} {'tl-ALS s':>9s} {'tl-ALS err':>10s} {'quimb s':>8s} "
+        f"{'quimb err':>9s} | {'ours SVD err':>12s} {'ours ALS s':>10s} {'ALS err':>9s} {'to tgt s':>8s} "
+        f"{'x tl':>6s} {'x quimb':>7s} | {'x tl same':>9s} {'x q same':>8s} | {'svd(tol) err':>12s} "
+        f"{'tol':>8s} {'params':>7s}"
+    )
     print(head)
     print("-" * len(head))
     for row in results:
         tls, tla, q = row["tensorly_svd"], row["tensorly_als"], row["quimb_als"]
         s, a, st = row["trkit_svd_rank"], row["trkit_als"], row["trkit_svd_tol"]
-        print(f"{row['case']:38s} {fmt(tls['error'], '10.3e')} {tla['time_s']:9.2f} {tla['error']:10.3e} "
-              f"{q['time_s']:8.2f} {q['error']:9.3e} | {s['error']:12.3e} {a['time_s']:10.2f} {a['error']:9.3e} "
-              f"{fmt(a['time_to_target_s'], '8.2f')} {fmt(row['speedup_vs_tensorly_als'], '6.1f')} "
-              f"{fmt(row['speedup_vs_quimb'], '7.1f')} | {fmt(row['speedup_vs_tensorly_same_start'], '9.1f')} "
-              f"{fmt(row['speedup_vs_quimb_same_start'], '8.1f')} | {st['error']:12.3e} {st['tol']:8.1e} "
-              f"{st['params']:7d}")
+        print(
+            f"{row['case']:38s} {fmt(tls['error'], '10.3e')} {tla['time_s']:9.2f} {tla['error']:10.3e} "
+            f"{q['time_s']:8.2f} {q['error']:9.3e} | {s['error']:12.3e} {a['time_s']:10.2f} {a['error']:9.3e} "
+            f"{fmt(a['time_to_target_s'], '8.2f')} {fmt(row['speedup_vs_tensorly_als'], '6.1f')} "
+            f"{fmt(row['speedup_vs_quimb'], '7.1f')} | {fmt(row['speedup_vs_tensorly_same_start'], '9.1f')} "
+            f"{fmt(row['speedup_vs_quimb_same_start'], '8.1f')} | {st['error']:12.3e} {st['tol']:8.1e} "
+            f"{st['params']:7d}"
+        )
     out = Path(args.out)
     write_json(out, report(results, env, args.quick), indent=2)
     print(f"# wrote {out}")
@@ -226,17 +267,30 @@ def summary_row(row: dict) -> dict:
     """One flat line a case for the docs table (details stay under ``details``)."""
     tls, tla, q = row["tensorly_svd"], row["tensorly_als"], row["quimb_als"]
     s, a, st = row["trkit_svd_rank"], row["trkit_als"], row["trkit_svd_tol"]
-    return {"case": row["case"], "tensorly SVD err": tls["error"], "tensorly ALS s": tla["time_s"],
-            "tensorly ALS err": tla["error"], "quimb ALS s": q["time_s"], "quimb err": q["error"],
-            "trkit SVD(rank) s": s["time_s"], "trkit SVD(rank) err": s["error"],
-            "trkit ALS s": a["time_s"], "trkit ALS err": a["error"], "trkit to target s": a["time_to_target_s"],
-            "x tensorly ALS": row["speedup_vs_tensorly_als"], "x quimb": row["speedup_vs_quimb"],
-            "same start: trkit to tensorly err s": row["trkit_als_tensorly_start"]["time_to_target_s"],
-            "x tensorly ALS (same start)": row["speedup_vs_tensorly_same_start"],
-            "same start: trkit to quimb err s": row["trkit_als_quimb_start"]["time_to_target_s"],
-            "x quimb (same start)": row["speedup_vs_quimb_same_start"],
-            "SVD(tol) tol": st["tol"], "SVD(tol) s": st["time_s"], "SVD(tol) err": st["error"],
-            "SVD(tol) params": st["params"], "meets tol": st["meets_tol"]}
+    return {
+        "case": row["case"],
+        "tensorly SVD err": tls["error"],
+        "tensorly ALS s": tla["time_s"],
+        "tensorly ALS err": tla["error"],
+        "quimb ALS s": q["time_s"],
+        "quimb err": q["error"],
+        "trkit SVD(rank) s": s["time_s"],
+        "trkit SVD(rank) err": s["error"],
+        "trkit ALS s": a["time_s"],
+        "trkit ALS err": a["error"],
+        "trkit to target s": a["time_to_target_s"],
+        "x tensorly ALS": row["speedup_vs_tensorly_als"],
+        "x quimb": row["speedup_vs_quimb"],
+        "same start: trkit to tensorly err s": row["trkit_als_tensorly_start"]["time_to_target_s"],
+        "x tensorly ALS (same start)": row["speedup_vs_tensorly_same_start"],
+        "same start: trkit to quimb err s": row["trkit_als_quimb_start"]["time_to_target_s"],
+        "x quimb (same start)": row["speedup_vs_quimb_same_start"],
+        "SVD(tol) tol": st["tol"],
+        "SVD(tol) s": st["time_s"],
+        "SVD(tol) err": st["error"],
+        "SVD(tol) params": st["params"],
+        "meets tol": st["meets_tol"],
+    }
 
 
 def report(results: list[dict], env: dict, quick: bool) -> dict:
@@ -246,8 +300,10 @@ def report(results: list[dict], env: dict, quick: bool) -> dict:
     targets = [
         f"tr_svd(tol) meets its tolerance on every case: {'met' if all(r['meets tol'] for r in rows) else 'MISSED'}",
         f"TR-ALS reaches the best competitor error faster than quimb: met on {len(beaten)}/{len(rows)} cases ("
-        + ", ".join(f"{c}: {'-' if v is None else f'{v:.2f}x'}" for c, v in vs_quimb) + ")",
+        + ", ".join(f"{c}: {'-' if v is None else f'{v:.2f}x'}" for c, v in vs_quimb)
+        + ")",
     ]
+
     def verdict(tool: str, need: float) -> str:
         # per case the better of trkit's default (SVD) start and the competitor's own start
         parts, ok = [], True
@@ -257,15 +313,18 @@ def report(results: list[dict], env: dict, quick: bool) -> dict:
             ok &= best is not None and best >= need
             parts.append(f"{r['case']}: " + "/".join("never" if v is None else f"{v:.1f}x" for v in (own, same)))
         return ("met" if ok else "MISSED") + " (default start / same start: " + "; ".join(parts) + ")"
+
     targets += [
         f">= 10x faster than tensorly TR-ALS at equal or lower error on every case: {verdict('tensorly ALS', 10)}",
         f"at least as fast as quimb at equal or lower error on every case: {verdict('quimb', 1)}",
     ]
     exact = next((r for r in rows if r["case"].startswith("exact ring")), None)
     if exact is not None and not quick:  # 2.32 s before the Gram bases and candidate pruning
-        targets.append(f"tr_svd(tol) on {exact['case']} under 0.5 s (was 2.32 s): "
-                       f"{'met' if exact['SVD(tol) s'] < 0.5 else 'missed'} ({exact['SVD(tol) s']:.3f} s; "
-                       f"rank mode {exact['trkit SVD(rank) s']:.3f} s)")
+        targets.append(
+            f"tr_svd(tol) on {exact['case']} under 0.5 s (was 2.32 s): "
+            f"{'met' if exact['SVD(tol) s'] < 0.5 else 'missed'} ({exact['SVD(tol) s']:.3f} s; "
+            f"rank mode {exact['trkit SVD(rank) s']:.3f} s)"
+        )
     notes = [
         "Same tensors, same process, one BLAS thread for everyone; the machine is shared, so read ratios.",
         "'to target' = time for trkit TR-ALS (SVD init included) to reach the best error of tensorly/quimb ALS "
@@ -281,9 +340,15 @@ def report(results: list[dict], env: dict, quick: bool) -> dict:
         "from a random start (tensorly's or quimb's) it needs about 10 sweeps to reach their 1e-9..1e-10.",
     ]
     cmd = "python benchmarks/decompose.py" + (" --quick" if quick else "")
-    return {"title": "Decompositions: TR-SVD and TR-ALS vs tensorly and quimb" + (" (quick)" if quick else ""),
-            "command": cmd, "env": env, "summary": rows, "targets": targets, "notes": notes,
-            "details": {r["case"]: r for r in results}}
+    return {
+        "title": "Decompositions: TR-SVD and TR-ALS vs tensorly and quimb" + (" (quick)" if quick else ""),
+        "command": cmd,
+        "env": env,
+        "summary": rows,
+        "targets": targets,
+        "notes": notes,
+        "details": {r["case"]: r for r in results},
+    }
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ nn.Linear: per-layer calls inside ``dense_weights_cache``, without it, ``forward
 
     python benchmarks/layers.py [--quick]    # writes benchmarks/results/layers.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ def fwd_fn(module, x):
     def fwd():
         with torch.no_grad():
             module(x)
+
     return fwd
 
 
@@ -73,6 +75,7 @@ def fwd_bwd_fn(module, x):
     def fwd_bwd():
         module.zero_grad(set_to_none=True)
         module(x).backward(g)
+
     return fwd_bwd
 
 
@@ -127,8 +130,10 @@ def linear_suite(quick: bool):
         torch.manual_seed(0)
         dense = nn.Linear(in_f, out_f)
         tr = tn.TRLinear(in_f, out_f, rank, in_modes=in_modes, out_modes=out_modes)
-        paths = {p: tn.TRLinear(in_f, out_f, rank, in_modes=in_modes, out_modes=out_modes, path=p)
-                 for p in ("contract", "dense")}
+        paths = {
+            p: tn.TRLinear(in_f, out_f, rank, in_modes=in_modes, out_modes=out_modes, path=p)
+            for p in ("contract", "dense")
+        }
         for p in paths.values():
             p.load_state_dict(tr.state_dict())
         tl = tltorch_layer(tr.in_modes, tr.out_modes, tr.n_params)
@@ -139,9 +144,15 @@ def linear_suite(quick: bool):
             mods = {"dense": dense, "tr_auto": tr, "tr_contract": paths["contract"], "tr_dense": paths["dense"]}
             if tl is not None:
                 mods["tltorch_blocktt"] = tl
-            row = {"shape": f"{in_f}x{out_f}", "tokens": tokens, "rank": rank, "modes": f"{tr.in_modes}->{tr.out_modes}",
-                   "tr_params": tr.n_params, "params_pct": round(100 * tr.n_params / tn.count_params(dense), 2),
-                   "auto_choice": tr.choose_path(tokens)}
+            row = {
+                "shape": f"{in_f}x{out_f}",
+                "tokens": tokens,
+                "rank": rank,
+                "modes": f"{tr.in_modes}->{tr.out_modes}",
+                "tr_params": tr.n_params,
+                "params_pct": round(100 * tr.n_params / tn.count_params(dense), 2),
+                "auto_choice": tr.choose_path(tokens),
+            }
             with torch.no_grad():  # the forward rows run without autograd, where "factored" may be chosen
                 row["auto_choice_fwd"] = tr.choose_path(tokens)
             for kind, make in (("fwd", fwd_fn), ("fwdbwd", fwd_bwd_fn)):
@@ -153,8 +164,9 @@ def linear_suite(quick: bool):
                 row[f"auto_vs_best_{kind}"] = row[f"tr_auto_{kind}_ms"] / best
                 choice = row["auto_choice_fwd"] if kind == "fwd" else row["auto_choice"]
                 # "factored" has no forced twin: the chosen path is then the auto run itself
-                row[f"choice_vs_best_{kind}"] = (row[f"tr_{choice}_{kind}_ms"] if choice != "factored"
-                                                 else row[f"tr_auto_{kind}_ms"]) / best
+                row[f"choice_vs_best_{kind}"] = (
+                    row[f"tr_{choice}_{kind}_ms"] if choice != "factored" else row[f"tr_auto_{kind}_ms"]
+                ) / best
                 row[f"tr_vs_dense_{kind}"] = row[f"tr_auto_{kind}_ms"] / row[f"dense_{kind}_ms"]
             for k in ("dense", "tr_auto"):
                 row[f"{k}_fwdbwd_peak_mb"] = peak_alloc_bytes(fwd_bwd_fn(mods[k], x)) / 2**20
@@ -163,15 +175,22 @@ def linear_suite(quick: bool):
             if small and row["auto_choice_fwd"] in ("contract", "factored"):
                 row.update(gemm_floor(tr, x, rounds))
             rows.append(row)
-            print(f"{row['shape']:>10} {tokens:>5} {row['params_pct']:5.2f}% {row['auto_choice_fwd']:>8}/"
-                  f"{row['auto_choice']:<8} | fwd ms "
-                  f"lin {row['dense_fwd_ms']:.4f} tr {row['tr_auto_fwd_ms']:.4f} (x{row['tr_vs_dense_fwd']:.2f}) | "
-                  f"f+b ms lin {row['dense_fwdbwd_ms']:.4f} tr {row['tr_auto_fwdbwd_ms']:.4f} "
-                  f"(x{row['tr_vs_dense_fwdbwd']:.2f}) | auto/best {row['auto_vs_best_fwd']:.2f}/"
-                  f"{row['auto_vs_best_fwdbwd']:.2f}" + (f" | floor: {row['floor_n_gemms']} GEMMs "
-                                                       f"{row['floor_gemms_ms']:.4f} vs F.linear "
-                                                       f"{row['floor_f_linear_ms']:.4f}" if "floor_gemms_ms" in row
-                                                       else ""), flush=True)
+            print(
+                f"{row['shape']:>10} {tokens:>5} {row['params_pct']:5.2f}% {row['auto_choice_fwd']:>8}/"
+                f"{row['auto_choice']:<8} | fwd ms "
+                f"lin {row['dense_fwd_ms']:.4f} tr {row['tr_auto_fwd_ms']:.4f} (x{row['tr_vs_dense_fwd']:.2f}) | "
+                f"f+b ms lin {row['dense_fwdbwd_ms']:.4f} tr {row['tr_auto_fwdbwd_ms']:.4f} "
+                f"(x{row['tr_vs_dense_fwdbwd']:.2f}) | auto/best {row['auto_vs_best_fwd']:.2f}/"
+                f"{row['auto_vs_best_fwdbwd']:.2f}"
+                + (
+                    f" | floor: {row['floor_n_gemms']} GEMMs "
+                    f"{row['floor_gemms_ms']:.4f} vs F.linear "
+                    f"{row['floor_f_linear_ms']:.4f}"
+                    if "floor_gemms_ms" in row
+                    else ""
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -199,32 +218,42 @@ def cross_layer_suite(quick: bool):
             "dense_stacked_baddbmm": (lambda: [torch.baddbmm(b_stack, xs, w_stack)], None),
             "tr_forward_all_stacked": (lambda: [tr.forward_all(xs)], tr),
         }
-        row = {"shape": f"{d_in}x{d_out}", "layers": L, "tokens": tokens, "ranks": tr.ranks,
-               "tr_params": tr.n_params, "dense_params": tn.count_params(adapters),
-               "cached_choice": _cached_choice(tr, tokens), "forward_all_choice": tr.choose_path(tokens, True)}
+        row = {
+            "shape": f"{d_in}x{d_out}",
+            "layers": L,
+            "tokens": tokens,
+            "ranks": tr.ranks,
+            "tr_params": tr.n_params,
+            "dense_params": tn.count_params(adapters),
+            "cached_choice": _cached_choice(tr, tokens),
+            "forward_all_choice": tr.choose_path(tokens, True),
+        }
         for kind in ("fwd", "fwdbwd"):
             fns = {}
             for name, (fn, mod) in variants.items():
                 if kind == "fwd":
-                    fns[name] = (lambda fn=fn: _no_grad(fn))
+                    fns[name] = lambda fn=fn: _no_grad(fn)
                 else:
                     with torch.no_grad():
                         grads = [torch.randn_like(y) for y in fn()]  # dense upstream gradients
-                    fns[name] = (lambda fn=fn, mod=mod, grads=grads: _backward(fn, mod, grads, w_stack, b_stack))
+                    fns[name] = lambda fn=fn, mod=mod, grads=grads: _backward(fn, mod, grads, w_stack, b_stack)
             t = side_by_side(fns, 5, 0.3)
             for name, v in t.items():
                 row[f"{name}_{kind}_ms"] = 1e3 * v
             for name in ("tr_cached", "tr_uncached", "tr_forward_all_list"):
                 row[f"{name}_vs_dense_{kind}"] = row[f"{name}_{kind}_ms"] / row[f"dense_adapters_{kind}_ms"]
-            row[f"stacked_vs_dense_stacked_{kind}"] = (row[f"tr_forward_all_stacked_{kind}_ms"]
-                                                       / row[f"dense_stacked_baddbmm_{kind}_ms"])
+            row[f"stacked_vs_dense_stacked_{kind}"] = (
+                row[f"tr_forward_all_stacked_{kind}_ms"] / row[f"dense_stacked_baddbmm_{kind}_ms"]
+            )
         rows.append(row)
-        print(f"{row['shape']:>8} L={L} tokens={tokens} | fwd ms dense {row['dense_adapters_fwd_ms']:.3f} "
-              f"cached {row['tr_cached_fwd_ms']:.3f} (x{row['tr_cached_vs_dense_fwd']:.2f}) uncached "
-              f"x{row['tr_uncached_vs_dense_fwd']:.2f} forward_all(list) x{row['tr_forward_all_list_vs_dense_fwd']:.2f} "
-              f"stacked x{row['stacked_vs_dense_stacked_fwd']:.2f} | f+b cached x{row['tr_cached_vs_dense_fwdbwd']:.2f} "
-              f"uncached x{row['tr_uncached_vs_dense_fwdbwd']:.2f} stacked x{row['stacked_vs_dense_stacked_fwdbwd']:.2f}",
-              flush=True)
+        print(
+            f"{row['shape']:>8} L={L} tokens={tokens} | fwd ms dense {row['dense_adapters_fwd_ms']:.3f} "
+            f"cached {row['tr_cached_fwd_ms']:.3f} (x{row['tr_cached_vs_dense_fwd']:.2f}) uncached "
+            f"x{row['tr_uncached_vs_dense_fwd']:.2f} forward_all(list) x{row['tr_forward_all_list_vs_dense_fwd']:.2f} "
+            f"stacked x{row['stacked_vs_dense_stacked_fwd']:.2f} | f+b cached x{row['tr_cached_vs_dense_fwdbwd']:.2f} "
+            f"uncached x{row['tr_uncached_vs_dense_fwdbwd']:.2f} stacked x{row['stacked_vs_dense_stacked_fwdbwd']:.2f}",
+            flush=True,
+        )
     return rows
 
 
@@ -249,8 +278,14 @@ def _backward(fn, mod, grads, *params):
 def allocation_cost(L: int, tokens: int, d: int) -> dict:
     """A fresh (L, T, d) float32 tensor written once vs L separate (T, d) ones: large blocks come
     straight from mmap, so every call pays the page faults of first touch."""
-    t = side_by_side({"stacked": lambda: torch.empty(L, tokens, d).fill_(1.0),
-                      "per_layer": lambda: [torch.empty(tokens, d).fill_(1.0) for _ in range(L)]}, 5, 0.2)
+    t = side_by_side(
+        {
+            "stacked": lambda: torch.empty(L, tokens, d).fill_(1.0),
+            "per_layer": lambda: [torch.empty(tokens, d).fill_(1.0) for _ in range(L)],
+        },
+        5,
+        0.2,
+    )
     return {k: 1e3 * v for k, v in t.items()}
 
 
@@ -259,25 +294,37 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
     worst = max(linear, key=lambda r: max(r["auto_vs_best_fwd"], r["auto_vs_best_fwdbwd"]))
     worst_c = max(max(r["choice_vs_best_fwd"], r["choice_vs_best_fwdbwd"]) for r in linear)
     v = max(worst["auto_vs_best_fwd"], worst["auto_vs_best_fwdbwd"])
-    targets.append(f"auto path within 1.2x of the better forced path: {'met' if v <= 1.2 else 'missed'} "
-                   f"(worst auto/best {v:.2f} at {worst['shape']}@{worst['tokens']}; the chosen path run forced "
-                   f"vs the better one: worst {worst_c:.2f})")
+    targets.append(
+        f"auto path within 1.2x of the better forced path: {'met' if v <= 1.2 else 'missed'} "
+        f"(worst auto/best {v:.2f} at {worst['shape']}@{worst['tokens']}; the chosen path run forced "
+        f"vs the better one: worst {worst_c:.2f})"
+    )
     for r in linear:
         if r["tokens"] <= 64 and r["params_pct"] <= 5:
             ok = r["tr_vs_dense_fwd"] < 1.0
-            floor = (f"; floor: the plan's {r['floor_n_gemms']} GEMM calls alone take {r['floor_gemms_ms'] * 1e3:.1f} us "
-                     f"vs {r['floor_f_linear_ms'] * 1e3:.1f} us for one F.linear" if "floor_gemms_ms" in r else "")
-            targets.append(f"forward faster than dense at {r['shape']}@{r['tokens']} ({r['params_pct']}% params): "
-                           f"{'met' if ok else 'missed'} (TR/dense {r['tr_vs_dense_fwd']:.2f}, "
-                           f"{r['tr_auto_fwd_ms'] * 1e3:.1f} vs {r['dense_fwd_ms'] * 1e3:.1f} us{floor})")
+            floor = (
+                f"; floor: the plan's {r['floor_n_gemms']} GEMM calls alone take {r['floor_gemms_ms'] * 1e3:.1f} us "
+                f"vs {r['floor_f_linear_ms'] * 1e3:.1f} us for one F.linear"
+                if "floor_gemms_ms" in r
+                else ""
+            )
+            targets.append(
+                f"forward faster than dense at {r['shape']}@{r['tokens']} ({r['params_pct']}% params): "
+                f"{'met' if ok else 'missed'} (TR/dense {r['tr_vs_dense_fwd']:.2f}, "
+                f"{r['tr_auto_fwd_ms'] * 1e3:.1f} vs {r['dense_fwd_ms'] * 1e3:.1f} us{floor})"
+            )
     for r in cross:
-        for name, label in (("tr_cached", "per-layer calls in dense_weights_cache"),
-                            ("tr_uncached", "per-layer calls, no cache"),
-                            ("tr_forward_all_list", "forward_all(list)")):
+        for name, label in (
+            ("tr_cached", "per-layer calls in dense_weights_cache"),
+            ("tr_uncached", "per-layer calls, no cache"),
+            ("tr_forward_all_list", "forward_all(list)"),
+        ):
             v = r[f"{name}_vs_dense_fwd"]
-            targets.append(f"CrossLayerTR {r['shape']} forward of all {r['layers']} layers, {label}: "
-                           f"{'met' if v <= 1.1 else 'missed'} ({v:.2f}x dense adapters; fwd+bwd "
-                           f"{r[f'{name}_vs_dense_fwdbwd']:.2f}x)")
+            targets.append(
+                f"CrossLayerTR {r['shape']} forward of all {r['layers']} layers, {label}: "
+                f"{'met' if v <= 1.1 else 'missed'} ({v:.2f}x dense adapters; fwd+bwd "
+                f"{r[f'{name}_vs_dense_fwdbwd']:.2f}x)"
+            )
     notes = [
         "Ratios are side by side in one run (variants interleaved round by round); the machine is shared "
         "with other jobs, so absolute times drift between runs.",
@@ -305,19 +352,37 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
 
 def summary_rows(linear, cross) -> tuple[list, list]:
     """Compact ratio tables (the full per-variant timings stay in ``linear``/``cross_layer``)."""
-    lin = [{"shape": r["shape"], "tokens": r["tokens"], "params_pct": r["params_pct"],
+    lin = [
+        {
+            "shape": r["shape"],
+            "tokens": r["tokens"],
+            "params_pct": r["params_pct"],
             "choice (fwd / fwd+bwd)": f"{r['auto_choice_fwd']} / {r['auto_choice']}",
-            "dense_fwd_us": round(r["dense_fwd_ms"] * 1e3, 1), "tr_fwd_us": round(r["tr_auto_fwd_ms"] * 1e3, 1),
-            "tr_vs_dense_fwd": round(r["tr_vs_dense_fwd"], 2), "tr_vs_dense_fwdbwd": round(r["tr_vs_dense_fwdbwd"], 2),
-            "auto_vs_best_fwd": round(r["auto_vs_best_fwd"], 2), "auto_vs_best_fwdbwd": round(r["auto_vs_best_fwdbwd"], 2),
+            "dense_fwd_us": round(r["dense_fwd_ms"] * 1e3, 1),
+            "tr_fwd_us": round(r["tr_auto_fwd_ms"] * 1e3, 1),
+            "tr_vs_dense_fwd": round(r["tr_vs_dense_fwd"], 2),
+            "tr_vs_dense_fwdbwd": round(r["tr_vs_dense_fwdbwd"], 2),
+            "auto_vs_best_fwd": round(r["auto_vs_best_fwd"], 2),
+            "auto_vs_best_fwdbwd": round(r["auto_vs_best_fwdbwd"], 2),
             "floor_gemms_us": round(r["floor_gemms_ms"] * 1e3, 1) if "floor_gemms_ms" in r else None,
-            "floor_f_linear_us": round(r["floor_f_linear_ms"] * 1e3, 1) if "floor_f_linear_ms" in r else None}
-           for r in linear]
-    cl = [{"shape": r["shape"], "dense_adapters_fwd_ms": round(r["dense_adapters_fwd_ms"], 3),
-           **{f"{n}_vs_dense_{k}": round(r[f"{n}_vs_dense_{k}"], 2)
-              for n in ("tr_cached", "tr_uncached", "tr_forward_all_list") for k in ("fwd", "fwdbwd")},
-           "stacked_vs_dense_stacked_fwd": round(r["stacked_vs_dense_stacked_fwd"], 2),
-           "stacked_vs_dense_stacked_fwdbwd": round(r["stacked_vs_dense_stacked_fwdbwd"], 2)} for r in cross]
+            "floor_f_linear_us": round(r["floor_f_linear_ms"] * 1e3, 1) if "floor_f_linear_ms" in r else None,
+        }
+        for r in linear
+    ]
+    cl = [
+        {
+            "shape": r["shape"],
+            "dense_adapters_fwd_ms": round(r["dense_adapters_fwd_ms"], 3),
+            **{
+                f"{n}_vs_dense_{k}": round(r[f"{n}_vs_dense_{k}"], 2)
+                for n in ("tr_cached", "tr_uncached", "tr_forward_all_list")
+                for k in ("fwd", "fwdbwd")
+            },
+            "stacked_vs_dense_stacked_fwd": round(r["stacked_vs_dense_stacked_fwd"], 2),
+            "stacked_vs_dense_stacked_fwdbwd": round(r["stacked_vs_dense_stacked_fwdbwd"], 2),
+        }
+        for r in cross
+    ]
     return lin, cl
 
 
@@ -327,11 +392,17 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     out = args.out or RESULTS / ("layers_quick.json" if args.quick else "layers.json")
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "quick": args.quick,
-           "python": platform.python_version()}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "quick": args.quick,
+        "python": platform.python_version(),
+    }
     try:
         import tltorch
+
         env["tltorch"] = tltorch.__version__
     except ImportError:
         env["tltorch"] = None
@@ -344,10 +415,17 @@ def main(argv=None):
     alloc = allocation_cost(L, T, 768)
     targets, notes = targets_and_notes(linear, cross, alloc)
     lin_summary, cross_summary = summary_rows(linear, cross)
-    result = {"title": "TRLinear and CrossLayerTR vs dense layers (CPU, 1 thread)",
-              "command": "python benchmarks/layers.py" + (" --quick" if args.quick else ""),
-              "env": env, "summary_linear": lin_summary, "summary_cross_layer": cross_summary,
-              "targets": targets, "notes": notes, "linear": linear, "cross_layer": cross}
+    result = {
+        "title": "TRLinear and CrossLayerTR vs dense layers (CPU, 1 thread)",
+        "command": "python benchmarks/layers.py" + (" --quick" if args.quick else ""),
+        "env": env,
+        "summary_linear": lin_summary,
+        "summary_cross_layer": cross_summary,
+        "targets": targets,
+        "notes": notes,
+        "linear": linear,
+        "cross_layer": cross,
+    }
     write_json(out, result, default=str)
     print("\n".join(["targets:", *targets]))
     print(f"wrote {out}")

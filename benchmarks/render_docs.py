@@ -6,6 +6,7 @@ the numbers were measured under; ``notes``/``targets`` (strings or lists of stri
 
     python benchmarks/render_docs.py            # writes docs/benchmarks.md
 """
+
 from __future__ import annotations
 
 import json

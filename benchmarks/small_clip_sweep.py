@@ -6,6 +6,7 @@
 Writes benchmarks/results/small_clip_shift_sweep.json and small_clip_quickstart_tuning.json.
 The test images are never touched here.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,47 +27,73 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def shift(bundle, quick: bool) -> dict:
     from trkit_vlm.tasks import shift_sweep
+
     strengths = (0.0, 0.4, 0.6) if quick else (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
-    return shift_sweep(bundle, strengths=strengths, seeds=(1,) if quick else (1, 2, 3),
-                       eval_per_class=50 if quick else 200)
+    return shift_sweep(
+        bundle, strengths=strengths, seeds=(1,) if quick else (1, 2, 3), eval_per_class=50 if quick else 200
+    )
 
 
 def tune(bundle, strength: float, quick: bool, out_dir: str) -> dict:
     from trkit_vlm import quickstart as q
     from trkit_vlm.tasks import shifted_data
+
     data = shifted_data(strength, eval_split="val", eval_per_class=50 if quick else 200)
+
     # SGD only: the MMA gradient rule (adapter weights learn as if scale = 1) is built for SGD; under
     # Adam the update size ignores the gradient scale and the 0.001 output scale freezes the adapters.
     # A first, coarser pass (lr 0.002-0.05 x 5/20 epochs, no clipping) showed: MMA needs lr >= 0.01 and
     # 20 epochs to move; AdaRing without gradient clipping diverges (chance accuracy) beyond lr 0.01.
     def sgd(lr, ep, clip=None):
         return dict(name="sgd", lr=lr, epochs=ep, batch_size=16, weight_decay=5e-4, max_grad_norm=clip)
+
     mma_grid = [sgd(lr, ep) for lr in (0.02, 0.05, 0.1) for ep in (20, 40)] + [sgd(0.05, 20, 1.0), sgd(0.05, 40, 1.0)]
     ada_grid = [sgd(lr, ep, 1.0) for lr in (0.05, 0.1) for ep in (20, 40)]
-    losses = {"none": q.NO_LOSS, "text8": {"lambda_text": 8.0, "lambda_image": 0.0},
-              "text8_image1": {"lambda_text": 8.0, "lambda_image": 1.0},
-              "image1": {"lambda_text": 0.0, "lambda_image": 1.0},
-              "text8_image10": {"lambda_text": 8.0, "lambda_image": 10.0}}
-    adapters = {"ranks [1,2]": {"hidden": 32, "ranks": [1, 2]},
-                "ranks [1,1,2]": {"hidden": 32, "ranks": [1, 1, 2]},
-                "ranks [(1,2,2),(2,2,2)]": {"hidden": 32, "ranks": [[1, 2, 2], [2, 2, 2]]},
-                "ranks [1,2], hidden 64": {"hidden": 64, "ranks": [1, 2]}}
+    losses = {
+        "none": q.NO_LOSS,
+        "text8": {"lambda_text": 8.0, "lambda_image": 0.0},
+        "text8_image1": {"lambda_text": 8.0, "lambda_image": 1.0},
+        "image1": {"lambda_text": 0.0, "lambda_image": 1.0},
+        "text8_image10": {"lambda_text": 8.0, "lambda_image": 10.0},
+    }
+    adapters = {
+        "ranks [1,2]": {"hidden": 32, "ranks": [1, 2]},
+        "ranks [1,1,2]": {"hidden": 32, "ranks": [1, 1, 2]},
+        "ranks [(1,2,2),(2,2,2)]": {"hidden": 32, "ranks": [[1, 2, 2], [2, 2, 2]]},
+        "ranks [1,2], hidden 64": {"hidden": 64, "ranks": [1, 2]},
+    }
     seeds = (1,) if quick else (1, 2)
     if quick:
         mma_grid, ada_grid = mma_grid[:1], ada_grid[:1]
     rows = []
 
     def run(label, method, adapter_name, adapter, optim, lname):
-        qc = q.QuickstartConfig(output_dir=out_dir, seeds=seeds, variants={label: (method, adapter, losses[lname])},
-                                optim=optim, strength=strength, eval_split="val")
+        qc = q.QuickstartConfig(
+            output_dir=out_dir,
+            seeds=seeds,
+            variants={label: (method, adapter, losses[lname])},
+            optim=optim,
+            strength=strength,
+            eval_split="val",
+        )
         t0 = time.perf_counter()
         res = q.run_quickstart(qc, progress=False, bundle=bundle, data=data, log=lambda *a: None)
         r = next(r for r in res["rows"] if r["method"] == label)
         z = next(r for r in res["rows"] if r["method"] == q.ZERO_SHOT)
-        row = {"variant": label, "adapter": adapter_name, "adapter_config": adapter, "optim": optim, "loss": lname,
-               "base": r["base_mean"], "novel": r["novel_mean"], "hm": r["hm_mean"], "n_trainable": r["n_trainable"],
-               "train_time_s": r["train_time_s"], "zero_shot": [z["base_mean"], z["novel_mean"], z["hm_mean"]],
-               "seconds": time.perf_counter() - t0}
+        row = {
+            "variant": label,
+            "adapter": adapter_name,
+            "adapter_config": adapter,
+            "optim": optim,
+            "loss": lname,
+            "base": r["base_mean"],
+            "novel": r["novel_mean"],
+            "hm": r["hm_mean"],
+            "n_trainable": r["n_trainable"],
+            "train_time_s": r["train_time_s"],
+            "zero_shot": [z["base_mean"], z["novel_mean"], z["hm_mean"]],
+            "seconds": time.perf_counter() - t0,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         return row
@@ -86,8 +113,14 @@ def tune(bundle, strength: float, quick: bool, out_dir: str) -> dict:
             run("AdaRing", "adaring", name, adapter, top["optim"], top["loss"])
     chosen = {lab: max((r for r in rows if r["variant"] == lab), key=lambda r: r["hm"]) for lab in ("MMA", "AdaRing")}
     print("chosen:", json.dumps(chosen))
-    return {"rows": rows, "chosen": chosen, "seeds": list(seeds), "split": "validation", "strength": strength,
-            "eval_per_class": 50 if quick else 200}
+    return {
+        "rows": rows,
+        "chosen": chosen,
+        "seeds": list(seeds),
+        "split": "validation",
+        "strength": strength,
+        "eval_per_class": 50 if quick else 200,
+    }
 
 
 def main() -> None:
@@ -102,6 +135,7 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     from trkit_vlm.quickstart import _env
     from trkit_vlm.small_clip import load_small_clip
+
     bundle = load_small_clip()
     RESULTS.mkdir(exist_ok=True)
     strength = a.strength
@@ -114,6 +148,7 @@ def main() -> None:
         print("chosen strength:", res["chosen_strength"])
     if a.tune:
         from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
+
         res = tune(bundle, DEFAULT_SHIFT_STRENGTH if strength is None else strength, a.quick, "/tmp/trkit_tuning")
         res["env"] = _env()
         name = "small_clip_quickstart_tuning" + ("_quick" if a.quick else "")

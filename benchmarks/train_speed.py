@@ -18,6 +18,7 @@ own (the run's model and adapters, training-shaped inputs) between the epochs of
 ``bound`` = measured uncached epoch / layers_min_s. One thread; both runs of a pair in one process
 with their epochs alternating.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,13 +74,18 @@ def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     """A training run of ``case`` with ``prefix_cache=cache``, set up as ``train()`` does it."""
     from trkit_vlm.config import RunConfig
     from trkit_vlm.distributed import init_distributed
-    from trkit_vlm.train import (amp_dtype, build_model, fingerprint, prepare_data, seed_everything,
-                                 view_transform)
+    from trkit_vlm.train import amp_dtype, build_model, fingerprint, prepare_data, seed_everything, view_transform
     from trkit_vlm.train_loop import Trainer
 
-    cfg = RunConfig(model=case["model"], method=case["method"], seed=1, prefix_cache=cache,
-                    output_dir=str(out / f"{case['model']}-{case['method']}-{case['loss']}-{case['start']}"
-                                          f"-{case['classes']}-{cache}"))
+    cfg = RunConfig(
+        model=case["model"],
+        method=case["method"],
+        seed=1,
+        prefix_cache=cache,
+        output_dir=str(
+            out / f"{case['model']}-{case['method']}-{case['loss']}-{case['start']}-{case['classes']}-{cache}"
+        ),
+    )
     cfg.data.dataset, cfg.data.root, cfg.data.shots, cfg.data.augment = "coop", str(data_root), case["shots"], False
     cfg.data.subsample = "all"
     cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.eval_batch_size = case["epochs"], case["batch"], 32
@@ -92,8 +98,19 @@ def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     bundle, model, _ = build_model(cfg, None, info.device)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=False, view_fn=view_transform,
-                   fingerprint=fingerprint(cfg), amp=amp_dtype(cfg, info.device))
+    return Trainer(
+        cfg,
+        bundle,
+        model,
+        train_data,
+        fs,
+        info,
+        run_dir,
+        progress=False,
+        view_fn=view_transform,
+        fingerprint=fingerprint(cfg),
+        amp=amp_dtype(cfg, info.device),
+    )
 
 
 def run_pair(case: dict, data_root: Path, out: Path) -> dict:
@@ -106,7 +123,7 @@ def run_pair(case: dict, data_root: Path, out: Path) -> dict:
     timer = LayerTimer(runs["memory"], runs["off"], case["start"], case["loss"] != "ce")
     times: dict = {c: [] for c in runs}
     for epoch in range(case["epochs"]):
-        for c in (("off", "memory") if epoch % 2 == 0 else ("memory", "off")):
+        for c in ("off", "memory") if epoch % 2 == 0 else ("memory", "off"):
             t0 = time.perf_counter()
             runs[c].train_epoch(epoch)
             times[c].append(time.perf_counter() - t0)
@@ -124,6 +141,7 @@ def run_pair(case: dict, data_root: Path, out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ per-layer timings
+
 
 def _detach_pass_weights(model, tower: str) -> None:
     """AdaRing builds all layers' dense weights once per tower pass; their backward (into the cores)
@@ -155,9 +173,11 @@ class LayerTimer:
         self.model, self.k, self.consistency = trainer_on.model, start - 1, consistency
         b = trainer_on.local_bs
         with torch.no_grad():
-            self.inputs = {"image": trainer_on.store["tokens"][:b, 0].clone(),
-                           "text": pc.text_prefix(self.model, trainer_off.forward.text_ids, 0),
-                           "text_cut": trainer_on.forward.text_states}
+            self.inputs = {
+                "image": trainer_on.store["tokens"][:b, 0].clone(),
+                "text": pc.text_prefix(self.model, trainer_off.forward.text_ids, 0),
+                "text_cut": trainer_on.forward.text_states,
+            }
         self.depth = len(self.model.visual.transformer.resblocks)
         kinds = ("fwd", "bwd", "fwd_nograd", "fwd_frozen")
         self.samples = {n: {k: [[] for _ in range(self.depth)] for k in kinds} for n in self.inputs}
@@ -174,6 +194,7 @@ class LayerTimer:
             mask = None if tower == "image" else pc._causal_mask(m, x.shape[1])
             rec = self.samples[name]
             for i, blk in enumerate(tr.resblocks):
+
                 def run(inp, b=blk, t=tr, msk=mask):
                     return pc._run_blocks(t, inp, [b], attn_mask=msk)
 
@@ -197,8 +218,7 @@ class LayerTimer:
             p.grad = None
 
     def medians(self) -> dict:
-        out: dict = {"context": int(self.inputs["text"].shape[1]),
-                     "context_cut": int(self.inputs["text_cut"].shape[1])}
+        out: dict = {"context": int(self.inputs["text"].shape[1]), "context_cut": int(self.inputs["text_cut"].shape[1])}
         for name, rec in self.samples.items():
             out[name] = {k: [statistics.median(v) if v else None for v in per_layer] for k, per_layer in rec.items()}
         return out
@@ -215,19 +235,21 @@ def layers_min_step_s(lt: dict, start: int) -> float:
     (block ``start``'s input is a cached constant, so only its adapter branch needs a gradient; counted
     as 0, which keeps this a true lower bound) in the image tower and the cut text tower."""
     k = start - 1
-    return sum(sum(lt[t]["fwd"][k:]) + sum(lt[t]["bwd"][k + 1:]) for t in ("image", "text_cut"))
+    return sum(sum(lt[t]["fwd"][k:]) + sum(lt[t]["bwd"][k + 1 :]) for t in ("image", "text_cut"))
 
 
 def off_blocks_step_s(lt: dict, start: int, consistency: bool) -> float:
     """Block time of one uncached step (frozen prefix without graph, the rest forward + backward, the
     whole EOT-cut text tower, plus the frozen image pass of the consistency loss)."""
     k = start - 1
-    t = sum(sum(lt[w]["fwd_nograd"][:k]) + sum(lt[w]["fwd"][k:]) + sum(lt[w]["bwd"][k + 1:])
-            for w in ("image", "text"))
+    t = sum(
+        sum(lt[w]["fwd_nograd"][:k]) + sum(lt[w]["fwd"][k:]) + sum(lt[w]["bwd"][k + 1 :]) for w in ("image", "text")
+    )
     return t + (sum(lt["image"]["fwd_frozen"]) if consistency else 0.0)
 
 
 # ------------------------------------------------------------------------------------------ main
+
 
 def plan(quick: bool) -> list[dict]:
     """The cases: a placement sweep on the small model, the default placement on ViT-B-16."""
@@ -240,10 +262,16 @@ def plan(quick: bool) -> list[dict]:
     if not quick:  # many classes: the per-step text pass grows with the class count
         for method in ("mma", "adaring"):
             cases.append({**small, "classes": 48, "shots": 1, "method": method, "loss": "ce", "start": 5})
-    vit = {"model": "ViT-B-16", "depth": 12, "classes": 4, "shots": 2 if quick else 4, "batch": 8,
-           "epochs": 2 if quick else 3}
+    vit = {
+        "model": "ViT-B-16",
+        "depth": 12,
+        "classes": 4,
+        "shots": 2 if quick else 4,
+        "batch": 8,
+        "epochs": 2 if quick else 3,
+    }
     for method in ("mma", "adaring"):
-        for loss in (("ce",) if quick else tuple(LOSSES)):
+        for loss in ("ce",) if quick else tuple(LOSSES):
             cases.append({**vit, "method": method, "loss": loss, "start": 5})
     if not quick:
         cases.append({**vit, "method": "mma", "loss": "ce", "start": 11})
@@ -255,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer cases, images and epochs")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
+    print(
+        f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        flush=True,
+    )
     from trkit_vlm.models import register_model_config
+
     register_model_config(SMALL, SMALL_CONFIG)
 
     rows, details, t_start = [], [], time.perf_counter()
@@ -272,40 +304,71 @@ def main(argv: list[str] | None = None) -> int:
             lt = pair["layers"]
             steps = case["classes"] * case["shots"] // case["batch"]
             least = steps * layers_min_step_s(lt, case["start"])
-            row = {"model": case["model"], "method": case["method"], "loss": case["loss"],
-                   "adapters": f"{case['start']}-{case['depth']}", "classes": case["classes"],
-                   "images": case["classes"] * case["shots"], "steps_per_epoch": steps,
-                   "epoch_off_s": round(off["epoch_s"], 3), "epoch_cached_s": round(on["epoch_s"], 3),
-                   "speedup": round(off["epoch_s"] / on["epoch_s"], 2),
-                   "layers_min_s": round(least, 3), "cached_rest_s": round(on["epoch_s"] - least, 3),
-                   "bound": round(off["epoch_s"] / least, 2),
-                   "of_bound_pct": round(100 * (off["epoch_s"] / on["epoch_s"]) / (off["epoch_s"] / least), 1),
-                   "off_blocks_s": round(steps * off_blocks_step_s(lt, case["start"], case["loss"] != "ce"), 3),
-                   "build_s": round(on["build_s"], 2),
-                   "text_ctx": (off["text_context"], on["text_context"]),
-                   "weight_diff": float(f"{pair['weight_diff']:.1e}")}
+            row = {
+                "model": case["model"],
+                "method": case["method"],
+                "loss": case["loss"],
+                "adapters": f"{case['start']}-{case['depth']}",
+                "classes": case["classes"],
+                "images": case["classes"] * case["shots"],
+                "steps_per_epoch": steps,
+                "epoch_off_s": round(off["epoch_s"], 3),
+                "epoch_cached_s": round(on["epoch_s"], 3),
+                "speedup": round(off["epoch_s"] / on["epoch_s"], 2),
+                "layers_min_s": round(least, 3),
+                "cached_rest_s": round(on["epoch_s"] - least, 3),
+                "bound": round(off["epoch_s"] / least, 2),
+                "of_bound_pct": round(100 * (off["epoch_s"] / on["epoch_s"]) / (off["epoch_s"] / least), 1),
+                "off_blocks_s": round(steps * off_blocks_step_s(lt, case["start"], case["loss"] != "ce"), 3),
+                "build_s": round(on["build_s"], 2),
+                "text_ctx": (off["text_context"], on["text_context"]),
+                "weight_diff": float(f"{pair['weight_diff']:.1e}"),
+            }
             rows.append(row)
-            details.append({**{k: row[k] for k in ("model", "method", "loss", "adapters", "classes")},
-                            "epochs_off_s": off["epochs_s"], "epochs_cached_s": on["epochs_s"], "layer_s": lt})
-            print(f"{row['model']:<16} {row['method']:<8} {row['loss']:<15} {row['adapters']:>5} C={row['classes']:<3}"
-                  f" epoch {off['epoch_s']:7.3f}s -> {on['epoch_s']:7.3f}s  x{row['speedup']:.2f}"
-                  f"  bound x{row['bound']:.2f} ({row['of_bound_pct']:.0f}% of it)"
-                  f"  [{time.perf_counter() - t_start:.0f}s]", flush=True)
+            details.append(
+                {
+                    **{k: row[k] for k in ("model", "method", "loss", "adapters", "classes")},
+                    "epochs_off_s": off["epochs_s"],
+                    "epochs_cached_s": on["epochs_s"],
+                    "layer_s": lt,
+                }
+            )
+            print(
+                f"{row['model']:<16} {row['method']:<8} {row['loss']:<15} {row['adapters']:>5} C={row['classes']:<3}"
+                f" epoch {off['epoch_s']:7.3f}s -> {on['epoch_s']:7.3f}s  x{row['speedup']:.2f}"
+                f"  bound x{row['bound']:.2f} ({row['of_bound_pct']:.0f}% of it)"
+                f"  [{time.perf_counter() - t_start:.0f}s]",
+                flush=True,
+            )
 
-    env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-           "cpu": cpu_model(), "python": platform.python_version(), "device": "cpu", "quick": args.quick,
-           "weights": "random (speed only)", "augment": False, "wall_s": round(time.perf_counter() - t_start)}
+    env = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "device": "cpu",
+        "quick": args.quick,
+        "weights": "random (speed only)",
+        "augment": False,
+        "wall_s": round(time.perf_counter() - t_start),
+    }
     print()
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    result = {"title": "Training epoch time with the frozen-prefix cache" + (" (quick)" if args.quick else ""),
-              "command": f"python benchmarks/train_speed.py{' --quick' if args.quick else ''}",
-              "env": env, "rows": rows, "targets": targets(rows), "notes": notes(rows),
-              "details": {"per_case": details}}  # JSON only (render_docs skips "details")
+    result = {
+        "title": "Training epoch time with the frozen-prefix cache" + (" (quick)" if args.quick else ""),
+        "command": f"python benchmarks/train_speed.py{' --quick' if args.quick else ''}",
+        "env": env,
+        "rows": rows,
+        "targets": targets(rows),
+        "notes": notes(rows),
+        "details": {"per_case": details},
+    }  # JSON only (render_docs skips "details")
     out = Path(__file__).parent / "results" / f"train_speed{'_quick' if args.quick else ''}.json"
     write_json(out, result)
     print(f"wrote {out}")
@@ -319,10 +382,17 @@ def targets(rows: list[dict]) -> list[str]:
         if r["adapters"] != "5-12" or r["classes"] != 4:
             continue
         met = "met" if r["speedup"] >= 3 else "missed"
-        out.append(f">= 3x epoch speed-up, {r['model']} {r['method']} {r['loss']} (adapters 5-12): {met}, "
-                   f"x{r['speedup']:.2f} (bound for any cache x{r['bound']:.2f})")
-    reach = sorted({f"{r['model']} {r['method']} {r['loss']} adapters {r['adapters']} (x{r['speedup']:.2f})"
-                    for r in rows if r["speedup"] >= 3})
+        out.append(
+            f">= 3x epoch speed-up, {r['model']} {r['method']} {r['loss']} (adapters 5-12): {met}, "
+            f"x{r['speedup']:.2f} (bound for any cache x{r['bound']:.2f})"
+        )
+    reach = sorted(
+        {
+            f"{r['model']} {r['method']} {r['loss']} adapters {r['adapters']} (x{r['speedup']:.2f})"
+            for r in rows
+            if r["speedup"] >= 3
+        }
+    )
     out.append("placements reaching >= 3x: " + ("; ".join(reach) if reach else "none"))
     return out
 

@@ -1,4 +1,5 @@
 """Packaging promises: trkit stands alone, and both console scripts answer --help and --version."""
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_trkit_imports_without_open_clip_or_trkit_vlm():
-    code = ("import sys, trkit, trkit.nn, trkit.decompose, trkit.rounding, trkit.io, trkit.cli; "
-            "bad = [m for m in ('open_clip', 'trkit_vlm', 'torchvision') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, trkit, trkit.nn, trkit.decompose, trkit.rounding, trkit.io, trkit.cli; "
+        "bad = [m for m in ('open_clip', 'trkit_vlm', 'torchvision') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = _run(sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -32,9 +35,13 @@ def test_trkit_never_imports_trkit_vlm_in_source():
     assert offenders == []
 
 
-@pytest.mark.parametrize("script,words", [("trkit", ["decompose", "info", "reconstruct"]),
-                                          ("trkit-vlm", ["train", "eval", "table", "compress",
-                                                         "pretrain-small", "quickstart"])])
+@pytest.mark.parametrize(
+    "script,words",
+    [
+        ("trkit", ["decompose", "info", "reconstruct"]),
+        ("trkit-vlm", ["train", "eval", "table", "compress", "pretrain-small", "quickstart"]),
+    ],
+)
 def test_console_scripts_help_and_version(script, words):
     exe = BIN / script
     if not exe.exists():
@@ -47,12 +54,12 @@ def test_console_scripts_help_and_version(script, words):
     assert version.returncode == 0 and trkit.__version__ in version.stdout
 
 
-@pytest.mark.parametrize("argv", [["trkit-vlm", "--help"], ["trkit-vlm", "train", "-c", "x.yaml"],
-                                  ["trkit-vlm", "table", "runs"]])
+@pytest.mark.parametrize(
+    "argv", [["trkit-vlm", "--help"], ["trkit-vlm", "train", "-c", "x.yaml"], ["trkit-vlm", "table", "runs"]]
+)
 def test_trkit_vlm_without_the_vlm_extra_says_how_to_install_it(argv):
     # Simulate `pip install .` without extras: importing pillow fails as if it were not installed.
-    code = ("import sys; sys.modules['PIL'] = None; from trkit_vlm.cli import main; "
-            f"sys.exit(main({argv[1:]!r}))")
+    code = f"import sys; sys.modules['PIL'] = None; from trkit_vlm.cli import main; sys.exit(main({argv[1:]!r}))"
     proc = _run(sys.executable, "-c", code)
     if argv[1] == "--help":
         assert proc.returncode == 0 and "'trkit[vlm]'" in proc.stdout  # argparse wraps the line

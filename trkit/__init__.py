@@ -3,18 +3,40 @@
 The format (`TensorRing`), its algebra, planned contraction (`trkit.contract`), decompositions
 (`tr_svd`, `tr_als`, ...), rounding, serialisation and neural layers (`trkit.nn`).
 """
+
 from trkit._version import __version__
 from trkit import contract
 from trkit.ring import TensorRing
-from trkit.algebra import (inner, norm, add, sub, scale, hadamard, mode_product, contract_vectors,
-                           tensorize)
+from trkit.algebra import inner, norm, add, sub, scale, hadamard, mode_product, contract_vectors, tensorize
 from trkit.io import save, load, from_tensorly, to_tensorly
 
-__all__ = ["__version__", "TensorRing", "contract", "inner", "norm", "add", "sub", "scale", "hadamard",
-           "mode_product", "contract_vectors", "tensorize", "save", "load", "from_tensorly", "to_tensorly"]
+__all__ = [
+    "__version__",
+    "TensorRing",
+    "contract",
+    "inner",
+    "norm",
+    "add",
+    "sub",
+    "scale",
+    "hadamard",
+    "mode_product",
+    "contract_vectors",
+    "tensorize",
+    "save",
+    "load",
+    "from_tensorly",
+    "to_tensorly",
+]
 
-from trkit.decompose import (DecompositionInfo, tr_svd, tr_als, tr_als_adaptive,  # noqa: E402
-                             tr_als_sampled, tr_complete)
+from trkit.decompose import (
+    DecompositionInfo,
+    tr_svd,
+    tr_als,
+    tr_als_adaptive,  # noqa: E402
+    tr_als_sampled,
+    tr_complete,
+)
 from trkit.rounding import round  # noqa: E402,A004  (shadows the builtin inside trkit only)
-__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete",
-            "round"]
+
+__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "round"]

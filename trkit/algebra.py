@@ -10,6 +10,7 @@ Rank rules (``a`` with ranks ``r``, ``b`` with ranks ``s``):
 - ``mode_product(a, M, k)``: ranks unchanged, mode ``k`` becomes ``M.shape[0]``.
 - ``contract_vectors(a, vs)``: scalar, ``O(d n r^2 + d r^3)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,7 @@ import torch
 from trkit import contract as _contract
 from trkit.ring import TensorRing, as_tensor
 
-__all__ = ["inner", "norm", "add", "sub", "scale", "hadamard", "mode_product", "contract_vectors",
-           "tensorize"]
+__all__ = ["inner", "norm", "add", "sub", "scale", "hadamard", "mode_product", "contract_vectors", "tensorize"]
 
 
 def _as_ring(x, name: str = "argument") -> TensorRing:
@@ -156,8 +156,9 @@ def mode_product(a, matrix, mode: int) -> TensorRing:
         raise IndexError(f"mode must be an int in [{-d}, {d}), got {mode!r}")
     mode = int(mode) % d
     if m.ndim != 2 or m.shape[1] != a.shape[mode]:
-        raise ValueError(f"mode_product: matrix must have shape (J, {a.shape[mode]}) for mode {mode}, "
-                         f"got {tuple(m.shape)}")
+        raise ValueError(
+            f"mode_product: matrix must have shape (J, {a.shape[mode]}) for mode {mode}, got {tuple(m.shape)}"
+        )
     m = m.to(torch.promote_types(m.dtype, a.dtype)) if m.is_floating_point() else m.to(a.dtype)
     cores = [c.to(m.dtype) for c in a.cores]
     cores[mode] = torch.einsum("jn,anb->ajb", m, cores[mode])
@@ -204,21 +205,25 @@ def tensorize(x, modes: Sequence, *, interleave: bool = False) -> torch.Tensor:
     if not per_axis:
         sizes = [int(m) for m in modes]
         if math.prod(sizes) != t.numel():
-            raise ValueError(f"tensorize: modes {sizes} multiply to {math.prod(sizes)}, but x has "
-                             f"{t.numel()} entries (shape {tuple(t.shape)})")
+            raise ValueError(
+                f"tensorize: modes {sizes} multiply to {math.prod(sizes)}, but x has "
+                f"{t.numel()} entries (shape {tuple(t.shape)})"
+            )
         return t.reshape(sizes)
     if len(modes) != t.ndim:
         raise ValueError(f"tensorize: got {len(modes)} mode lists for a tensor with {t.ndim} axes")
     for ax, ms in enumerate(modes):
         if math.prod(ms) != t.shape[ax]:
-            raise ValueError(f"tensorize: modes {list(ms)} multiply to {math.prod(ms)}, but axis {ax} "
-                             f"has size {t.shape[ax]}")
+            raise ValueError(
+                f"tensorize: modes {list(ms)} multiply to {math.prod(ms)}, but axis {ax} has size {t.shape[ax]}"
+            )
     out = t.reshape([int(m) for ms in modes for m in ms])
     if not interleave:
         return out
     counts = {len(ms) for ms in modes}
     if len(counts) != 1:
-        raise ValueError(f"tensorize: interleave needs the same number of modes per axis, got "
-                         f"{[len(ms) for ms in modes]}")
+        raise ValueError(
+            f"tensorize: interleave needs the same number of modes per axis, got {[len(ms) for ms in modes]}"
+        )
     c, na = counts.pop(), len(modes)
     return out.permute([ax * c + j for j in range(c) for ax in range(na)])

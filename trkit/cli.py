@@ -9,6 +9,7 @@ Inputs: ``.npy``, ``.npz`` (``--key``), ``.pt``/``.pth`` (``torch.load(weights_o
 ``.safetensors`` and images (grey or RGB, via PIL). Problems with the input give one line on
 stderr and exit code 2; outputs are written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def load_array(path: str, key: str | None = None) -> np.ndarray:
                 arr = _pick({k: z[k] for k in z.files}, key, p)
         elif suffix in (".pt", ".pth"):
             import torch
+
             obj = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 obj = _pick({str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}, key, p)
@@ -59,9 +61,11 @@ def load_array(path: str, key: str | None = None) -> np.ndarray:
             arr = obj.detach().to(dtype=torch.float64).numpy()
         elif suffix == ".safetensors":
             from safetensors.numpy import load_file
+
             arr = _pick(load_file(str(p)), key, p)
         elif suffix in IMAGE_SUFFIXES:
             from PIL import Image
+
             with Image.open(p) as img:
                 img = img.convert("L") if img.mode in ("L", "I", "I;16", "F", "1", "LA") else img.convert("RGB")
                 arr = np.asarray(img)
@@ -92,32 +96,36 @@ def _atomic_write(path: Path, write) -> None:
     if not path.parent.is_dir():
         raise CLIError(f"{path}: directory {path.parent} does not exist")
     from trkit.io import atomic_write
+
     atomic_write(path, write)
 
 
 def _decompose(x, method: str, tol, rank, args):
     import trkit
+
     common = dict(return_info=True)
     if method == "svd":
         return trkit.tr_svd(x, rank=rank, tol=tol, max_rank=args.max_rank, **common)
     if method == "adaptive":
         if tol is None:
             raise CLIError("--method adaptive needs --tol")
-        return trkit.tr_als_adaptive(x, tol=tol, max_rank=args.max_rank, seed=args.seed,
-                                     verbose=args.verbose, **common)
+        return trkit.tr_als_adaptive(x, tol=tol, max_rank=args.max_rank, seed=args.seed, verbose=args.verbose, **common)
     if rank is None:
         raise CLIError(f"--method {method} needs --rank")
     if method == "als":
         return trkit.tr_als(x, rank, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, **common)
-    return trkit.tr_als_sampled(x, rank, n_samples=args.samples, max_iter=args.max_iter, seed=args.seed,
-                                verbose=args.verbose, **common)
+    return trkit.tr_als_sampled(
+        x, rank, n_samples=args.samples, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, **common
+    )
 
 
 def _plot(x, args, rank, out: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import warnings
+
     points = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,14 +154,16 @@ def _plot(x, args, rank, out: Path) -> None:
 def cmd_decompose(args) -> int:
     import torch
     import trkit
+
     if args.tol is None and args.rank is None:
         raise CLIError("give --tol or --rank")
     arr = load_array(args.input, args.key)
     if args.reshape:
         shape = _ints(args.reshape, "--reshape")
         if int(np.prod(shape)) != arr.size:
-            raise CLIError(f"--reshape {args.reshape} has {int(np.prod(shape))} entries but the input "
-                           f"{arr.shape} has {arr.size}")
+            raise CLIError(
+                f"--reshape {args.reshape} has {int(np.prod(shape))} entries but the input {arr.shape} has {arr.size}"
+            )
         arr = arr.reshape(shape)
     if arr.ndim < 2:
         raise CLIError(f"input has shape {arr.shape}; need >= 2 modes (use --reshape)")
@@ -185,6 +195,7 @@ def cmd_decompose(args) -> int:
 
 def _load_ring(path: str):
     import trkit
+
     try:
         return trkit.load(path)
     except FileNotFoundError:
@@ -195,6 +206,7 @@ def _load_ring(path: str):
 
 def cmd_info(args) -> int:
     import trkit
+
     ring = _load_ring(args.file)
     numel = int(np.prod(ring.shape, dtype=np.float64))
     print(f"file: {args.file}")
@@ -214,6 +226,7 @@ def cmd_reconstruct(args) -> int:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, dense)
+
     _atomic_write(out, write)
     print(f"wrote {out}: shape {dense.shape} {dense.dtype}")
     return 0
@@ -221,7 +234,8 @@ def cmd_reconstruct(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trkit", description="Tensor-ring toolkit: decompose tensors, inspect and reconstruct ring files.")
+        prog="trkit", description="Tensor-ring toolkit: decompose tensors, inspect and reconstruct ring files."
+    )
     parser.add_argument("--version", action="version", version=f"trkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("decompose", help="decompose an array/image/weight file into a tensor ring")
@@ -267,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as exc:  # optional: matplotlib for --plot, pillow for image files
         package = {"PIL": "pillow"}.get((exc.name or "").split(".")[0], exc.name)
-        print(f"trkit: error: this needs the optional package '{package}': pip install {package}",
-              file=sys.stderr)
+        print(f"trkit: error: this needs the optional package '{package}': pip install {package}", file=sys.stderr)
         return 2
 
 

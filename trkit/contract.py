@@ -13,6 +13,7 @@ Ring-specific plans live here too: :func:`ring_dense_plan` picks where to cut a 
 ``TensorRing.to_dense`` is two chains of matmuls and one GEMM, and :func:`explain` accepts the
 operation names ``"to_dense"``, ``"norm"``, ``"inner"`` and ``"entries"``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,17 @@ from typing import Sequence
 import opt_einsum
 import torch
 
-__all__ = ["contract", "contract_path", "naive_flops", "explain", "ring_dense_plan", "RingPlan",
-           "set_cache_size", "cache_info", "clear_cache"]
+__all__ = [
+    "contract",
+    "contract_path",
+    "naive_flops",
+    "explain",
+    "ring_dense_plan",
+    "RingPlan",
+    "set_cache_size",
+    "cache_info",
+    "clear_cache",
+]
 
 _DEFAULT_OPTIMIZE = "best"
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
@@ -59,8 +69,7 @@ def _best_path(equation: str, shapes: Sequence[tuple], memory_limit=None):
     candidates = ["auto-hq", "greedy"] + (["random-greedy"] if len(shapes) > 16 else [])
     found = []
     for opt in candidates:
-        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=opt,
-                                              memory_limit=memory_limit)
+        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=opt, memory_limit=memory_limit)
         found.append((int(info.opt_cost), int(info.largest_intermediate), path, info))
     fewest = min(f[0] for f in found)
     near = [f for f in found if f[0] <= 1.05 * fewest]
@@ -71,8 +80,7 @@ def _best_path(equation: str, shapes: Sequence[tuple], memory_limit=None):
 def _plan(equation: str, shapes: Sequence[tuple], optimize, memory_limit=None):
     if isinstance(optimize, str) and optimize == "best":
         return _best_path(equation, shapes, memory_limit)
-    return opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize,
-                                    memory_limit=memory_limit)
+    return opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize, memory_limit=memory_limit)
 
 
 def _expression(equation: str, shapes: tuple, optimize, memory_limit):
@@ -137,6 +145,7 @@ class RingPlan:
     ``path`` is the same plan as an opt_einsum path over ``dense_equation(d)``, so ``flops`` and
     ``largest_intermediate`` use opt_einsum's accounting and compare directly with its optimizers.
     """
+
     cut: tuple[int, int]
     tree: tuple
     path: tuple
@@ -208,10 +217,11 @@ def _tree_path(d: int, tree) -> tuple:
 def _inner_equation(d: int) -> str:
     """Einsum for <a, b> with operands a_1..a_d, b_1..b_d (the order one would write by hand)."""
     import string
+
     letters = string.ascii_letters
     if 3 * d > len(letters):
         raise ValueError(f"order {d} is too large for a single inner-product equation")
-    ab, bb, m = letters[:d], letters[d:2 * d], letters[2 * d:3 * d]
+    ab, bb, m = letters[:d], letters[d : 2 * d], letters[2 * d : 3 * d]
     ta = [ab[k] + m[k] + ab[(k + 1) % d] for k in range(d)]
     tb = [bb[k] + m[k] + bb[(k + 1) % d] for k in range(d)]
     return ",".join(ta + tb) + "->"
@@ -219,15 +229,20 @@ def _inner_equation(d: int) -> str:
 
 def _ring_report(op: str, args) -> dict:
     from trkit.ring import TensorRing, dense_equation
+
     rings = [a if isinstance(a, TensorRing) else TensorRing(a) for a in args[: 2 if op == "inner" else 1]]
     a = rings[0]
     d, shape = a.ndim, a.shape
     if op == "to_dense":
         plan = ring_dense_plan(shape, a.ranks)
-        return {"equation": dense_equation(d), "path": [tuple(p) for p in plan.path],
-                "strategy": f"cut at bonds {plan.cut}, arcs merged as {plan.tree}, then one GEMM",
-                "flops": plan.flops, "largest_intermediate": plan.largest_intermediate,
-                "naive_flops": naive_flops(dense_equation(d), *a.cores)}
+        return {
+            "equation": dense_equation(d),
+            "path": [tuple(p) for p in plan.path],
+            "strategy": f"cut at bonds {plan.cut}, arcs merged as {plan.tree}, then one GEMM",
+            "flops": plan.flops,
+            "largest_intermediate": plan.largest_intermediate,
+            "naive_flops": naive_flops(dense_equation(d), *a.cores),
+        }
     if op in ("norm", "inner"):
         b = rings[1] if op == "inner" else a
         ra, rb = a.ranks, b.ranks
@@ -241,17 +256,26 @@ def _ring_report(op: str, args) -> dict:
             flops += int(info.opt_cost)
             largest = max(largest, int(info.largest_intermediate))
         naive = naive_flops(_inner_equation(d), *a.cores, *b.cores) if 3 * d <= 52 else None
-        return {"equation": _inner_equation(d) if 3 * d <= 52 else None, "path": None,
-                "strategy": f"transfer-matrix sweep from core {start} (state r_a*r_b*r_a*r_b)",
-                "flops": flops, "largest_intermediate": largest, "naive_flops": naive}
+        return {
+            "equation": _inner_equation(d) if 3 * d <= 52 else None,
+            "path": None,
+            "strategy": f"transfer-matrix sweep from core {start} (state r_a*r_b*r_a*r_b)",
+            "flops": flops,
+            "largest_intermediate": largest,
+            "naive_flops": naive,
+        }
     index = args[1] if len(args) > 1 else None
     m_rows = index if isinstance(index, int) else (len(index) if index is not None else 1)
     s = min(range(d), key=lambda k: a.ranks[k])
     per = sum(2 * a.ranks[s] * a.ranks[k] * a.ranks[(k + 1) % d] for k in range(d) if k != s)
-    return {"equation": None, "path": None,
-            "strategy": f"batched products of core slices from core {s}, {m_rows} entries",
-            "flops": m_rows * per, "largest_intermediate": m_rows * a.ranks[s] * max(a.ranks),
-            "naive_flops": naive_flops(dense_equation(d), *a.cores)}
+    return {
+        "equation": None,
+        "path": None,
+        "strategy": f"batched products of core slices from core {s}, {m_rows} entries",
+        "flops": m_rows * per,
+        "largest_intermediate": m_rows * a.ranks[s] * max(a.ranks),
+        "naive_flops": naive_flops(dense_equation(d), *a.cores),
+    }
 
 
 _RING_OPS = ("to_dense", "norm", "inner", "entries")
@@ -273,10 +297,15 @@ def explain(equation: str, *shapes_or_tensors, optimize=_DEFAULT_OPTIMIZE, file=
         report = {"operation": equation, **_ring_report(equation, shapes_or_tensors)}
     else:
         path, info = contract_path(equation, *shapes_or_tensors, optimize=optimize)
-        report = {"operation": "einsum", "equation": equation, "path": [tuple(p) for p in path],
-                  "strategy": f"opt_einsum path ({optimize})", "flops": int(info.opt_cost),
-                  "largest_intermediate": int(info.largest_intermediate),
-                  "naive_flops": naive_flops(equation, *shapes_or_tensors)}
+        report = {
+            "operation": "einsum",
+            "equation": equation,
+            "path": [tuple(p) for p in path],
+            "strategy": f"opt_einsum path ({optimize})",
+            "flops": int(info.opt_cost),
+            "largest_intermediate": int(info.largest_intermediate),
+            "naive_flops": naive_flops(equation, *shapes_or_tensors),
+        }
     naive = report["naive_flops"]
     report["speedup_vs_naive"] = naive / max(report["flops"], 1) if naive is not None else None
     lines = [
@@ -286,8 +315,11 @@ def explain(equation: str, *shapes_or_tensors, optimize=_DEFAULT_OPTIMIZE, file=
         f"path:                 {report['path']}",
         f"planned FLOPs:        {report['flops']:.4g}",
         f"largest intermediate: {report['largest_intermediate']:.4g} elements",
-        (f"naive (left-to-right) FLOPs: {naive:.4g}  ({report['speedup_vs_naive']:.3g}x the planned)"
-         if naive is not None else "naive (left-to-right) FLOPs: n/a (too many indices)"),
+        (
+            f"naive (left-to-right) FLOPs: {naive:.4g}  ({report['speedup_vs_naive']:.3g}x the planned)"
+            if naive is not None
+            else "naive (left-to-right) FLOPs: n/a (too many indices)"
+        ),
     ]
     print("\n".join(lines), file=file)
     return report

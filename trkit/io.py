@@ -5,6 +5,7 @@ File format: safetensors with tensors ``core_0 .. core_{d-1}`` and one metadata 
 "ranks": [...]}``. Writes are atomic (temp file in the target directory, then ``os.replace``);
 loads never unpickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,13 @@ def save(tr: TensorRing, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: directory {path.parent} does not exist")
     tensors = {f"core_{k}": c.detach().cpu().contiguous() for k, c in enumerate(tr.cores)}
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "shape": list(tr.shape),
-            "ranks": list(tr.ranks), "dtype": str(tr.dtype).replace("torch.", "")}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "shape": list(tr.shape),
+        "ranks": list(tr.ranks),
+        "dtype": str(tr.dtype).replace("torch.", ""),
+    }
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"trkit": json.dumps(meta)}))
 
 
@@ -87,8 +93,10 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> T
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: trkit metadata is not valid JSON ({exc})") from exc
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format {meta.get('format')!r} version "
-                         f"{meta.get('version')!r} (this trkit reads {FORMAT_NAME!r} version {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: unsupported format {meta.get('format')!r} version "
+            f"{meta.get('version')!r} (this trkit reads {FORMAT_NAME!r} version {FORMAT_VERSION})"
+        )
     d = len(meta.get("shape", []))
     names = [f"core_{k}" for k in range(d)]
     if sorted(tensors) != sorted(names):
@@ -98,8 +106,10 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> T
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
     if list(tr.shape) != list(meta["shape"]) or list(tr.ranks) != list(meta.get("ranks", [])):
-        raise ValueError(f"{path}: cores give shape {tr.shape} and ranks {tr.ranks}, but the metadata "
-                         f"says shape {tuple(meta['shape'])} and ranks {tuple(meta.get('ranks', []))}")
+        raise ValueError(
+            f"{path}: cores give shape {tr.shape} and ranks {tr.ranks}, but the metadata "
+            f"says shape {tuple(meta['shape'])} and ranks {tuple(meta.get('ranks', []))}"
+        )
     return tr
 
 

@@ -8,6 +8,7 @@ A d-way tensor ``X`` of shape ``(n_1, ..., n_d)`` is stored as cores ``G_k`` of 
 This is tensorly's convention, so ``from_tensorly``/``to_tensorly`` only convert arrays.
 ``r_1 = 1`` is a tensor train.
 """
+
 from __future__ import annotations
 
 import string
@@ -66,8 +67,16 @@ class TensorRing:
         self._cores = cores
 
     @classmethod
-    def random(cls, shape: Sequence[int], ranks, *, dtype=torch.float64, device=None,
-               generator: torch.Generator | None = None, seed: int | None = None) -> "TensorRing":
+    def random(
+        cls,
+        shape: Sequence[int],
+        ranks,
+        *,
+        dtype=torch.float64,
+        device=None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> "TensorRing":
         """Ring with i.i.d. normal cores scaled so entries have variance ~1.
 
         Args:
@@ -129,8 +138,10 @@ class TensorRing:
         return self.ranks[0] == 1
 
     def __repr__(self) -> str:
-        return (f"TensorRing(shape={self.shape}, ranks={self.ranks}, n_params={self.n_params}, "
-                f"dtype={self.dtype}, device={self.device})")
+        return (
+            f"TensorRing(shape={self.shape}, ranks={self.ranks}, n_params={self.n_params}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
 
     def __len__(self) -> int:
         return self.ndim
@@ -186,15 +197,16 @@ class TensorRing:
         idx = as_tensor(index).to(self.device)
         d = self.ndim
         if idx.ndim != 2 or idx.shape[1] != d or idx.dtype.is_floating_point or idx.is_complex():
-            raise ValueError(f"index must be an integer array of shape (m, {d}), got "
-                             f"{idx.dtype} {tuple(idx.shape)}")
+            raise ValueError(f"index must be an integer array of shape (m, {d}), got {idx.dtype} {tuple(idx.shape)}")
         idx = idx.long()
         if idx.numel():
             lo, hi = idx.min(0).values, idx.max(0).values
             for k in range(d):
                 if lo[k] < 0 or hi[k] >= self.shape[k]:
-                    raise IndexError(f"index for mode {k} must be in [0, {self.shape[k]}), got "
-                                     f"values in [{int(lo[k])}, {int(hi[k])}]")
+                    raise IndexError(
+                        f"index for mode {k} must be in [0, {self.shape[k]}), got "
+                        f"values in [{int(lo[k])}, {int(hi[k])}]"
+                    )
         start = min(range(d), key=lambda k: self.ranks[k])
         order = [(start + j) % d for j in range(d)]
         rmax = max(self.ranks)
@@ -202,7 +214,7 @@ class TensorRing:
         chunk = chunk_size or max(1, (1 << 18) // (self.ranks[start] * rmax))
         out = []
         for lo_ in range(0, idx.shape[0], chunk):
-            sub = idx[lo_:lo_ + chunk]
+            sub = idx[lo_ : lo_ + chunk]
             prod = self._cores[order[0]][:, sub[:, order[0]], :].permute(1, 0, 2)
             for k in order[1:]:
                 prod = torch.bmm(prod, self._cores[k][:, sub[:, k], :].permute(1, 0, 2))
@@ -239,7 +251,7 @@ class TensorRing:
             raise IndexError("an index can only have a single ellipsis ('...')")
         if Ellipsis in key:
             pos = key.index(Ellipsis)
-            key = key[:pos] + (slice(None),) * (self.ndim - len(key) + 1) + key[pos + 1:]
+            key = key[:pos] + (slice(None),) * (self.ndim - len(key) + 1) + key[pos + 1 :]
         if len(key) > self.ndim:
             raise IndexError(f"too many indices: {len(key)} for a ring of order {self.ndim}")
         key = key + (slice(None),) * (self.ndim - len(key))
@@ -250,8 +262,9 @@ class TensorRing:
                 if cores[k].shape[1] == 0:
                     raise IndexError(f"slice {item} selects nothing from mode {k} of size {self.shape[k]}")
             elif not isinstance(item, (int, np.integer)):
-                raise TypeError(f"TensorRing indices must be ints, slices or '...', got "
-                                f"{type(item).__name__} for mode {k}")
+                raise TypeError(
+                    f"TensorRing indices must be ints, slices or '...', got {type(item).__name__} for mode {k}"
+                )
         out: "TensorRing | torch.Tensor" = TensorRing(cores, validate=False)
         for k in reversed(range(self.ndim)):  # from the right so earlier mode numbers stay valid
             if not isinstance(key[k], slice):
@@ -283,8 +296,9 @@ class TensorRing:
         merged = _merge_chain(self._cores[start:stop])
         return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
 
-    def split_mode(self, mode: int, sizes: Sequence[int], max_rank: int | None = None,
-                   tol: float = 0.0) -> "TensorRing":
+    def split_mode(
+        self, mode: int, sizes: Sequence[int], max_rank: int | None = None, tol: float = 0.0
+    ) -> "TensorRing":
         """Split mode ``mode`` into modes of ``sizes`` (inverse of :meth:`merge_modes`) by SVDs.
 
         Each new bond keeps singular values above ``tol * sigma_max`` (at most ``max_rank``);
@@ -294,8 +308,9 @@ class TensorRing:
         mode = _check_mode(mode, d)
         sizes = [int(s) for s in sizes]
         if any(s < 1 for s in sizes) or int(np.prod(sizes)) != self.shape[mode]:
-            raise ValueError(f"split_mode: sizes {sizes} must be >= 1 and multiply to mode {mode}'s "
-                             f"size {self.shape[mode]}")
+            raise ValueError(
+                f"split_mode: sizes {sizes} must be >= 1 and multiply to mode {mode}'s size {self.shape[mode]}"
+            )
         rest = self._cores[mode]
         new = []
         for n in sizes[:-1]:
@@ -306,7 +321,7 @@ class TensorRing:
             new.append(u[:, :keep].reshape(r0, n, keep))
             rest = (sv[:keep, None] * vh[:keep]).reshape(keep, m // n, r1)
         new.append(rest)
-        return TensorRing(self._cores[:mode] + new + self._cores[mode + 1:], validate=False)
+        return TensorRing(self._cores[:mode] + new + self._cores[mode + 1 :], validate=False)
 
     @classmethod
     def from_tensor_train(cls, cores: Sequence) -> "TensorRing":
@@ -322,36 +337,44 @@ class TensorRing:
         if cores[-1].ndim == 2:
             cores[-1] = cores[-1].unsqueeze(-1)
         if cores[0].ndim == 3 and cores[-1].ndim == 3 and (cores[0].shape[0] != 1 or cores[-1].shape[2] != 1):
-            raise ValueError(f"tensor-train boundary ranks must be 1: first core has left rank "
-                             f"{cores[0].shape[0]}, last core has right rank {cores[-1].shape[2]}")
+            raise ValueError(
+                f"tensor-train boundary ranks must be 1: first core has left rank "
+                f"{cores[0].shape[0]}, last core has right rank {cores[-1].shape[2]}"
+            )
         return cls(cores)
 
     # ---- algebra (implemented in trkit.algebra) ---------------------------------------
     def norm(self) -> torch.Tensor:
         """Frobenius norm without densifying (transfer-matrix sweep; see ``trkit.algebra.inner``)."""
         from trkit import algebra
+
         return algebra.norm(self)
 
     def __add__(self, other):
         from trkit import algebra
+
         return algebra.add(self, other) if isinstance(other, TensorRing) else NotImplemented
 
     def __sub__(self, other):
         from trkit import algebra
+
         return algebra.sub(self, other) if isinstance(other, TensorRing) else NotImplemented
 
     def __neg__(self) -> "TensorRing":
         from trkit import algebra
+
         return algebra.scale(self, -1.0)
 
     def __mul__(self, alpha):
         from trkit import algebra
+
         return NotImplemented if isinstance(alpha, TensorRing) else algebra.scale(self, alpha)
 
     __rmul__ = __mul__
 
     def __truediv__(self, alpha):
         from trkit import algebra
+
         return NotImplemented if isinstance(alpha, TensorRing) else algebra.scale(self, 1.0 / alpha)
 
 
@@ -405,7 +428,8 @@ def _validate(cores: list[torch.Tensor]) -> None:
         if right != left:
             raise ValueError(
                 f"ranks disagree between core {k} and core {(k + 1) % d}: core {k} has right rank "
-                f"{right}, core {(k + 1) % d} has left rank {left}")
+                f"{right}, core {(k + 1) % d} has left rank {left}"
+            )
     for k, c in enumerate(cores):
         if not torch.isfinite(c).all():
             raise ValueError(f"core {k} contains NaN or Inf values")

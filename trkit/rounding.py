@@ -14,6 +14,7 @@ about half the digits when ``b`` is very close to ``a``; the reported error ther
 bound on that floating point error, so it is never below the true error (floor: about
 ``1e-7`` relative in float64, ``3e-3`` in float32).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,12 +70,13 @@ def _round_once(cores: list[torch.Tensor], delta_of, max_rank) -> list[torch.Ten
         m = d // 2 if d > 1 else 0
         shifted = cores[m:] + cores[:m]
         shifted = _sweep(shifted, delta_of(shifted[0].shape[0]), max_rank)
-        cores = shifted[d - m:] + shifted[:d - m]
+        cores = shifted[d - m :] + shifted[: d - m]
     return cores
 
 
-def round(tr: TensorRing, tol: float | None = None, max_rank: int | None = None,
-          refine: int = 0) -> tuple[TensorRing, float]:
+def round(
+    tr: TensorRing, tol: float | None = None, max_rank: int | None = None, refine: int = 0
+) -> tuple[TensorRing, float]:
     """Truncate the ranks of ``tr`` to meet a relative error ``tol`` and/or a rank cap.
 
     Args:
@@ -108,6 +110,7 @@ def round(tr: TensorRing, tol: float | None = None, max_rank: int | None = None,
         # guaranteed budget: two stages of d - 1 orthogonal truncations, sqrt(r_open) per trace
         def delta_for(mult):
             return lambda r_open: mult * tol * xnorm / (2 * math.sqrt(max(d - 1, 1) * r_open))
+
         best = None
         for mult in (1.0, 2.0, 4.0, 8.0, 16.0):
             out = TensorRing(_round_once(cores, delta_for(mult), max_rank), validate=False)
@@ -120,6 +123,7 @@ def round(tr: TensorRing, tol: float | None = None, max_rank: int | None = None,
     out, err = best
     if refine:
         from trkit.decompose.ring_als import als_against_ring
+
         out = als_against_ring(tr, out, sweeps=int(refine))
         err = ring_error(tr, out)
     return out, err

@@ -1,13 +1,28 @@
 """trkit_vlm: AdaRing cross-layer tensor-ring adapters (and the MMA baseline) for open_clip CLIP models."""
+
 from trkit_vlm._version import __version__
 from trkit_vlm.models import ClipBundle, load_clip, register_model_config
 from trkit_vlm.adapters import (
-    AdaRingConfig, MMAConfig, add_adapters, adapters_disabled, remove_adapters, trainable_summary,
+    AdaRingConfig,
+    MMAConfig,
+    add_adapters,
+    adapters_disabled,
+    remove_adapters,
+    trainable_summary,
 )
 
 __all__ = [
-    "__version__", "ClipBundle", "load_clip", "register_model_config", "add_adapters", "remove_adapters",
-    "adapters_disabled", "trainable_summary", "MMAConfig", "AdaRingConfig", "compress_mma",
+    "__version__",
+    "ClipBundle",
+    "load_clip",
+    "register_model_config",
+    "add_adapters",
+    "remove_adapters",
+    "adapters_disabled",
+    "trainable_summary",
+    "MMAConfig",
+    "AdaRingConfig",
+    "compress_mma",
 ]
 
 
@@ -15,5 +30,6 @@ def __getattr__(name):
     # compress pulls in the decomposition code; load it only when asked for.
     if name == "compress_mma":
         from trkit_vlm.compress import compress_mma
+
         return compress_mma
     raise AttributeError(f"module 'trkit_vlm' has no attribute {name!r}")

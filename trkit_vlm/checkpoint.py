@@ -3,6 +3,7 @@
 A checkpoint is written to a temporary file in the same folder and renamed over the old one, so a
 crash while saving leaves the previous checkpoint intact; the one before is kept as ``*.prev.pt``.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,6 +28,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
     atomic_write(path, write)
 
 
@@ -65,8 +67,9 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     g = float(state["python_gauss"][0])
     random.setstate((int(py[0]), tuple(int(v) for v in py[1:]), None if g != g else g))
     pos, has_gauss = (int(v) for v in state["numpy_meta"].tolist())
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
-                         float(state["numpy_gauss"][0])))
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, float(state["numpy_gauss"][0]))
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
@@ -101,15 +104,19 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any] | None 
     except Exception as err:  # torch raises several types for truncated / foreign files
         prev = path.with_suffix(".prev.pt")
         hint = f"; the previous one is {prev}" if prev.is_file() else ""
-        raise ValueError(f"checkpoint {path} is corrupt or not a trkit checkpoint "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}){hint}") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a trkit checkpoint "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}){hint}"
+        ) from None
     if not isinstance(state, dict) or "fingerprint" not in state:
         raise ValueError(f"checkpoint {path} is not a trkit training checkpoint")
     if fingerprint is not None:
         diff = _diff(fingerprint, state["fingerprint"])
         if diff:
-            raise ValueError(f"checkpoint {path} was written for a different run (differs in: "
-                             f"{', '.join(diff[:6])}); use a new output_dir or remove the checkpoint")
+            raise ValueError(
+                f"checkpoint {path} was written for a different run (differs in: "
+                f"{', '.join(diff[:6])}); use a new output_dir or remove the checkpoint"
+            )
     return state
 
 

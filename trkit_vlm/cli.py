@@ -1,5 +1,6 @@
 """The ``trkit-vlm`` command line. Each subcommand lives in ``trkit_vlm/commands/<name>.py`` and
 exposes ``register(subparsers)``, which adds its parser and sets ``func``."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,11 @@ VLM_EXTRA = {"open_clip", "PIL", "torchvision", "matplotlib", "yaml"}
 def _missing_extra(name: str, help_: str, missing: str, subparsers) -> None:
     def run(args) -> int:  # main() turns this into the one-line install hint
         raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
     # No option parsing here (prefix_chars that never occur), so any arguments reach run().
-    sub = subparsers.add_parser(name, help=f"{help_} [needs: pip install 'trkit[vlm]']", add_help=False,
-                                prefix_chars="\0")
+    sub = subparsers.add_parser(
+        name, help=f"{help_} [needs: pip install 'trkit[vlm]']", add_help=False, prefix_chars="\0"
+    )
     sub.add_argument("rest", nargs=argparse.REMAINDER)
     sub.set_defaults(func=run)
 
@@ -34,7 +37,8 @@ def _missing_extra(name: str, help_: str, missing: str, subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trkit-vlm",
-        description="Adapt CLIP models with AdaRing cross-layer tensor-ring adapters (and the MMA baseline).")
+        description="Adapt CLIP models with AdaRing cross-layer tensor-ring adapters (and the MMA baseline).",
+    )
     parser.add_argument("--version", action="version", version=f"trkit-vlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:  # commands import their heavy dependencies lazily
         if (err.name or "").split(".")[0] not in VLM_EXTRA:
             raise
-        print(f"trkit-vlm {args.command}: needs the 'vlm' extra (missing module '{err.name}'): "
-              "pip install 'trkit[vlm]'", file=sys.stderr)
+        print(
+            f"trkit-vlm {args.command}: needs the 'vlm' extra (missing module '{err.name}'): pip install 'trkit[vlm]'",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -6,6 +6,7 @@ With a budget, every projection gets a short list of candidate fits (a sweep of 
 allocation upgrades, one step at a time, the projection whose squared relative error falls most per added
 parameter until the budget is spent. MMA's biases are kept exactly (per layer) and counted.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,6 +60,7 @@ def mma_projections(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[torch.
 @dataclass
 class CompressionResult:
     """What ``compress_mma`` built: an AdaRing config + tensors, and how close it is to the MMA set."""
+
     config: AdaRingConfig
     state_dict: dict[str, torch.Tensor]
     towers: dict
@@ -95,13 +97,19 @@ class CompressionResult:
     def table(self) -> str:
         lines = [f"{'projection':<12}{'ranks':>14}{'params':>10}{'dense':>10}{'rel.error':>11}  max layer err"]
         for p, r in self.projections.items():
-            lines.append(f"{p:<12}{str(tuple(r['ranks'])):>14}{r['n_params']:>10,}{r['dense_params']:>10,}"
-                         f"{r['rel_error']:>11.3e}  {max(r['layer_rel_errors']):.3e}")
-        lines.append(f"{'total':<12}{'':>14}{self.n_params:>10,}{self.mma_params:>10,}"
-                     f"  ({100 * self.fraction:.2f}% of MMA, incl. biases and 1 branch scale)")
+            lines.append(
+                f"{p:<12}{str(tuple(r['ranks'])):>14}{r['n_params']:>10,}{r['dense_params']:>10,}"
+                f"{r['rel_error']:>11.3e}  {max(r['layer_rel_errors']):.3e}"
+            )
+        lines.append(
+            f"{'total':<12}{'':>14}{self.n_params:>10,}{self.mma_params:>10,}"
+            f"  ({100 * self.fraction:.2f}% of MMA, incl. biases and 1 branch scale)"
+        )
         if self.output_rel_error:
-            lines.append("adapter output rel. error on N(0,1) inputs: "
-                         + ", ".join(f"{t} {e:.3e}" for t, e in self.output_rel_error.items()))
+            lines.append(
+                "adapter output rel. error on N(0,1) inputs: "
+                + ", ".join(f"{t} {e:.3e}" for t, e in self.output_rel_error.items())
+            )
         return "\n".join(lines)
 
 
@@ -129,8 +137,10 @@ def _allocate(cands: dict[str, list[CrossLayerTR]], budget_params: int) -> dict[
     pick = {p: 0 for p in front}
     used = sum(front[p][0].n_params for p in front) + 1
     if used > budget_params:
-        raise ValueError(f"budget of {budget_params:,} parameters is below the smallest AdaRing fit "
-                         f"({used:,} parameters with MMA's biases); raise --budget")
+        raise ValueError(
+            f"budget of {budget_params:,} parameters is below the smallest AdaRing fit "
+            f"({used:,} parameters with MMA's biases); raise --budget"
+        )
     while True:
         best, choice = 0.0, None
         for p, fits in front.items():
@@ -149,8 +159,13 @@ def _allocate(cands: dict[str, list[CrossLayerTR]], budget_params: int) -> dict[
     return {p: front[p][pick[p]] for p in front}
 
 
-def compress_mma(source, budget: float | None = 0.1, tol: float | None = None, towers: dict | None = None,
-                 model_name: str | None = None) -> CompressionResult:
+def compress_mma(
+    source,
+    budget: float | None = 0.1,
+    tol: float | None = None,
+    towers: dict | None = None,
+    model_name: str | None = None,
+) -> CompressionResult:
     """The AdaRing adapter (one branch, per-projection TR ranks) closest to a trained MMA adapter set.
 
     Args:
@@ -174,22 +189,32 @@ def compress_mma(source, budget: float | None = 0.1, tol: float | None = None, t
     dt, dv, h = proj["down_text"][0].shape[1], proj["down_image"][0].shape[1], mma_cfg.hidden
     if towers is None and model_name is not None:
         from trkit_vlm.models import tower_info_from_config
+
         towers = tower_info_from_config(model_name)
     if towers is None:
         towers = {"text": {"width": dt, "depth": tl[-1]}, "image": {"width": dv, "depth": il[-1]}}
     if (towers["text"]["width"], towers["image"]["width"]) != (dt, dv):
-        raise ValueError(f"checkpoint has text/image widths ({dt}, {dv}); the given backbone has "
-                         f"({towers['text']['width']}, {towers['image']['width']})")
+        raise ValueError(
+            f"checkpoint has text/image widths ({dt}, {dv}); the given backbone has "
+            f"({towers['text']['width']}, {towers['image']['width']})"
+        )
     n_mma = mma_param_count(dt, dv, h, len(tl))
     if tol is not None:
         fits = {p: _fit(w, b, tol) for p, (w, b) in proj.items()}
     else:
-        cands = {p: [_fit_ranks(w, b, r) for r in _RANKS] + [_fit(w, b, t) for t in _TOLS]
-                 for p, (w, b) in proj.items()}
+        cands = {
+            p: [_fit_ranks(w, b, r) for r in _RANKS] + [_fit(w, b, t) for t in _TOLS] for p, (w, b) in proj.items()
+        }
         fits = _allocate(cands, int(float(budget) * n_mma))
-    config = AdaRingConfig(hidden=h, ranks=[{p: list(fits[p].ranks) for p in PROJECTIONS}], bias="all",
-                           init="kaiming", text_layers=mma_cfg.text_layers, image_layers=mma_cfg.image_layers,
-                           scale=mma_cfg.scale)
+    config = AdaRingConfig(
+        hidden=h,
+        ranks=[{p: list(fits[p].ranks) for p in PROJECTIONS}],
+        bias="all",
+        init="kaiming",
+        text_layers=mma_cfg.text_layers,
+        image_layers=mma_cfg.image_layers,
+        scale=mma_cfg.scale,
+    )
     aset = config.build(towers)
     with torch.no_grad():
         for p in PROJECTIONS:
@@ -197,12 +222,25 @@ def compress_mma(source, budget: float | None = 0.1, tol: float | None = None, t
             for a, c in zip(tgt.cores, src.cores):
                 a.copy_(c)
             tgt.bias.copy_(src.bias)
-    report = {p: {"ranks": list(fits[p].ranks), "n_params": fits[p].n_params, "dense_params": fits[p].dense_params,
-                  "rel_error": float(fits[p].fit_info["rel_error"]),
-                  "layer_rel_errors": [float(e) for e in fits[p].fit_info["layer_rel_errors"]]} for p in PROJECTIONS}
+    report = {
+        p: {
+            "ranks": list(fits[p].ranks),
+            "n_params": fits[p].n_params,
+            "dense_params": fits[p].dense_params,
+            "rel_error": float(fits[p].fit_info["rel_error"]),
+            "layer_rel_errors": [float(e) for e in fits[p].fit_info["layer_rel_errors"]],
+        }
+        for p in PROJECTIONS
+    }
     state = {k: v.detach().float().clone() for k, v in aset.state_dict().items()}
-    result = CompressionResult(config=config, state_dict=state, towers=towers, projections=report,
-                               n_params=sum(v.numel() for v in state.values()), mma_params=n_mma)
+    result = CompressionResult(
+        config=config,
+        state_dict=state,
+        towers=towers,
+        projections=report,
+        n_params=sum(v.numel() for v in state.values()),
+        mma_params=n_mma,
+    )
     result.output_rel_error = _output_error(sd, mma_cfg, towers, result.adapter_set())
     return result
 

@@ -5,6 +5,7 @@
 >>> cfg.optim.lr, cfg.data.shots
 (0.002, 4)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,69 +21,76 @@ METHODS = ("mma", "adaring")
 @dataclass
 class DataConfig:
     """Which images, how many, and how they are fed."""
-    dataset: str = "caltech101"       # CoOp name, "coop" (own split JSON), "folder" or "fashion_mnist"
-    root: str | None = "data"         # CoOp data root / dataset folder / ImageFolder tree
-    split_file: str | None = None     # "coop" only: the split_zhou_*.json (auto when None)
-    image_dir: str | None = None      # "coop" only: image folder under root (auto when None)
+
+    dataset: str = "caltech101"  # CoOp name, "coop" (own split JSON), "folder" or "fashion_mnist"
+    root: str | None = "data"  # CoOp data root / dataset folder / ImageFolder tree
+    split_file: str | None = None  # "coop" only: the split_zhou_*.json (auto when None)
+    image_dir: str | None = None  # "coop" only: image folder under root (auto when None)
     classnames: list[str] | None = None  # expected class names; a split that differs is an error
-    shots: int = 16                   # images per class (<= 0: the whole train split)
-    subsample: str = "base"           # classes trained on: "base" (base-to-novel) or "all"
+    shots: int = 16  # images per class (<= 0: the whole train split)
+    subsample: str = "base"  # classes trained on: "base" (base-to-novel) or "all"
     template: str = "a photo of a {}."
-    augment: bool = True              # random resized crop + flip (CoOp); False = fixed eval view
-    cached_views: int = 0             # > 0: that many fixed augmented views per image (prefix-cacheable)
+    augment: bool = True  # random resized crop + flip (CoOp); False = fixed eval view
+    cached_views: int = 0  # > 0: that many fixed augmented views per image (prefix-cacheable)
     num_workers: int = 0
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and schedule (MMA's ViT-B/16 recipe by default)."""
-    name: str = "sgd"                 # "sgd" or "adamw"
+
+    name: str = "sgd"  # "sgd" or "adamw"
     lr: float = 0.0015
     weight_decay: float = 5e-4
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     epochs: int = 5
-    batch_size: int = 16              # global batch (split over processes under torchrun)
+    batch_size: int = 16  # global batch (split over processes under torchrun)
     eval_batch_size: int = 100
-    warmup_epochs: float = 0.0        # linear warm-up, then cosine to 0, stepped per optimiser step
-    grad_accum: int = 1               # micro-batches per optimiser step
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine to 0, stepped per optimiser step
+    grad_accum: int = 1  # micro-batches per optimiser step
     max_grad_norm: float | None = None
 
 
 @dataclass
 class LossConfig:
     """Generalisation-aware loss weights (0 switches a term off)."""
-    lambda_text: float = 0.0          # lambda_t * (1 - cos(text_adapted, text_frozen))
-    lambda_image: float = 0.0         # lambda_v * L1(image_adapted, image_frozen)
+
+    lambda_text: float = 0.0  # lambda_t * (1 - cos(text_adapted, text_frozen))
+    lambda_image: float = 0.0  # lambda_v * L1(image_adapted, image_frozen)
 
 
 @dataclass
 class RunConfig:
     """Everything that defines a run; the output folder is ``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
+
     model: str = "ViT-B-16"
-    pretrained: str | None = None     # local checkpoint file; None = random weights (warned)
+    pretrained: str | None = None  # local checkpoint file; None = random weights (warned)
     model_config: dict[str, Any] | None = None  # open_clip config registered under `model` (custom models)
-    method: str = "adaring"           # "mma" or "adaring"
+    method: str = "adaring"  # "mma" or "adaring"
     adapter: dict[str, Any] = field(default_factory=dict)  # fields of MMAConfig / AdaRingConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 1
-    amp: str = "auto"                 # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
-    device: str = "auto"              # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     output_dir: str = "output"
-    prefix_cache: str = "auto"        # "auto" (on when views are fixed), "memory", "disk", "off"
-    cache_dir: str | None = None      # disk prefix cache folder (default: <output_dir>/cache)
-    log_every: int = 10               # JSONL step-log interval (optimiser steps)
-    eval_every: int = 0               # > 0: evaluate every that many epochs as well as at the end
+    prefix_cache: str = "auto"  # "auto" (on when views are fixed), "memory", "disk", "off"
+    cache_dir: str | None = None  # disk prefix cache folder (default: <output_dir>/cache)
+    log_every: int = 10  # JSONL step-log interval (optimiser steps)
+    eval_every: int = 0  # > 0: evaluate every that many epochs as well as at the end
 
     def run_dir(self) -> Path:
         """``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
-        return Path(self.output_dir) / self.dataset_key() / self.method / f"shots_{self.data.shots}" / f"seed{self.seed}"
+        return (
+            Path(self.output_dir) / self.dataset_key() / self.method / f"shots_{self.data.shots}" / f"seed{self.seed}"
+        )
 
     def dataset_key(self) -> str:
         """The dataset's folder name under ``output_dir`` (a user folder's own name for "folder"/"coop")."""
         from trkit_vlm.data.datasets import canonical_name
+
         name = canonical_name(self.data.dataset)
         if name in ("folder", "coop") and self.data.root:
             name = Path(self.data.root).name
@@ -103,9 +111,12 @@ class RunConfig:
             raise ValueError(f"prefix_cache must be 'auto', 'memory', 'disk' or 'off', got {self.prefix_cache!r}")
         if self.data.subsample not in ("base", "all"):
             raise ValueError(f"data.subsample must be 'base' or 'all', got {self.data.subsample!r}")
-        for name, v in (("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size),
-                        ("optim.grad_accum", self.optim.grad_accum),
-                        ("optim.eval_batch_size", self.optim.eval_batch_size)):
+        for name, v in (
+            ("optim.epochs", self.optim.epochs),
+            ("optim.batch_size", self.optim.batch_size),
+            ("optim.grad_accum", self.optim.grad_accum),
+            ("optim.eval_batch_size", self.optim.eval_batch_size),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.data.cached_views < 0:
@@ -150,6 +161,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
+
         try:
             d = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -164,6 +176,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
 
 def _parse_value(text: str) -> Any:
     import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -195,4 +208,5 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write the config as JSON (atomically)."""
     from trkit_vlm.checkpoint import atomic_write_text
+
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))

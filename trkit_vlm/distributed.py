@@ -3,6 +3,7 @@
 ``torchrun --nproc_per_node N -m trkit_vlm.train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 we then use DistributedDataParallel with the ``nccl`` backend on CUDA and ``gloo`` on CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import torch.distributed as dist
 @dataclass
 class DistInfo:
     """This process's place in the job."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0

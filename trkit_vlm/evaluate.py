@@ -3,6 +3,7 @@
 Text features are computed once per class list; image features once per test split, then scored
 against each class list (base, novel, all), so a base-to-novel evaluation reads every test image once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,13 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def text_features(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
-                  template: str = "a photo of a {}.", amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def text_features(
+    model: nn.Module,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    template: str = "a photo of a {}.",
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """L2-normalised class text features ``(C, D)`` (float32)."""
     device = _device(model)
     with _autocast(device, amp_dtype):
@@ -42,16 +48,22 @@ def text_features(model: nn.Module, tokenizer: Callable, classnames: Sequence[st
 
 
 @torch.no_grad()
-def image_features(model: nn.Module, records: list[Record], transform: Callable | None = None,
-                   batch_size: int = 100, num_workers: int = 0,
-                   amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def image_features(
+    model: nn.Module,
+    records: list[Record],
+    transform: Callable | None = None,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised image features ``(N, D)`` (float32) and labels ``(N,)`` of ``records``."""
     device = _device(model)
     if transform is None:
         transform = build_transforms(model, augment=False)[1]
     ds = ImageDataset(records, transform, preprocess_config(model))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
-                                         num_workers=0 if ds.preloaded is not None else num_workers)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=0 if ds.preloaded is not None else num_workers
+    )
     feats, labels = [], []
     for x, y, _ in loader:
         with _autocast(device, amp_dtype):
@@ -68,9 +80,17 @@ def accuracy_from_features(img: torch.Tensor, labels: torch.Tensor, txt: torch.T
     return 100.0 * (pred == labels.to(pred.device)).float().mean().item()
 
 
-def evaluate(model: nn.Module, tokenizer: Callable, data_split: list[Record], classnames: Sequence[str],
-             template: str = "a photo of a {}.", batch_size: int = 100, transform: Callable | None = None,
-             num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    tokenizer: Callable,
+    data_split: list[Record],
+    classnames: Sequence[str],
+    template: str = "a photo of a {}.",
+    batch_size: int = 100,
+    transform: Callable | None = None,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
     """Top-1 accuracy (%) of ``model`` on ``data_split`` (labels index ``classnames``)."""
     was_training = model.training
     model.eval()
@@ -82,10 +102,17 @@ def evaluate(model: nn.Module, tokenizer: Callable, data_split: list[Record], cl
     return accuracy_from_features(img, labels, txt)
 
 
-def evaluate_base_novel(model: nn.Module, tokenizer: Callable, data: ClassificationData,
-                        template: str = "a photo of a {}.", batch_size: int = 100, split: str = "test",
-                        transform: Callable | None = None, num_workers: int = 0,
-                        amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate_base_novel(
+    model: nn.Module,
+    tokenizer: Callable,
+    data: ClassificationData,
+    template: str = "a photo of a {}.",
+    batch_size: int = 100,
+    split: str = "test",
+    transform: Callable | None = None,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Base, novel, HM and all-class accuracy (%) on ``data`` with all its classes.
 
     Base/novel follow CoOp: base = labels ``< ceil(n/2)``, each subset classified among its own
@@ -105,7 +132,7 @@ def evaluate_base_novel(model: nn.Module, tokenizer: Callable, data: Classificat
         if not labs or not bool(mask.any()):
             continue
         # Scoring against the subset's own text features = CoOp's relabelled subset evaluation.
-        out[name] = accuracy_from_features(img[mask], labels[mask] - labs[0], txt[labs[0]:labs[-1] + 1])
+        out[name] = accuracy_from_features(img[mask], labels[mask] - labs[0], txt[labs[0] : labs[-1] + 1])
         out[f"n_{name}"] = int(mask.sum())
     if "base" in out and "novel" in out:
         out["hm"] = harmonic_mean(out["base"], out["novel"])

@@ -3,6 +3,7 @@
 ``L = CE(logits, y) + lambda_text * mean(1 - cos(t, t_frozen)) + lambda_image * L1(f, f_frozen)``,
 frozen features computed by the same model with its adapters switched off.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -35,10 +36,15 @@ class GeneralizationAwareLoss(nn.Module):
         self.lambda_text, self.lambda_image = float(lambda_text), float(lambda_image)
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                text_feat: torch.Tensor | None = None, text_feat_frozen: torch.Tensor | None = None,
-                image_feat: torch.Tensor | None = None, image_feat_frozen: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        text_feat: torch.Tensor | None = None,
+        text_feat_frozen: torch.Tensor | None = None,
+        image_feat: torch.Tensor | None = None,
+        image_feat_frozen: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Args: logits ``(B, C)``, labels ``(B,)``, text features ``(C, D)``, image features ``(B, D)``.
 
         Returns ``(total, parts)``; ``parts`` holds detached ``ce``, ``text``, ``image``, ``total``.

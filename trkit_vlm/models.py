@@ -4,6 +4,7 @@
 warning), a local checkpoint file (an open_clip state dict or OpenAI's released TorchScript file) or a
 hub tag (needs internet; offline it fails fast with a clear message).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,17 @@ import torch
 from torch import nn
 
 __all__ = [
-    "TINY_CONFIG", "ClipBundle", "load_clip", "register_model_config", "registered_model_configs", "encode_text",
-    "encode_image", "clip_logits", "clip_towers", "tower_info", "tower_info_from_config",
+    "TINY_CONFIG",
+    "ClipBundle",
+    "load_clip",
+    "register_model_config",
+    "registered_model_configs",
+    "encode_text",
+    "encode_image",
+    "clip_logits",
+    "clip_towers",
+    "tower_info",
+    "tower_info_from_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,7 @@ _CUSTOM_CONFIGS: dict[str, dict] = {}
 @dataclass
 class ClipBundle:
     """A model with what is needed to feed it."""
+
     model: nn.Module
     preprocess_train: Callable
     preprocess_val: Callable
@@ -59,8 +70,9 @@ def register_model_config(name: str, config: dict) -> None:
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
-        raise ValueError(f"model config {name!r} lacks {missing}; an open_clip config needs "
-                         "'embed_dim', 'vision_cfg' and 'text_cfg'")
+        raise ValueError(
+            f"model config {name!r} lacks {missing}; an open_clip config needs 'embed_dim', 'vision_cfg' and 'text_cfg'"
+        )
     _CUSTOM_CONFIGS[name] = copy.deepcopy(config)
     _sync_configs()
 
@@ -72,6 +84,7 @@ def registered_model_configs() -> list[str]:
 
 def _sync_configs() -> None:
     import open_clip.factory as f
+
     for k, v in _CUSTOM_CONFIGS.items():
         f._MODEL_CONFIGS[k] = copy.deepcopy(v)
 
@@ -84,8 +97,13 @@ def _is_torchscript_archive(path: str) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def load_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
-              precision: str = "fp32", quick_gelu: bool | None = None) -> ClipBundle:
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    quick_gelu: bool | None = None,
+) -> ClipBundle:
     """Build an open_clip CLIP model, its train/val transforms and tokenizer.
 
     Args:
@@ -103,9 +121,11 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     _sync_configs()
     if open_clip.get_model_config(name.replace("/", "-")) is None:
-        raise ValueError(f"unknown open_clip model {name!r}; known: ViT-B-16, ViT-B-32, ViT-L-14, ... "
-                         f"(open_clip.list_models()) or a name added with register_model_config "
-                         f"(registered here: {registered_model_configs()})")
+        raise ValueError(
+            f"unknown open_clip model {name!r}; known: ViT-B-16, ViT-B-32, ViT-L-14, ... "
+            f"(open_clip.list_models()) or a name added with register_model_config "
+            f"(registered here: {registered_model_configs()})"
+        )
     jit_state = None
     if pretrained is not None:
         pretrained = os.fspath(pretrained)
@@ -113,8 +133,9 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             jit_state = _openai_state_dict(pretrained)
             if quick_gelu is None:
                 quick_gelu = True
-        elif not os.path.isfile(pretrained) and (os.sep in pretrained or pretrained.endswith(
-                (".pt", ".pth", ".bin", ".safetensors", ".tar"))):
+        elif not os.path.isfile(pretrained) and (
+            os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar"))
+        ):
             raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
     kwargs: dict[str, Any] = {"device": device, "precision": precision}
     if quick_gelu:
@@ -124,7 +145,9 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         warnings.warn(
             f"trkit_vlm.load_clip({name!r}): RANDOM weights (pretrained=None). This is NOT pretrained CLIP; "
             "use it for shapes, parameter counts and speed only. Pass a local checkpoint file for real weights.",
-            UserWarning, stacklevel=2)
+            UserWarning,
+            stacklevel=2,
+        )
     use_file = pretrained if (pretrained is not None and jit_state is None) else None
     try:
         with quiet_random_init():
@@ -132,15 +155,17 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     except RuntimeError as err:
         msg = str(err)
         if use_file is not None and os.path.isfile(use_file):
-            raise ValueError(f"checkpoint {use_file} does not match architecture {name!r}: "
-                             f"{_first_lines(msg)}") from err
+            raise ValueError(
+                f"checkpoint {use_file} does not match architecture {name!r}: {_first_lines(msg)}"
+            ) from err
         if use_file is not None:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise RuntimeError(
                 f"could not get weights {use_file!r} for {name!r} from the hub"
                 f"{' (HF_HUB_OFFLINE=1: no downloads)' if offline else ''}. Without internet, pass a local "
                 f"checkpoint file: load_clip({name!r}, pretrained='/path/to/weights.pt'). Cause: "
-                f"{_first_lines(msg)}") from err
+                f"{_first_lines(msg)}"
+            ) from err
         raise
     if jit_state is not None:
         # Scripted archives may carry non-persistent buffers (attn_mask) the model rebuilds itself.
@@ -149,13 +174,20 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         try:
             model.load_state_dict(jit_state, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"OpenAI checkpoint {pretrained} does not match architecture {name!r}: "
-                             f"{_first_lines(str(err))}") from err
+            raise ValueError(
+                f"OpenAI checkpoint {pretrained} does not match architecture {name!r}: {_first_lines(str(err))}"
+            ) from err
         model.to(device)
     tokenizer = open_clip.get_tokenizer(name.replace("/", "-"))
     model.eval()
-    return ClipBundle(model=model, preprocess_train=pre_train, preprocess_val=pre_val,
-                      tokenizer=tokenizer, name=name, pretrained=pretrained)
+    return ClipBundle(
+        model=model,
+        preprocess_train=pre_train,
+        preprocess_val=pre_val,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=pretrained,
+    )
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -205,8 +237,10 @@ def clip_towers(model: nn.Module) -> dict[str, nn.Module]:
         text = getattr(getattr(model, "text", None), "transformer", None)
     for tower, t in (("image", image), ("text", text)):
         if t is None or not hasattr(t, "resblocks"):
-            raise TypeError(f"{type(model).__name__} has no open_clip {tower} transformer with resblocks; "
-                            "trkit_vlm adapters need a ViT-style open_clip CLIP (ViT-B-16, ViT-B-32, ViT-L-14, ...)")
+            raise TypeError(
+                f"{type(model).__name__} has no open_clip {tower} transformer with resblocks; "
+                "trkit_vlm adapters need a ViT-style open_clip CLIP (ViT-B-16, ViT-B-32, ViT-L-14, ...)"
+            )
     return {"text": text, "image": image}
 
 
@@ -219,8 +253,13 @@ def tower_info(model: nn.Module) -> dict[str, dict[str, int]]:
     return out
 
 
-def encode_text(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
-                template: str = "a photo of a {}.", device: str | torch.device | None = None) -> torch.Tensor:
+def encode_text(
+    model: nn.Module,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    template: str = "a photo of a {}.",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """L2-normalised text features ``(C, D)`` of ``template.format(classname)`` (underscores -> spaces)."""
     if isinstance(classnames, str):
         raise TypeError("classnames must be a list of strings, not one string")
@@ -253,5 +292,7 @@ def tower_info_from_config(name: str) -> dict[str, dict[str, int]]:
     if "timm_model_name" in v or "hf_model_name" in t:
         raise TypeError(f"{name!r} uses a timm/HF tower; trkit_vlm adapters need open_clip transformer towers")
     # Defaults are open_clip's CLIPTextCfg / CLIPVisionCfg defaults.
-    return {"text": {"width": int(t.get("width", 512)), "depth": int(t.get("layers", 12))},
-            "image": {"width": int(v.get("width", 768)), "depth": int(v.get("layers", 12))}}
+    return {
+        "text": {"width": int(t.get("width", 512)), "depth": int(t.get("layers", 12))},
+        "image": {"width": int(v.get("width", 768)), "depth": int(v.get("layers", 12))},
+    }

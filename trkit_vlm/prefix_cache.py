@@ -10,6 +10,7 @@ patch embedding, class token, positional embedding, patch dropout, ``ln_pre``; t
 ``_pool`` = ``ln_post`` and token pooling in the configured order; ``@ proj``. ``CLIP.encode_text``:
 token + positional embedding, blocks with the causal mask, ``ln_final``, EOT pooling, projection).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -148,12 +149,12 @@ def text_prefix(model: nn.Module, text: torch.Tensor, n_layers: int) -> torch.Te
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast_dtype)
     x = x + model.positional_embedding[:n].to(cast_dtype)
-    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers],
-                       attn_mask=_causal_mask(model, n))
+    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers], attn_mask=_causal_mask(model, n))
 
 
-def text_suffix(model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_layers: int,
-                normalize: bool = True) -> torch.Tensor:
+def text_suffix(
+    model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_layers: int, normalize: bool = True
+) -> torch.Tensor:
     """Text features from prefix states (``text`` = the token ids, for EOT pooling): ``(C, embed_dim)``.
 
     ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``, also
@@ -162,8 +163,12 @@ def text_suffix(model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_la
     from open_clip.transformer import text_global_pool
 
     with tower_pass(model, "text"):
-        x = _run_blocks(model.transformer, states, model.transformer.resblocks[n_layers:],
-                        attn_mask=_causal_mask(model, states.shape[1]))
+        x = _run_blocks(
+            model.transformer,
+            states,
+            model.transformer.resblocks[n_layers:],
+            attn_mask=_causal_mask(model, states.shape[1]),
+        )
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
@@ -172,6 +177,7 @@ def text_suffix(model: nn.Module, states: torch.Tensor, text: torch.Tensor, n_la
 
 
 # ------------------------------------------------------------------ token store for fixed image views
+
 
 def _weights_digest(model: nn.Module, n_layers: int) -> str:
     """Hash of every weight the image prefix uses (random-weight models differ per seed)."""
@@ -212,9 +218,17 @@ def _source_digest(records: list) -> str:
 
 
 @torch.no_grad()
-def build_image_cache(model: nn.Module, records: list, view_transform, n_views: int, n_layers: int,
-                      frozen_features: bool = False, batch_size: int = 64,
-                      disk_dir: str | None = None, describe: str = "") -> dict[str, torch.Tensor]:
+def build_image_cache(
+    model: nn.Module,
+    records: list,
+    view_transform,
+    n_views: int,
+    n_layers: int,
+    frozen_features: bool = False,
+    batch_size: int = 64,
+    disk_dir: str | None = None,
+    describe: str = "",
+) -> dict[str, torch.Tensor]:
     """Prefix tokens (and optionally frozen image features) of every record's fixed views.
 
     Args:
@@ -238,8 +252,18 @@ def build_image_cache(model: nn.Module, records: list, view_transform, n_views: 
 
     path = None
     if disk_dir is not None:
-        key = hashlib.sha256(json.dumps([_weights_digest(model, n_layers), _source_digest(records),
-                                         n_views, n_layers, describe, bool(frozen_features)]).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    _weights_digest(model, n_layers),
+                    _source_digest(records),
+                    n_views,
+                    n_layers,
+                    describe,
+                    bool(frozen_features),
+                ]
+            ).encode()
+        ).hexdigest()
         path = Path(disk_dir) / f"prefix_{key[:24]}.pt"
         if path.is_file():
             try:
@@ -253,7 +277,7 @@ def build_image_cache(model: nn.Module, records: list, view_transform, n_views: 
     flat = [(i, v) for i in range(len(records)) for v in range(n_views)]
     try:
         for start in range(0, len(flat), batch_size):
-            chunk = flat[start:start + batch_size]
+            chunk = flat[start : start + batch_size]
             x = torch.stack([view_transform(i, v) for i, v in chunk]).to(device)
             t = image_prefix(model, x, n_layers)
             tokens.append(t.cpu())

@@ -8,6 +8,7 @@ MMA, AdaRing, and two AdaRing ablations, 16 shots of the 5 base classes, seeds 1
 The small model is NOT OpenAI CLIP; its numbers are not comparable with published ones. The same
 methods on a real ViT-B/16 checkpoint and the 11 CoOp datasets: ``trkit-vlm train`` (docs/tutorials).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,7 @@ from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
 MMA_OPTIM = {"name": "sgd", "lr": 0.05, "epochs": 20, "batch_size": 16, "weight_decay": 5e-4}
 # The tensor-ring product of three cores under MMA's 1/scale gradient rule diverges at these learning
 # rates without gradient-norm clipping (chance accuracy on validation); with it, it needs more epochs.
-ADARING_OPTIM = {"name": "sgd", "lr": 0.1, "epochs": 40, "batch_size": 16, "weight_decay": 5e-4,
-                 "max_grad_norm": 1.0}
+ADARING_OPTIM = {"name": "sgd", "lr": 0.1, "epochs": 40, "batch_size": 16, "weight_decay": 5e-4, "max_grad_norm": 1.0}
 OPTIM = MMA_OPTIM  # the default recipe for a variant that names none
 # Fixed views (no random crops at 28 px), so the frozen prefix (layers 1-2) is computed once per image.
 DATA = {"augment": False}
@@ -54,6 +54,7 @@ ZERO_SHOT = "zero-shot"
 @dataclass
 class QuickstartConfig:
     """What the quickstart runs. ``quick`` settings (tests) shrink everything."""
+
     output_dir: str = "output/quickstart"
     seeds: tuple[int, ...] = (1, 2, 3)
     shots: int = 16
@@ -61,10 +62,10 @@ class QuickstartConfig:
     eval_split: str = "test"
     eval_per_class: int | None = None
     variants: dict = field(default_factory=lambda: copy.deepcopy(VARIANTS))
-    optim: dict | None = None          # overrides every variant's own recipe when set (tests, sweeps)
+    optim: dict | None = None  # overrides every variant's own recipe when set (tests, sweeps)
     data: dict = field(default_factory=lambda: dict(DATA))
-    recipe: Any = None                 # small_clip.PretrainRecipe (None = default)
-    cache_dir: str | None = None       # small-CLIP cache root (None = $TRKIT_CACHE or ~/.cache/trkit)
+    recipe: Any = None  # small_clip.PretrainRecipe (None = default)
+    cache_dir: str | None = None  # small-CLIP cache root (None = $TRKIT_CACHE or ~/.cache/trkit)
 
 
 def _slug(label: str) -> str:
@@ -74,17 +75,26 @@ def _slug(label: str) -> str:
 def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> "RunConfig":  # noqa: F821
     """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
     from trkit_vlm.config import DataConfig, LossConfig, OptimConfig, RunConfig
+
     method, adapter, loss, *rest = qc.variants[label]
     optim = qc.optim if qc.optim is not None else (rest[0] if rest else OPTIM)
-    return RunConfig(model=bundle.name, pretrained=bundle.pretrained, method=method, adapter=dict(adapter),
-                     data=DataConfig(dataset="fashion_mnist", root=None, shots=qc.shots, subsample="base",
-                                     **qc.data),
-                     optim=OptimConfig(**optim), loss=LossConfig(**loss), seed=seed,
-                     output_dir=str(Path(qc.output_dir) / "runs" / _slug(label)), log_every=1000)
+    return RunConfig(
+        model=bundle.name,
+        pretrained=bundle.pretrained,
+        method=method,
+        adapter=dict(adapter),
+        data=DataConfig(dataset="fashion_mnist", root=None, shots=qc.shots, subsample="base", **qc.data),
+        optim=OptimConfig(**optim),
+        loss=LossConfig(**loss),
+        seed=seed,
+        output_dir=str(Path(qc.output_dir) / "runs" / _slug(label)),
+        log_every=1000,
+    )
 
 
-def run_quickstart(qc: QuickstartConfig | None = None, progress: bool = True, bundle=None, data=None,
-                   log=print) -> dict:
+def run_quickstart(
+    qc: QuickstartConfig | None = None, progress: bool = True, bundle=None, data=None, log=print
+) -> dict:
     """Run every variant for every seed; write and return the results.
 
     Args:
@@ -115,24 +125,40 @@ def run_quickstart(qc: QuickstartConfig | None = None, progress: bool = True, bu
     zs = evaluate_base_novel(bundle.model, bundle.tokenizer, data, "a photo of a {}.")
     zs_time = time.perf_counter() - t0
     for seed in qc.seeds:  # no training, no sampling: the same for every seed
-        runs.append({"method": ZERO_SHOT, "seed": seed, **zs, "n_trainable": 0, "train_time_s": 0.0,
-                     "eval_time_s": zs_time})
+        runs.append(
+            {"method": ZERO_SHOT, "seed": seed, **zs, "n_trainable": 0, "train_time_s": 0.0, "eval_time_s": zs_time}
+        )
     log(f"{ZERO_SHOT:<22} base {zs['base']:.2f} novel {zs['novel']:.2f} HM {zs['hm']:.2f}")
     for label in qc.variants:
         for seed in qc.seeds:
             cfg = run_config(qc, label, seed, bundle)
             m = train(cfg, bundle=bundle, data=data, progress=False)
-            runs.append({"method": label, "seed": seed, **{k: m[k] for k in ("base", "novel", "hm", "all")},
-                         "n_trainable": m["n_trainable"], "train_time_s": m["train_time_s"],
-                         "eval_time_s": m["eval_time_s"], "run_dir": m["run_dir"]})
-            log(f"{label:<22} seed {seed}: base {m['base']:.2f} novel {m['novel']:.2f} HM {m['hm']:.2f} "
-                f"({m['n_trainable']:,} params, train {m['train_time_s']:.1f} s, eval {m['eval_time_s']:.1f} s)")
+            runs.append(
+                {
+                    "method": label,
+                    "seed": seed,
+                    **{k: m[k] for k in ("base", "novel", "hm", "all")},
+                    "n_trainable": m["n_trainable"],
+                    "train_time_s": m["train_time_s"],
+                    "eval_time_s": m["eval_time_s"],
+                    "run_dir": m["run_dir"],
+                }
+            )
+            log(
+                f"{label:<22} seed {seed}: base {m['base']:.2f} novel {m['novel']:.2f} HM {m['hm']:.2f} "
+                f"({m['n_trainable']:,} params, train {m['train_time_s']:.1f} s, eval {m['eval_time_s']:.1f} s)"
+            )
     rows = aggregate_runs(runs)
     info = pretrain_info(qc.recipe, qc.cache_dir) if bundle.pretrained else None
     result = {
-        "rows": rows, "runs": runs, "total_time_s": time.perf_counter() - t_all,
-        "config": _jsonable(qc), "model": bundle.name, "weights": bundle.pretrained,
-        "pretraining": (info or {}).get("metrics"), "n_test": {"base": zs.get("n_base"), "novel": zs.get("n_novel")},
+        "rows": rows,
+        "runs": runs,
+        "total_time_s": time.perf_counter() - t_all,
+        "config": _jsonable(qc),
+        "model": bundle.name,
+        "weights": bundle.pretrained,
+        "pretraining": (info or {}).get("metrics"),
+        "n_test": {"base": zs.get("n_base"), "novel": zs.get("n_novel")},
         "env": _env(),
     }
     result["paths"] = write_results(result, qc.output_dir)
@@ -143,6 +169,7 @@ def aggregate_runs(runs: list[dict]) -> list[dict]:
     """Per method: base/novel mean ± sample std over seeds, HM of the means (± std of per-seed HM),
     trainable parameters, mean train time per run. Same conventions as ``trkit_vlm.report``."""
     from trkit_vlm.evaluate import harmonic_mean
+
     out = []
     for label in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == label]
@@ -161,22 +188,28 @@ def aggregate_runs(runs: list[dict]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     """The quickstart table (methods as rows)."""
-    lines = ["| method | Base | Novel | HM | trainable params | % of MMA | train time / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | Base | Novel | HM | trainable params | % of MMA | train time / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         pct = f"{100 * r['params_vs_mma']:.1f}%" if r.get("params_vs_mma") is not None else "–"
         t = f"{r['train_time_s']:.1f} s" if r["n_trainable"] else "–"
-        lines.append(f"| {r['method']} | {r['base_mean']:.2f} ± {r['base_std']:.2f} | {r['novel_mean']:.2f} ± "
-                     f"{r['novel_std']:.2f} | {r['hm_mean']:.2f} ± {r['hm_std']:.2f} | {r['n_trainable']:,} | "
-                     f"{pct} | {t} |")
+        lines.append(
+            f"| {r['method']} | {r['base_mean']:.2f} ± {r['base_std']:.2f} | {r['novel_mean']:.2f} ± "
+            f"{r['novel_std']:.2f} | {r['hm_mean']:.2f} ± {r['hm_std']:.2f} | {r['n_trainable']:,} | "
+            f"{pct} | {t} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot_png(rows: list[dict], title: str = "") -> bytes:
     """Bars of Base, Novel and HM per method with the seed std as error bars (matplotlib Agg)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.26
     x = np.arange(len(rows))
@@ -202,13 +235,15 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
 def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md`` and ``results.png`` under ``out_dir`` (atomic writes)."""
     from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "png": out / "results.png"}
     seeds = sorted({r["seed"] for r in result["runs"]})
     atomic_write_text(paths["markdown"], markdown_table(result["rows"]) + _table_note(result, seeds))
-    title = (f"Small Fashion-MNIST CLIP (not OpenAI CLIP), contrast shift, {len(seeds)} seeds; "
-             f"16 shots of 5 base classes")
+    title = (
+        f"Small Fashion-MNIST CLIP (not OpenAI CLIP), contrast shift, {len(seeds)} seeds; 16 shots of 5 base classes"
+    )
     atomic_write_bytes(paths["png"], plot_png(result["rows"], title))
     paths_s = {k: str(v) for k, v in paths.items()}
     atomic_write_text(paths["json"], json.dumps({**result, "paths": paths_s}, indent=2))
@@ -217,10 +252,12 @@ def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:
 
 def _table_note(result: dict, seeds: list[int]) -> str:
     n = result.get("n_test") or {}
-    return (f"\nMean ± sample std over seeds {seeds}; HM = 2·B·N/(B+N) of the mean Base and Novel (± std of "
-            f"per-seed HM). 5-way accuracy on {n.get('base')} base / {n.get('novel')} novel test images. "
-            f"Model: the project's small CLIP pre-trained on Fashion-MNIST (not OpenAI CLIP; not comparable "
-            f"with published numbers).\n")
+    return (
+        f"\nMean ± sample std over seeds {seeds}; HM = 2·B·N/(B+N) of the mean Base and Novel (± std of "
+        f"per-seed HM). 5-way accuracy on {n.get('base')} base / {n.get('novel')} novel test images. "
+        f"Model: the project's small CLIP pre-trained on Fashion-MNIST (not OpenAI CLIP; not comparable "
+        f"with published numbers).\n"
+    )
 
 
 def _jsonable(qc: QuickstartConfig) -> dict:
@@ -234,11 +271,17 @@ def _env() -> dict:
     import platform
 
     import torch
+
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    }

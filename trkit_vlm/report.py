@@ -6,6 +6,7 @@ same (dataset, method, shots, class subset) are averaged: Base and Novel as mean
 with the std of per-seed HMs beside it. The "Average" block averages the per-dataset means of the
 datasets a method has results on (its count is shown).
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,9 +56,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["dataset"], r["method"], r.get("shots"), r.get("subsample", "base"))].append(r)
     out = []
     for (dataset, method, shots, subsample), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        row: dict[str, Any] = {"dataset": dataset, "method": method, "shots": shots, "subsample": subsample,
-                               "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs),
-                               "n_trainable": rs[0].get("n_trainable")}
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "method": method,
+            "shots": shots,
+            "subsample": subsample,
+            "n_seeds": len(rs),
+            "seeds": sorted(r["seed"] for r in rs),
+            "n_trainable": rs[0].get("n_trainable"),
+        }
         for k in METRICS:
             vals = [float(r[k]) for r in rs if r.get(k) is not None]
             if vals:
@@ -75,9 +82,14 @@ def average_over_datasets(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["method"], r["shots"], r["subsample"])].append(r)
     out = []
     for (method, shots, subsample), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        row: dict[str, Any] = {"dataset": f"Average ({len(rs)})", "method": method, "shots": shots,
-                               "subsample": subsample, "n_seeds": min(r["n_seeds"] for r in rs),
-                               "n_trainable": rs[0].get("n_trainable")}
+        row: dict[str, Any] = {
+            "dataset": f"Average ({len(rs)})",
+            "method": method,
+            "shots": shots,
+            "subsample": subsample,
+            "n_seeds": min(r["n_seeds"] for r in rs),
+            "n_trainable": rs[0].get("n_trainable"),
+        }
         for k in ("base", "novel", "all"):
             vals = [r[f"{k}_mean"] for r in rs if f"{k}_mean" in r]
             if len(vals) == len(rs):
@@ -104,15 +116,23 @@ def markdown_tables(agg: list[dict[str, Any]]) -> str:
     for r in avg + agg:
         by_ds[r["dataset"]].append(r)
     for ds, rs in by_ds.items():
-        lines = [f"### {ds}", "", "| method | shots | seeds | Base | Novel | HM | All | trainable params |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"### {ds}",
+            "",
+            "| method | shots | seeds | Base | Novel | HM | All | trainable params |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rs:
             n_tr = f"{r['n_trainable']:,}" if isinstance(r.get("n_trainable"), int) else "–"
-            lines.append(f"| {r['method']} | {r['shots']} | {r['n_seeds']} | {_cell(r, 'base')} | "
-                         f"{_cell(r, 'novel')} | {_cell(r, 'hm')} | {_cell(r, 'all')} | {n_tr} |")
+            lines.append(
+                f"| {r['method']} | {r['shots']} | {r['n_seeds']} | {_cell(r, 'base')} | "
+                f"{_cell(r, 'novel')} | {_cell(r, 'hm')} | {_cell(r, 'all')} | {n_tr} |"
+            )
         blocks.append("\n".join(lines))
-    note = ("Mean ± sample std over seeds. HM = 2·B·N/(B+N) of the mean Base and Novel (± std of per-seed HM). "
-            "Average = mean of per-dataset means.")
+    note = (
+        "Mean ± sample std over seeds. HM = 2·B·N/(B+N) of the mean Base and Novel (± std of per-seed HM). "
+        "Average = mean of per-dataset means."
+    )
     return "\n\n".join(blocks) + "\n\n" + note + "\n"
 
 
@@ -132,6 +152,7 @@ def csv_text(agg: list[dict[str, Any]]) -> str:
 def plot_png(agg: list[dict[str, Any]]) -> bytes:
     """Grouped bars of Base, Novel and HM per dataset, one colour per method (error bars: seed std)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -162,8 +183,9 @@ def plot_png(agg: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 plot: bool = True) -> dict[str, Path]:
+def write_report(
+    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, plot: bool = True
+) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv`` (and ``results.png``) for ``results_dir``; returns the paths."""
     agg = aggregate(collect_results(results_dir))
     out = Path(out_dir) if out_dir is not None else Path(results_dir)

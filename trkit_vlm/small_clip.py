@@ -9,6 +9,7 @@ pictures, and ~60 distinct sentences; its numbers are not comparable with publis
 The result is cached under the user cache dir (``$TRKIT_CACHE`` or ``~/.cache/trkit``) in a file named
 by a hash of the recipe, so a second run (and every test or quickstart after it) reuses it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,6 +66,7 @@ class PretrainRecipe:
 
     Training length is a number of steps, not wall time, so the result is the same on any machine.
     """
+
     model_config: dict = field(default_factory=lambda: json.loads(json.dumps(SMALL_CLIP_CONFIG)))
     steps: int = 720
     batch_size: int = 128
@@ -106,6 +108,7 @@ def weights_path(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathL
 def register_small_clip(config: dict | None = None, name: str = SMALL_CLIP_NAME) -> str:
     """Make ``name`` a known open_clip model config (idempotent); returns the name."""
     from trkit_vlm.models import register_model_config
+
     register_model_config(name, config or SMALL_CLIP_CONFIG)
     return name
 
@@ -121,8 +124,10 @@ def _model_name_for(config: dict) -> str:
 def create_small_clip(config: dict | None = None) -> torch.nn.Module:
     """An open_clip CLIP of the small config with random weights (for training or tests)."""
     import open_clip
+
     config = config or SMALL_CLIP_CONFIG
     from trkit_vlm.models import quiet_random_init
+
     name = register_small_clip(config, _model_name_for(config))
     with quiet_random_init():
         return open_clip.create_model(name, pretrained=None)
@@ -169,9 +174,13 @@ def _tokenize_captions(tokenizer, templates, classnames) -> tuple[torch.Tensor, 
     return tokenizer(captions), classes
 
 
-def multi_positive_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                             image_labels: torch.Tensor, text_labels: torch.Tensor,
-                             logit_scale: torch.Tensor) -> torch.Tensor:
+def multi_positive_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
     """Symmetric InfoNCE where every same-class (image, caption) pair is a positive.
 
     Args:
@@ -182,7 +191,7 @@ def multi_positive_clip_loss(image_features: torch.Tensor, text_features: torch.
         Scalar: mean of the image->text and text->image cross-entropies against uniform targets
         over each row's positives.
     """
-    logits = logit_scale * image_features @ text_features.t()            # (B, U)
+    logits = logit_scale * image_features @ text_features.t()  # (B, U)
     pos = (image_labels[:, None] == text_labels[None, :]).to(logits.dtype)  # (B, U)
     i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1)
     t2i = -(pos.t() / pos.sum(0)[:, None] * F.log_softmax(logits.t(), 1)).sum(1)
@@ -190,17 +199,23 @@ def multi_positive_clip_loss(image_features: torch.Tensor, text_features: torch.
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: torch.Tensor,
-                       classnames: list[str], template: str = PRETRAIN_TEMPLATES[0],
-                       batch_size: int = 1000) -> float:
+def zero_shot_accuracy(
+    model,
+    tokenizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: list[str],
+    template: str = PRETRAIN_TEMPLATES[0],
+    batch_size: int = 1000,
+) -> float:
     """Top-1 accuracy (%) of zero-shot classification of preprocessed ``images (N, 3, H, W)``."""
     was_training = model.training
     model.eval()
     text = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames])), dim=-1)
     correct = 0
     for i in range(0, len(images), batch_size):
-        feats = F.normalize(model.encode_image(images[i:i + batch_size]), dim=-1)
-        correct += (feats @ text.t()).argmax(1).eq(labels[i:i + batch_size]).sum().item()
+        feats = F.normalize(model.encode_image(images[i : i + batch_size]), dim=-1)
+        correct += (feats @ text.t()).argmax(1).eq(labels[i : i + batch_size]).sum().item()
     model.train(was_training)
     return 100.0 * correct / max(len(images), 1)
 
@@ -224,8 +239,9 @@ def _lr_at(step: int, recipe: PretrainRecipe) -> float:
     return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * t)))
 
 
-def train_small_clip(recipe: PretrainRecipe, images: np.ndarray, labels: np.ndarray,
-                     progress: bool = True, log: list | None = None) -> tuple[torch.nn.Module, dict]:
+def train_small_clip(
+    recipe: PretrainRecipe, images: np.ndarray, labels: np.ndarray, progress: bool = True, log: list | None = None
+) -> tuple[torch.nn.Module, dict]:
     """Pre-train a small CLIP on ``images`` (uint8 ``(N, H, W)``) with class ``labels`` ``(N,)``.
 
     ``recipe.val_per_class`` images per class are held out (never trained on) and scored zero-shot at
@@ -250,7 +266,7 @@ def train_small_clip(recipe: PretrainRecipe, images: np.ndarray, labels: np.ndar
     for step in bar:
         if pos + recipe.batch_size > len(order):  # new epoch
             order, pos = rng.permutation(train_idx), 0
-        idx = torch.from_numpy(order[pos:pos + recipe.batch_size])
+        idx = torch.from_numpy(order[pos : pos + recipe.batch_size])
         pos += recipe.batch_size
         y = labels_t[idx]
         # Each image draws one template; the text tower runs only on the distinct captions of the step.
@@ -273,13 +289,20 @@ def train_small_clip(recipe: PretrainRecipe, images: np.ndarray, labels: np.ndar
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     train_s = time.perf_counter() - t0
     model.eval()
-    acc = zero_shot_accuracy(model, tokenizer, images_to_tensor(images_t[val_idx]), labels_t[val_idx],
-                             FASHION_MNIST_CLASSES)
-    metrics = {"zero_shot_val_acc": acc, "train_seconds": train_s, "steps": recipe.steps,
-               "seconds_per_step": train_s / max(recipe.steps, 1), "threads": torch.get_num_threads(),
-               "final_loss": float(np.mean(losses[-20:])), "epochs": recipe.steps * recipe.batch_size / len(train_idx),
-               "logit_scale": float(model.logit_scale.detach().exp()),
-               "loss_curve": [round(float(np.mean(losses[i:i + 20])), 4) for i in range(0, len(losses), 20)]}
+    acc = zero_shot_accuracy(
+        model, tokenizer, images_to_tensor(images_t[val_idx]), labels_t[val_idx], FASHION_MNIST_CLASSES
+    )
+    metrics = {
+        "zero_shot_val_acc": acc,
+        "train_seconds": train_s,
+        "steps": recipe.steps,
+        "seconds_per_step": train_s / max(recipe.steps, 1),
+        "threads": torch.get_num_threads(),
+        "final_loss": float(np.mean(losses[-20:])),
+        "epochs": recipe.steps * recipe.batch_size / len(train_idx),
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "loss_curve": [round(float(np.mean(losses[i : i + 20])), 4) for i in range(0, len(losses), 20)],
+    }
     return model, metrics
 
 
@@ -289,15 +312,21 @@ def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
 
     from trkit.io import atomic_write
     from trkit_vlm.checkpoint import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"trkit_recipe": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
-def pretrain_small(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathLike | None = None,
-                   progress: bool = True, force: bool = False, data_root: str | os.PathLike | None = None,
-                   data: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+def pretrain_small(
+    recipe: PretrainRecipe | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    force: bool = False,
+    data_root: str | os.PathLike | None = None,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Pre-train the small CLIP once and return the path of its cached safetensors weights.
 
     Args:
@@ -323,9 +352,15 @@ def pretrain_small(recipe: PretrainRecipe | None = None, cache_dir: str | os.Pat
     else:
         images, labels = data
     model, metrics = train_small_clip(recipe, images, labels, progress=progress)
-    meta = {"name": SMALL_CLIP_NAME, "key": recipe.key(), "recipe": recipe.to_dict(), "metrics": metrics,
-            "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "note": "Small CLIP pre-trained by trkit on Fashion-MNIST; not OpenAI CLIP."}
+    meta = {
+        "name": SMALL_CLIP_NAME,
+        "key": recipe.key(),
+        "recipe": recipe.to_dict(),
+        "metrics": metrics,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "note": "Small CLIP pre-trained by trkit on Fashion-MNIST; not OpenAI CLIP.",
+    }
     _save_atomic(model, path, meta)
     return path
 
@@ -336,8 +371,13 @@ def pretrain_info(recipe: PretrainRecipe | None = None, cache_dir: str | os.Path
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def load_small_clip(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathLike | None = None,
-                    train_if_missing: bool = True, progress: bool = True, device: str = "cpu"):
+def load_small_clip(
+    recipe: PretrainRecipe | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    train_if_missing: bool = True,
+    progress: bool = True,
+    device: str = "cpu",
+):
     """The pre-trained small CLIP as a ``ClipBundle`` (pre-training it first if it is not cached).
 
     Raises:
@@ -351,4 +391,5 @@ def load_small_clip(recipe: PretrainRecipe | None = None, cache_dir: str | os.Pa
         pretrain_small(recipe, cache_dir, progress=progress)
     name = register_small_clip(recipe.model_config, _model_name_for(recipe.model_config))
     from trkit_vlm.models import load_clip
+
     return load_clip(name, pretrained=str(path), device=device)

@@ -15,6 +15,7 @@ model what the new domain looks like. That leaves real room for adaptation on bo
 - Shots: K per base class drawn (seeded) from the pre-training images; evaluation on the official
   10,000 test images (or a fixed per-class subset of them), shifted the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,6 +56,7 @@ def base_novel_classes(n_classes: int = len(FASHION_MNIST_CLASSES)) -> tuple[lis
 @dataclass
 class Split:
     """Images (uint8 ``(N, H, W)``, already shifted) with labels local to a class group (``0..len(classes)-1``)."""
+
     images: np.ndarray
     labels: np.ndarray
     classes: list[int]
@@ -71,6 +73,7 @@ class Split:
 @dataclass
 class FewShotTask:
     """One seed of the base-to-novel task: shots of the base classes and the two evaluation groups."""
+
     shots: Split
     eval_base: Split
     eval_novel: Split
@@ -91,9 +94,16 @@ def _subset(images, labels, classes, per_class, rng) -> Split:
     return Split(images[idx], np.array([local[int(y)] for y in labels[idx]], dtype=np.int64), list(classes))
 
 
-def make_task(shots: int = 16, seed: int = 1, strength: float = DEFAULT_SHIFT_STRENGTH,
-              eval_split: str = "test", eval_per_class: int | None = None,
-              recipe: PretrainRecipe | None = None, data=None, eval_seed: int = 0) -> FewShotTask:
+def make_task(
+    shots: int = 16,
+    seed: int = 1,
+    strength: float = DEFAULT_SHIFT_STRENGTH,
+    eval_split: str = "test",
+    eval_per_class: int | None = None,
+    recipe: PretrainRecipe | None = None,
+    data=None,
+    eval_seed: int = 0,
+) -> FewShotTask:
     """Build the shifted few-shot task.
 
     Args:
@@ -129,9 +139,14 @@ def make_task(shots: int = 16, seed: int = 1, strength: float = DEFAULT_SHIFT_ST
     return FewShotTask(shot_split, eval_base, eval_novel, strength, seed, eval_split)
 
 
-def shifted_data(strength: float = DEFAULT_SHIFT_STRENGTH, eval_split: str = "test",
-                 eval_per_class: int | None = None, recipe: PretrainRecipe | None = None, data=None,
-                 eval_seed: int = 0):
+def shifted_data(
+    strength: float = DEFAULT_SHIFT_STRENGTH,
+    eval_split: str = "test",
+    eval_per_class: int | None = None,
+    recipe: PretrainRecipe | None = None,
+    data=None,
+    eval_seed: int = 0,
+):
     """The task as a ``ClassificationData`` for ``trkit_vlm.train.train`` (all 10 classes, shifted).
 
     ``train``: the pre-training images (few-shot sampling draws from them); ``test``: the test images
@@ -139,14 +154,16 @@ def shifted_data(strength: float = DEFAULT_SHIFT_STRENGTH, eval_split: str = "te
     ``eval_per_class`` per class; ``val`` is empty. Records are ``(uint8 (28, 28) array, label)``.
     """
     from trkit_vlm.data.datasets import ClassificationData
+
     if eval_split not in ("test", "val"):
         raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     recipe = recipe or PretrainRecipe()
     x_tr, y_tr, x_te, y_te = data if data is not None else load_fashion_mnist()
     train_idx, val_idx = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)
     x_ev, y_ev = (x_te, y_te) if eval_split == "test" else (x_tr[val_idx], y_tr[val_idx])
-    ev = _subset(x_ev, y_ev, list(range(len(FASHION_MNIST_CLASSES))), eval_per_class,
-                 np.random.default_rng(10_000 + eval_seed))
+    ev = _subset(
+        x_ev, y_ev, list(range(len(FASHION_MNIST_CLASSES))), eval_per_class, np.random.default_rng(10_000 + eval_seed)
+    )
     x_train = apply_shift(x_tr[train_idx], strength)
     x_eval = apply_shift(ev.images, strength)
     train = [(x_train[i], int(y)) for i, y in enumerate(y_tr[train_idx])]
@@ -156,8 +173,9 @@ def shifted_data(strength: float = DEFAULT_SHIFT_STRENGTH, eval_split: str = "te
 
 @torch.no_grad()
 def _features(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([F.normalize(model.encode_image(images[i:i + batch]), dim=-1)
-                      for i in range(0, len(images), batch)])
+    return torch.cat(
+        [F.normalize(model.encode_image(images[i : i + batch]), dim=-1) for i in range(0, len(images), batch)]
+    )
 
 
 def _linear_probe(train_f, train_y, test_f, test_y, n_classes: int, steps: int = 300) -> float:
@@ -167,16 +185,23 @@ def _linear_probe(train_f, train_y, test_f, test_y, n_classes: int, steps: int =
     opt = torch.optim.Adam([w, b], lr=0.05)
     for _ in range(steps):
         # Features are unit-norm: a fixed gain of 10 plays CLIP's temperature role.
-        loss = F.cross_entropy(10 * train_f @ w + b, train_y) + 1e-3 * (w ** 2).sum()
+        loss = F.cross_entropy(10 * train_f @ w + b, train_y) + 1e-3 * (w**2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     return _acc(10 * test_f @ w + b, test_y)
 
 
-def shift_sweep(bundle, strengths=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), shots: int = 16,
-                seeds=(1, 2, 3), eval_per_class: int = 200, data=None, recipe: PretrainRecipe | None = None,
-                progress: bool = True) -> dict:
+def shift_sweep(
+    bundle,
+    strengths=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    shots: int = 16,
+    seeds=(1, 2, 3),
+    eval_per_class: int = 200,
+    data=None,
+    recipe: PretrainRecipe | None = None,
+    progress: bool = True,
+) -> dict:
     """Zero-shot accuracy and a few-shot reference for each shift strength, on VALIDATION images only.
 
     For each strength and class group (base, novel): zero-shot 5-way accuracy; a K-shot linear probe on
@@ -189,6 +214,7 @@ def shift_sweep(bundle, strengths=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), shot
         ``{"rows": [per-strength dict], "chosen_strength": s, ...}`` (JSON-serialisable).
     """
     from trkit_vlm.small_clip import PRETRAIN_TEMPLATES
+
     model, tok = bundle.model.eval(), bundle.tokenizer
     recipe = recipe or PretrainRecipe()
     data = data if data is not None else load_fashion_mnist()
@@ -218,23 +244,30 @@ def shift_sweep(bundle, strengths=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), shot
         row["margin"] = min(row["margin_base"], row["margin_novel"])
         rows.append(row)
         if progress:
-            print("  s={strength:.2f}: zero-shot base {zs_base:.1f} novel {zs_novel:.1f} | probe base "
-                  "{probe_base:.1f} novel {probe_novel:.1f} | unshifted base {zs_clean_base:.1f} novel "
-                  "{zs_clean_novel:.1f} | margin {margin:.1f}".format(**row), flush=True)
+            print(
+                "  s={strength:.2f}: zero-shot base {zs_base:.1f} novel {zs_novel:.1f} | probe base "
+                "{probe_base:.1f} novel {probe_novel:.1f} | unshifted base {zs_clean_base:.1f} novel "
+                "{zs_clean_novel:.1f} | margin {margin:.1f}".format(**row),
+                flush=True,
+            )
     best = max(rows, key=lambda r: r["margin"])
-    return {"rows": rows, "chosen_strength": best["strength"],
-            "rule": "max over strengths of min over {base, novel} of min(zero-shot - chance, "
-                    "max(linear probe, unshifted zero-shot) - zero-shot)",
-            "split": "validation: images held out from the Fashion-MNIST training set (never pre-trained on)",
-            "shots": shots, "seeds": list(seeds), "eval_per_class": eval_per_class}
+    return {
+        "rows": rows,
+        "chosen_strength": best["strength"],
+        "rule": "max over strengths of min over {base, novel} of min(zero-shot - chance, "
+        "max(linear probe, unshifted zero-shot) - zero-shot)",
+        "split": "validation: images held out from the Fashion-MNIST training set (never pre-trained on)",
+        "shots": shots,
+        "seeds": list(seeds),
+        "eval_per_class": eval_per_class,
+    }
 
 
 def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def _group_shots(classes: list[int], shots: int, seed: int, strength: float, recipe: PretrainRecipe,
-                 data) -> Split:
+def _group_shots(classes: list[int], shots: int, seed: int, strength: float, recipe: PretrainRecipe, data) -> Split:
     """K shifted shots of each class in ``classes`` from the pre-training images (probe reference)."""
     x_tr, y_tr = data[0], data[1]
     train_idx, _ = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)

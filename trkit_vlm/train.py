@@ -8,6 +8,7 @@ the same final numbers. Under ``torchrun`` it trains data-parallel (DDP).
 Run folder ``output_dir/<dataset>/<method>/shots_<K>/seed<S>/``: ``config.json``, ``log.jsonl``,
 ``checkpoint.pt``, ``adapters.safetensors`` (+ ``.json``), ``metrics.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,14 @@ from torch import nn
 
 from trkit_vlm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trkit_vlm.config import RunConfig, save_config
-from trkit_vlm.data import (ClassificationData, check_usable, few_shot_data, fewshot_cache_path, load_dataset,
-                            subsample_classes)
+from trkit_vlm.data import (
+    ClassificationData,
+    check_usable,
+    few_shot_data,
+    fewshot_cache_path,
+    load_dataset,
+    subsample_classes,
+)
 from trkit_vlm.data.transforms import build_transforms, check_files, load_image
 from trkit_vlm.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from trkit_vlm.train_loop import Trainer
@@ -56,11 +63,18 @@ def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.amp == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
 
 
-def prepare_data(cfg: RunConfig, data: ClassificationData | None, info: DistInfo) -> tuple[ClassificationData, ClassificationData]:
+def prepare_data(
+    cfg: RunConfig, data: ClassificationData | None, info: DistInfo
+) -> tuple[ClassificationData, ClassificationData]:
     """(few-shot data with all classes, the training subset). Rank 0 samples and caches the shots."""
     if data is None:  # load_dataset checks the splits itself
-        data = load_dataset(cfg.data.dataset, cfg.data.root, split_file=cfg.data.split_file,
-                            image_dir=cfg.data.image_dir, classnames=cfg.data.classnames)
+        data = load_dataset(
+            cfg.data.dataset,
+            cfg.data.root,
+            split_file=cfg.data.split_file,
+            image_dir=cfg.data.image_dir,
+            classnames=cfg.data.classnames,
+        )
     elif cfg.data.classnames is not None and list(cfg.data.classnames) != list(data.classnames):
         raise ValueError("class-name mismatch between the data passed in and data.classnames in the config")
     else:
@@ -87,6 +101,7 @@ def build_model(cfg: RunConfig, bundle, device: torch.device):
     if bundle is None:
         if cfg.model_config is not None:
             from trkit_vlm.models import register_model_config
+
             register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
     elif get_adapters(bundle.model) is not None:
@@ -108,11 +123,18 @@ def view_transform(cfg: RunConfig, model: nn.Module, records: list):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((cfg.seed * 1_000_003 + i) * 997 + v)
             return train_tf(load_image(records[i][0]))
+
     return f, n, f"aug{n}-seed{cfg.seed}"
 
 
-def train(cfg: RunConfig, bundle=None, data: ClassificationData | None = None, progress: bool = True,
-          resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    bundle=None,
+    data: ClassificationData | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
     """Train adapters on ``cfg`` and evaluate them.
 
     Args:
@@ -140,8 +162,19 @@ def train(cfg: RunConfig, bundle=None, data: ClassificationData | None = None, p
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.json")
-        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress,
-                          view_fn=view_transform, fingerprint=fingerprint(cfg), amp=amp_dtype(cfg, info.device))
+        trainer = Trainer(
+            cfg,
+            bundle,
+            model,
+            train_data,
+            fs,
+            info,
+            run_dir,
+            progress=progress,
+            view_fn=view_transform,
+            fingerprint=fingerprint(cfg),
+            amp=amp_dtype(cfg, info.device),
+        )
         if resume:
             trainer.try_resume(load_checkpoint, set_rng_state)
         elif info.is_main and (run_dir / "log.jsonl").exists():
@@ -151,6 +184,7 @@ def train(cfg: RunConfig, bundle=None, data: ClassificationData | None = None, p
     finally:
         if model is not None and not own_bundle:
             from trkit_vlm.adapters import get_adapters, remove_adapters
+
             if get_adapters(model) is not None:
                 remove_adapters(model)
         shutdown(info)
@@ -160,8 +194,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """The options of ``trkit-vlm train`` / ``python -m trkit_vlm.train``."""
     parser = parser or argparse.ArgumentParser(prog="python -m trkit_vlm.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", "-c", help="YAML or JSON run config (defaults: MMA's ViT-B/16 recipe)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set optim.lr=0.002 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=0.002 (repeatable)",
+    )
     parser.add_argument("--method", help="mma or adaring (same as --set method=...)")
     parser.add_argument("--dataset", help="dataset name (same as --set data.dataset=...)")
     parser.add_argument("--root", help="data root (same as --set data.root=...)")
@@ -169,7 +209,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--pretrained", help="local CLIP checkpoint file")
     parser.add_argument("--shots", type=int, help="images per class")
     parser.add_argument("--seed", type=int, help="seed (few-shot sample, adapter init, order)")
-    parser.add_argument("--output-dir", "-o", help="results root (run folder is <root>/<dataset>/<method>/shots_K/seedS)")
+    parser.add_argument(
+        "--output-dir", "-o", help="results root (run folder is <root>/<dataset>/<method>/shots_K/seedS)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     parser.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (simulates preemption)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -181,9 +223,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from trkit_vlm.config import apply_overrides, load_config
 
     cfg = load_config(args.config) if args.config else RunConfig()
-    flags = {"method": args.method, "data.dataset": args.dataset, "data.root": args.root, "model": args.model,
-             "pretrained": args.pretrained, "data.shots": args.shots, "seed": args.seed,
-             "output_dir": args.output_dir}
+    flags = {
+        "method": args.method,
+        "data.dataset": args.dataset,
+        "data.root": args.root,
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "data.shots": args.shots,
+        "seed": args.seed,
+        "output_dir": args.output_dir,
+    }
     sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     return apply_overrides(cfg, sets + list(args.overrides)).validate()
 

@@ -1,5 +1,6 @@
 """The epoch loop behind :func:`trkit_vlm.train.train`: batches (images or cached prefix tokens),
 the DDP-wrapped forward, optimiser / cosine schedule / AMP, JSONL logging, checkpoints, evaluation."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,15 @@ from trkit_vlm.evaluate import evaluate_base_novel
 class _Forward(nn.Module):
     """Inputs -> (logits, image features, text features) as one module, so DDP sees one forward."""
 
-    def __init__(self, model: nn.Module, text_ids: torch.Tensor, text_states: torch.Tensor | None,
-                 n_text: int, n_image: int, split_text: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        text_ids: torch.Tensor,
+        text_states: torch.Tensor | None,
+        n_text: int,
+        n_image: int,
+        split_text: bool,
+    ):
         super().__init__()
         self.model = model
         self.text_ids, self.text_states, self.n_text, self.n_image = text_ids, text_states, n_text, n_image
@@ -45,19 +53,33 @@ class _Forward(nn.Module):
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over ``warmup_steps``, then cosine from 1 to 0 at ``total_steps``."""
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
+
     return f
 
 
 class Trainer:
     """State of one run. Built by ``train()``; not meant to be used on its own."""
 
-    def __init__(self, cfg, bundle, model: nn.Module, train_data, eval_data, info: DistInfo, run_dir: Path,
-                 progress: bool, view_fn: Callable, fingerprint: dict, amp: torch.dtype | None):
+    def __init__(
+        self,
+        cfg,
+        bundle,
+        model: nn.Module,
+        train_data,
+        eval_data,
+        info: DistInfo,
+        run_dir: Path,
+        progress: bool,
+        view_fn: Callable,
+        fingerprint: dict,
+        amp: torch.dtype | None,
+    ):
         from trkit_vlm.adapters import adapter_parameters
         from trkit_vlm.losses import GeneralizationAwareLoss
 
@@ -68,8 +90,9 @@ class Trainer:
         records = train_data.train
         self.labels = torch.tensor([y for _, y in records])
         if cfg.optim.batch_size % info.world_size:
-            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the "
-                             f"{info.world_size} processes")
+            raise ValueError(
+                f"optim.batch_size={cfg.optim.batch_size} must be divisible by the {info.world_size} processes"
+            )
         self.local_bs = cfg.optim.batch_size // info.world_size
         self.loss_fn = GeneralizationAwareLoss(cfg.loss.lambda_text, cfg.loss.lambda_image)
         self.timing: dict[str, float] = {}
@@ -83,6 +106,7 @@ class Trainer:
         self.text_frozen = None
         if cfg.loss.lambda_text > 0:
             from trkit_vlm.adapters import adapters_disabled
+
             with torch.no_grad(), adapters_disabled(model):
                 self.text_frozen = model.encode_text(text_ids, normalize=True).float()
         text_states = None
@@ -91,7 +115,7 @@ class Trainer:
             # Cut the padding after the longest prompt's EOT: dead work under the causal mask (see
             # pooled_length), with or without the cache. With it, the blocks before the first adapter
             # run once for these fixed prompts.
-            text_ids = text_ids[:, :pc.pooled_length(model, text_ids)]
+            text_ids = text_ids[:, : pc.pooled_length(model, text_ids)]
             if use_cache:
                 with torch.no_grad():
                     text_states = pc.text_prefix(model, text_ids, n_text)
@@ -111,16 +135,30 @@ class Trainer:
             disk = None
             if cfg.prefix_cache == "disk":
                 disk = cfg.cache_dir or str(Path(cfg.output_dir) / "cache")
-            self.store = pc.build_image_cache(model, records, fn, n_views, self.n_image,
-                                              frozen_features=cfg.loss.lambda_image > 0,
-                                              batch_size=cfg.optim.eval_batch_size, disk_dir=disk, describe=desc)
+            self.store = pc.build_image_cache(
+                model,
+                records,
+                fn,
+                n_views,
+                self.n_image,
+                frozen_features=cfg.loss.lambda_image > 0,
+                batch_size=cfg.optim.eval_batch_size,
+                disk_dir=disk,
+                describe=desc,
+            )
         else:
             train_tf, _ = build_transforms(model, augment=cfg.data.augment)
             self.dataset = ImageDataset(records, train_tf, None if cfg.data.augment else preprocess_config(model))
         self.timing["cache_build_s"] = time.perf_counter() - t0
 
-        self.sampler = DistributedSampler(range(len(records)), num_replicas=info.world_size, rank=info.rank,
-                                          shuffle=True, seed=cfg.seed, drop_last=False)
+        self.sampler = DistributedSampler(
+            range(len(records)),
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=False,
+        )
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.local_bs)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.optim.grad_accum)
         params = adapter_parameters(model)
@@ -131,14 +169,17 @@ class Trainer:
             self.opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         total = o.epochs * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch)))
+            self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch))
+        )
         self.scaler = torch.amp.GradScaler(dev.type, enabled=(amp == torch.float16))
         self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            self.ddp = DDP(self.forward, device_ids=[dev.index] if dev.type == "cuda" else None,
-                           broadcast_buffers=False)
+
+            self.ddp = DDP(
+                self.forward, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False
+            )
         self.start_epoch, self.step = 0, 0
 
     # ----------------------------------------------------------------------------------- batches
@@ -155,18 +196,24 @@ class Trainer:
             n_views = self.store["tokens"].shape[1]
             views = torch.randint(n_views, (len(idx),), generator=g) if n_views > 1 else torch.zeros_like(idx)
             for s in range(0, len(idx), self.local_bs):
-                i, v = idx[s:s + self.local_bs], views[s:s + self.local_bs]
+                i, v = idx[s : s + self.local_bs], views[s : s + self.local_bs]
                 frozen = self.store["frozen"][i, v].to(dev) if "frozen" in self.store else None
                 yield self.store["tokens"][i, v].to(dev, non_blocking=True), self.labels[i].to(dev), frozen
             return
-        loader = DataLoader(self.dataset, batch_size=self.local_bs, sampler=self.sampler,
-                            num_workers=self.cfg.data.num_workers if self.dataset.preloaded is None else 0,
-                            generator=g, pin_memory=dev.type == "cuda")
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.local_bs,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers if self.dataset.preloaded is None else 0,
+            generator=g,
+            pin_memory=dev.type == "cuda",
+        )
         for x, y, _ in loader:
             x = x.to(dev, non_blocking=True)
             frozen = None
             if self.cfg.loss.lambda_image > 0:
                 from trkit_vlm.losses import frozen_image_features
+
                 with self._autocast():
                     frozen = frozen_image_features(self.model, x).float()
             yield x, y.to(dev), frozen
@@ -189,6 +236,7 @@ class Trainer:
             return
         state = load_checkpoint(path, self.fp)
         from trkit_vlm.adapters import get_adapters
+
         get_adapters(self.model).load_state_dict(state["adapters"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -206,9 +254,17 @@ class Trainer:
         if not self.info.is_main:
             return
         from trkit_vlm.adapters import get_adapters
-        state = {"fingerprint": self.fp, "epoch": epoch, "step": self.step,
-                 "adapters": get_adapters(self.model).state_dict(), "optimizer": self.opt.state_dict(),
-                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state()}
+
+        state = {
+            "fingerprint": self.fp,
+            "epoch": epoch,
+            "step": self.step,
+            "adapters": get_adapters(self.model).state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+        }
         save_checkpoint(state, self.run_dir / "checkpoint.pt")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -224,8 +280,13 @@ class Trainer:
         fwd = self.ddp or self.forward
         self.model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-        bar = tqdm(total=self.micro_per_epoch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.micro_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for i, (x, y, frozen) in enumerate(self.batches(epoch)):
             last = (i + 1) % accum == 0 or i + 1 == self.micro_per_epoch
             sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
@@ -248,9 +309,17 @@ class Trainer:
             correct = (logits.argmax(1) == y).sum().item()
             sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
             if last and self.step % max(1, cfg.log_every) == 0:
-                self._log({"type": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
-                           **{k: v.item() for k, v in parts.items() if k != "total"},
-                           "acc": 100.0 * correct / n, "lr": self.sched.get_last_lr()[0]})
+                self._log(
+                    {
+                        "type": "step",
+                        "epoch": epoch + 1,
+                        "step": self.step,
+                        "loss": loss.item(),
+                        **{k: v.item() for k, v in parts.items() if k != "total"},
+                        "acc": 100.0 * correct / n,
+                        "lr": self.sched.get_last_lr()[0],
+                    }
+                )
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{100 * sums[1] / sums[2]:.1f}")
             bar.update(1)
         bar.close()
@@ -258,9 +327,15 @@ class Trainer:
         return {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_base_novel(self.model, self.bundle.tokenizer, self.eval_data, self.cfg.data.template,
-                                   batch_size=self.cfg.optim.eval_batch_size, num_workers=self.cfg.data.num_workers,
-                                   amp_dtype=self.amp)
+        return evaluate_base_novel(
+            self.model,
+            self.bundle.tokenizer,
+            self.eval_data,
+            self.cfg.data.template,
+            batch_size=self.cfg.optim.eval_batch_size,
+            num_workers=self.cfg.data.num_workers,
+            amp_dtype=self.amp,
+        )
 
     def fit(self, stop_after_epoch: int | None, save_checkpoint: Callable, rng_state: Callable) -> dict[str, Any]:
         from trkit_vlm.adapters import count_trainable
@@ -285,22 +360,39 @@ class Trainer:
         metrics: dict[str, Any] = {}
         if self.info.is_main:
             from trkit_vlm.adapters import save_adapters
+
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
             t0 = time.perf_counter()
             acc = self.evaluate()
             metrics = {
-                "dataset": self.cfg.dataset_key(), "method": cfg.method, "shots": cfg.data.shots,
-                "seed": cfg.seed, "model": cfg.model, "pretrained": cfg.pretrained, "subsample": cfg.data.subsample,
-                **acc, "n_trainable": count_trainable(self.model), "epochs": cfg.optim.epochs,
-                "final_train_loss": stats.get("loss"), "final_train_acc": stats.get("acc"),
-                "train_time_s": train_time, "epoch_time_s": epoch_times, "eval_time_s": time.perf_counter() - t0,
-                "prefix_cache": {"image": self.cached, "image_prefix_layers": self.n_image if self.cached else 0,
-                                 "text": self.forward.text_states is not None,
-                                 "text_prefix_layers": self.forward.n_text if self.forward.text_states is not None else 0,
-                                 "text_context": int(self.forward.text_ids.shape[1]), **self.timing},
-                "world_size": self.info.world_size, "run_dir": str(self.run_dir),
+                "dataset": self.cfg.dataset_key(),
+                "method": cfg.method,
+                "shots": cfg.data.shots,
+                "seed": cfg.seed,
+                "model": cfg.model,
+                "pretrained": cfg.pretrained,
+                "subsample": cfg.data.subsample,
+                **acc,
+                "n_trainable": count_trainable(self.model),
+                "epochs": cfg.optim.epochs,
+                "final_train_loss": stats.get("loss"),
+                "final_train_acc": stats.get("acc"),
+                "train_time_s": train_time,
+                "epoch_time_s": epoch_times,
+                "eval_time_s": time.perf_counter() - t0,
+                "prefix_cache": {
+                    "image": self.cached,
+                    "image_prefix_layers": self.n_image if self.cached else 0,
+                    "text": self.forward.text_states is not None,
+                    "text_prefix_layers": self.forward.n_text if self.forward.text_states is not None else 0,
+                    "text_context": int(self.forward.text_ids.shape[1]),
+                    **self.timing,
+                },
+                "world_size": self.info.world_size,
+                "run_dir": str(self.run_dir),
             }
             from trkit_vlm.checkpoint import atomic_write_text
+
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         barrier(self.info)
         return metrics

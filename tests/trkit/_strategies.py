@@ -1,4 +1,5 @@
 """Hypothesis strategies shared by the core tests: random ring shapes and ranks."""
+
 from hypothesis import settings, strategies as st
 
 from trkit import TensorRing

@@ -10,7 +10,6 @@ import trkit
 from _strategies import SETTINGS, ring_specs
 
 
-
 def dense_ref(tr: trkit.TensorRing) -> torch.Tensor:
     """tensorly's reconstruction: independent of trkit's contraction code."""
     tl.set_backend("numpy")
@@ -31,8 +30,7 @@ def test_inner_and_norm_match_dense(spec, data):
 
 def pair(spec, data, same_ranks=False):
     shape, ranks, seed = spec
-    ranks_b = ranks if same_ranks else data.draw(
-        st.lists(st.integers(1, 4), min_size=len(shape), max_size=len(shape)))
+    ranks_b = ranks if same_ranks else data.draw(st.lists(st.integers(1, 4), min_size=len(shape), max_size=len(shape)))
     return trkit.TensorRing.random(shape, ranks, seed=seed), trkit.TensorRing.random(shape, ranks_b, seed=seed + 7)
 
 
@@ -122,8 +120,9 @@ def test_gradcheck_inner_norm_and_scale():
     assert torch.autograd.gradcheck(lambda *c: ring(c).norm(), tuple(a.cores))
     alpha = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s: trkit.scale(a.detach(), s).to_dense(), (alpha,))
-    assert torch.autograd.gradcheck(lambda *c: trkit.hadamard(ring(c[:na]), ring(c[na:])).norm(),
-                                    tuple(a.cores + b.cores))
+    assert torch.autograd.gradcheck(
+        lambda *c: trkit.hadamard(ring(c[:na]), ring(c[na:])).norm(), tuple(a.cores + b.cores)
+    )
 
 
 def test_float32_matches_float64():

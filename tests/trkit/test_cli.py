@@ -1,4 +1,5 @@
 """`trkit decompose / info / reconstruct` end to end, and one-line errors for bad files."""
+
 import subprocess
 import sys
 
@@ -34,8 +35,25 @@ def test_decompose_png_with_reshape_and_plot(tmp_path, capsys):
     png = tmp_path / "img.png"
     Image.fromarray(img).save(png)
     out, plot = tmp_path / "r.safetensors", tmp_path / "curve.png"
-    assert main(["decompose", str(png), "--rank", "3", "--method", "als", "--reshape", "4,4,4,4,4,4",
-                 "--out", str(out), "--plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "decompose",
+                str(png),
+                "--rank",
+                "3",
+                "--method",
+                "als",
+                "--reshape",
+                "4,4,4,4,4,4",
+                "--out",
+                str(out),
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     assert trkit.load(out).shape == (4,) * 6
     with Image.open(plot) as im:
         assert im.size[0] > 100
@@ -50,6 +68,7 @@ def test_other_formats(tmp_path):
     np.savez(tmp_path / "a.npz", w=x, b=x[0])
     torch.save({"weight": torch.from_numpy(x)}, tmp_path / "a.pt")
     from safetensors.numpy import save_file
+
     save_file({"w": x}, str(tmp_path / "a.safetensors"))
     assert main(["decompose", str(tmp_path / "a.npz"), "--key", "w", "--tol", "1e-6"]) == 0
     assert main(["decompose", str(tmp_path / "a.npz"), "--tol", "1e-6"]) == 2  # two arrays, no --key
@@ -57,17 +76,20 @@ def test_other_formats(tmp_path):
     assert main(["decompose", str(tmp_path / "a.safetensors"), "--rank", "2"]) == 0
 
 
-@pytest.mark.parametrize("argv_fn,needle", [
-    (lambda d: ["decompose", str(d / "missing.npy"), "--tol", "0.1"], "no such file"),
-    (lambda d: ["decompose", str(d / "bad.npy"), "--tol", "0.1"], "cannot read"),
-    (lambda d: ["decompose", str(d / "bad.png"), "--tol", "0.1"], "cannot read"),
-    (lambda d: ["info", str(d / "bad.npy")], "bad.npy"),
-    (lambda d: ["info", str(d / "missing.safetensors")], "no such file"),
-    (lambda d: ["reconstruct", str(d / "missing.safetensors"), "--out", str(d / "o.npy")], "no such file"),
-    (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "-1"], "tol"),
-    (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "0.1", "--reshape", "5,5"], "reshape"),
-    (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "0.1", "--method", "als"], "--rank"),
-])
+@pytest.mark.parametrize(
+    "argv_fn,needle",
+    [
+        (lambda d: ["decompose", str(d / "missing.npy"), "--tol", "0.1"], "no such file"),
+        (lambda d: ["decompose", str(d / "bad.npy"), "--tol", "0.1"], "cannot read"),
+        (lambda d: ["decompose", str(d / "bad.png"), "--tol", "0.1"], "cannot read"),
+        (lambda d: ["info", str(d / "bad.npy")], "bad.npy"),
+        (lambda d: ["info", str(d / "missing.safetensors")], "no such file"),
+        (lambda d: ["reconstruct", str(d / "missing.safetensors"), "--out", str(d / "o.npy")], "no such file"),
+        (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "-1"], "tol"),
+        (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "0.1", "--reshape", "5,5"], "reshape"),
+        (lambda d: ["decompose", str(d / "ok.npy"), "--tol", "0.1", "--method", "als"], "--rank"),
+    ],
+)
 def test_errors_are_one_line(tmp_path, capsys, argv_fn, needle):
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -78,6 +100,9 @@ def test_errors_are_one_line(tmp_path, capsys, argv_fn, needle):
 
 
 def test_console_script_exit_code(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "trkit.cli", "decompose", str(tmp_path / "nope.npy"),
-                          "--tol", "0.1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "trkit.cli", "decompose", str(tmp_path / "nope.npy"), "--tol", "0.1"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

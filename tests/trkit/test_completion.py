@@ -1,4 +1,5 @@
 """Tensor completion recovers an exact low-rank ring from 30% of its entries."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,13 +30,16 @@ def test_index_value_form_and_holdout_zero():
     assert info.train_error < 1e-6
 
 
-@pytest.mark.parametrize("args,kw,match", [
-    ((torch.ones(3, 3), torch.zeros(3, 3, dtype=torch.bool), 1), {}, "observes no entries"),
-    ((torch.ones(3, 3), torch.ones(3, 4, dtype=torch.bool), 1), {}, "mask shape"),
-    ((torch.ones(3, 3), torch.ones(3, 3), 1), {}, None),
-    (((np.zeros((2, 2), int), np.zeros(2)),), {"rank": 1}, "shape"),
-    ((torch.ones(3, 3), torch.ones(3, 3, dtype=torch.bool), 0), {}, "rank"),
-])
+@pytest.mark.parametrize(
+    "args,kw,match",
+    [
+        ((torch.ones(3, 3), torch.zeros(3, 3, dtype=torch.bool), 1), {}, "observes no entries"),
+        ((torch.ones(3, 3), torch.ones(3, 4, dtype=torch.bool), 1), {}, "mask shape"),
+        ((torch.ones(3, 3), torch.ones(3, 3), 1), {}, None),
+        (((np.zeros((2, 2), int), np.zeros(2)),), {"rank": 1}, "shape"),
+        ((torch.ones(3, 3), torch.ones(3, 3, dtype=torch.bool), 0), {}, "rank"),
+    ],
+)
 def test_bad_input(args, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         tr_complete(*args, **kw)

@@ -1,4 +1,5 @@
 """Planned contraction: correctness vs torch.einsum, cache, cost model, ring plans, explain."""
+
 import io
 import time
 
@@ -14,8 +15,11 @@ from trkit.ring import TensorRing, dense_equation
 
 def test_contract_matches_einsum_and_caches():
     C.clear_cache()
-    ops = [torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64),
-           torch.randn(5, 3, dtype=torch.float64)]
+    ops = [
+        torch.randn(3, 4, dtype=torch.float64),
+        torch.randn(4, 5, dtype=torch.float64),
+        torch.randn(5, 3, dtype=torch.float64),
+    ]
     want = torch.einsum("ij,jk,ki->", *ops)
     assert torch.allclose(C.contract("ij,jk,ki->", *ops), want)
     assert C.cache_info()["misses"] == 1 and C.cache_info()["hits"] == 0
@@ -88,6 +92,7 @@ def test_ring_dense_plan_flops_are_opt_einsum_flops_and_near_dp(d, seed):
 def test_ring_dense_plan_output_matches_tensorly_for_every_cut():
     import numpy as np
     import tensorly as tl
+
     tl.set_backend("numpy")
     tr = TensorRing.random((2, 3, 4, 2, 3), (3, 1, 4, 2, 5), seed=2)
     plan = C.ring_dense_plan(tr.shape, tr.ranks)
@@ -122,7 +127,7 @@ def test_explain_ring_operations():
 def test_explain_large_ring_norm_needs_no_dense_memory():
     a = TensorRing.random([10] * 12, 8, seed=0)
     rep = C.explain("norm", a, file=io.StringIO())
-    assert rep["largest_intermediate"] <= 8 ** 4 * 10
+    assert rep["largest_intermediate"] <= 8**4 * 10
     assert rep["naive_flops"] is None or rep["naive_flops"] > 1000 * rep["flops"]
 
 

@@ -1,4 +1,5 @@
 """TR-ALS, adaptive ALS and sampled ALS against dense references and exact rings."""
+
 import numpy as np
 import pytest
 import tensorly as tl
@@ -28,8 +29,16 @@ def test_exact_ring_recovered_from_random_init():
 def test_best_error_never_increases(seed, rank):
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal((5, 6, 4, 5)))
     seen = []
-    ring, info = tr_als(x, rank, init="random", max_iter=15, tol=1e-12, seed=seed, return_info=True,
-                        callback=lambda it, err, r: seen.append(err))
+    ring, info = tr_als(
+        x,
+        rank,
+        init="random",
+        max_iter=15,
+        tol=1e-12,
+        seed=seed,
+        return_info=True,
+        callback=lambda it, err, r: seen.append(err),
+    )
     best = np.minimum.accumulate(info.history)
     assert np.all(np.diff(best) <= 0)
     assert seen == info.history
@@ -62,10 +71,10 @@ def test_same_start_same_fixed_point_as_tensorly(seed):
     _, info = tr_als(torch.from_numpy(x), 3, init=init, max_iter=200, tol=1e-12, return_info=True)
     assert abs(info.rel_error - err_tly) <= 1e-4 * err_tly
 
+
 def test_callback_stop_seed_determinism_and_float32():
     x = torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ring, info = tr_als(x, 2, init="random", max_iter=50, seed=3, return_info=True,
-                        callback=lambda it, err, r: it >= 3)
+    ring, info = tr_als(x, 2, init="random", max_iter=50, seed=3, return_info=True, callback=lambda it, err, r: it >= 3)
     assert info.n_iter == 3
     a = tr_als(x, 2, init="random", max_iter=5, seed=7)
     b = tr_als(x, 2, init="random", max_iter=5, seed=7)
@@ -76,9 +85,15 @@ def test_callback_stop_seed_determinism_and_float32():
     assert tr_als(x, 2, init=init, max_iter=3).ranks == init.ranks
 
 
-@pytest.mark.parametrize("kw,match", [({"rank": 0}, "rank"), ({"rank": 2, "tol": 0}, "tol"),
-                                      ({"rank": 2, "init": "bogus"}, "init"),
-                                      ({"rank": 2, "max_iter": 0}, "max_iter")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"rank": 0}, "rank"),
+        ({"rank": 2, "tol": 0}, "tol"),
+        ({"rank": 2, "init": "bogus"}, "init"),
+        ({"rank": 2, "max_iter": 0}, "max_iter"),
+    ],
+)
 def test_als_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
         tr_als(torch.ones(3, 4, 5), **kw)
@@ -110,8 +125,9 @@ def test_sampled_dense_memmap_and_callable(tmp_path):
     mm = np.load(path, mmap_mode="r")
     ring_mm = tr_als_sampled(mm, 2, n_samples=300, max_iter=40, sampling="uniform")
     assert _rel(x, ring_mm) < 1e-6
-    ring_fn, info_fn = tr_als_sampled(lambda idx: x.numpy()[tuple(idx.T)], 2, shape=x.shape,
-                                      n_samples=300, max_iter=40, return_info=True)
+    ring_fn, info_fn = tr_als_sampled(
+        lambda idx: x.numpy()[tuple(idx.T)], 2, shape=x.shape, n_samples=300, max_iter=40, return_info=True
+    )
     assert _rel(x, ring_fn) < 1e-6
     with pytest.raises(ValueError, match="shape"):
         tr_als_sampled(lambda idx: idx[:, 0], 2)
@@ -144,9 +160,11 @@ def test_init_ring_of_wrong_shape_is_named(method):
     """Every method that takes a starting ring checks its shape against the tensor's."""
     x = TensorRing.random((4, 5, 6), 2, seed=0, dtype=torch.float64).to_dense()
     bad = TensorRing.random((4, 5, 7), 2, seed=1, dtype=torch.float64)
-    calls = {"als": lambda: tr_als(x, 2, init=bad),
-             "adaptive": lambda: tr_als_adaptive(x, 1e-3, init=bad),
-             "sampled": lambda: tr_als_sampled(x, 2, init=bad),
-             "complete": lambda: trkit.tr_complete(x, torch.ones_like(x, dtype=torch.bool), 2, init=bad)}
+    calls = {
+        "als": lambda: tr_als(x, 2, init=bad),
+        "adaptive": lambda: tr_als_adaptive(x, 1e-3, init=bad),
+        "sampled": lambda: tr_als_sampled(x, 2, init=bad),
+        "complete": lambda: trkit.tr_complete(x, torch.ones_like(x, dtype=torch.bool), 2, init=bad),
+    }
     with pytest.raises(ValueError, match=r"init ring has shape \(4, 5, 7\), the tensor has \(4, 5, 6\)"):
         calls[method]()

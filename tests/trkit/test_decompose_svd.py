@@ -16,13 +16,17 @@ def _rel(x, ring):
 
 
 @settings(max_examples=25, deadline=None)
-@given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=5),
-       log_tol=st.floats(-5, -0.3), smooth=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    shape=st.lists(st.integers(2, 6), min_size=2, max_size=5),
+    log_tol=st.floats(-5, -0.3),
+    smooth=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_tolerance_guarantee(shape, log_tol, smooth, seed):
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
     if smooth:  # a compressible tensor, so truncations actually happen
         x = x.cumsum(0).cumsum(-1)
-    tol = 10.0 ** log_tol
+    tol = 10.0**log_tol
     ring, info = tr_svd(x, tol=tol, return_info=True)
     true = _rel(x, ring)  # independent dense reference
     assert true <= tol * (1 + 1e-9)
@@ -69,15 +73,18 @@ def test_unreachable_rank_is_clamped_with_warning():
     assert ring.ranks[0] * ring.ranks[1] <= 4
 
 
-@pytest.mark.parametrize("bad,kw,match", [
-    (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {"tol": 0.1}, "NaN"),
-    (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), {"tol": 0.1}, "Inf"),
-    (torch.ones(3, 3), {"tol": 0.0}, "tol"),
-    (torch.ones(3, 3), {"tol": -1.0}, "tol"),
-    (torch.ones(3, 3), {"rank": 0}, "rank"),
-    (torch.ones(3, 3), {}, "rank"),
-    (torch.ones(3), {"tol": 0.1}, "2 modes"),
-])
+@pytest.mark.parametrize(
+    "bad,kw,match",
+    [
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {"tol": 0.1}, "NaN"),
+        (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), {"tol": 0.1}, "Inf"),
+        (torch.ones(3, 3), {"tol": 0.0}, "tol"),
+        (torch.ones(3, 3), {"tol": -1.0}, "tol"),
+        (torch.ones(3, 3), {"rank": 0}, "rank"),
+        (torch.ones(3, 3), {}, "rank"),
+        (torch.ones(3), {"tol": 0.1}, "2 modes"),
+    ],
+)
 def test_bad_input(bad, kw, match):
     with pytest.raises(ValueError, match=match):
         tr_svd(bad, **kw)
@@ -97,8 +104,10 @@ def _stacked_low_rank(d_in, d_out, L, ranks, ring_seed):
     return x.float().double()
 
 
-@pytest.mark.parametrize("shape,ranks,ring_seed,seed", [
-    ((24, 6, 3), (1, 2, 2), 2, 0), ((16, 8, 4), (2, 1, 2), 3, 1), ((32, 8, 4), (1, 2, 2), 0, 1)])
+@pytest.mark.parametrize(
+    "shape,ranks,ring_seed,seed",
+    [((24, 6, 3), (1, 2, 2), 2, 0), ((16, 8, 4), (2, 1, 2), 3, 1), ((32, 8, 4), (1, 2, 2), 0, 1)],
+)
 def test_block_split_whole_space_block_regression(shape, ranks, ring_seed, seed):
     # these recursed until RecursionError: a complex pair whose invariant block spanned the
     # whole operator space was "split" again into itself
@@ -109,9 +118,15 @@ def test_block_split_whole_space_block_regression(shape, ranks, ring_seed, seed)
 
 
 @settings(max_examples=30, deadline=None)
-@given(d_in=st.integers(4, 40), d_out=st.integers(2, 10), L=st.integers(2, 5),
-       ranks=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
-       ring_seed=st.integers(0, 10_000), seed=st.integers(0, 5), tol=st.sampled_from([0.3, 0.1, 1e-4]))
+@given(
+    d_in=st.integers(4, 40),
+    d_out=st.integers(2, 10),
+    L=st.integers(2, 5),
+    ranks=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    ring_seed=st.integers(0, 10_000),
+    seed=st.integers(0, 5),
+    tol=st.sampled_from([0.3, 0.1, 1e-4]),
+)
 def test_stacked_low_rank_never_raises_and_meets_tol(d_in, d_out, L, ranks, ring_seed, seed, tol):
     x = _stacked_low_rank(d_in, d_out, L, ranks, ring_seed)
     ring = tr_svd(x, tol=tol, seed=seed)
@@ -132,14 +147,14 @@ def test_kron_split_gives_up_cleanly_on_non_ring_operators():
 
 
 @settings(max_examples=25, deadline=None)
-@given(p=st.integers(1, 40), q=st.integers(1, 300), rank=st.integers(1, 12), seed=st.integers(0, 1000),
-       f32=st.booleans())
+@given(
+    p=st.integers(1, 40), q=st.integers(1, 300), rank=st.integers(1, 12), seed=st.integers(0, 1000), f32=st.booleans()
+)
 def test_row_basis_matches_svd(p, q, rank, seed, f32):
     from trkit.decompose._lowrank import row_basis
 
     g = torch.Generator().manual_seed(seed)
-    m = (torch.randn(p, rank, generator=g, dtype=torch.float64)
-         @ torch.randn(rank, q, generator=g, dtype=torch.float64))
+    m = torch.randn(p, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, q, generator=g, dtype=torch.float64)
     m = m + 1e-6 * torch.randn(p, q, generator=g, dtype=torch.float64)
     m = m.float() if f32 else m
     u, s, b = row_basis(m)
@@ -156,15 +171,22 @@ def test_row_basis_matches_svd(p, q, rank, seed, f32):
 
 
 @settings(max_examples=25, deadline=None)
-@given(p=st.integers(20, 120), q=st.integers(200, 600), rank=st.integers(1, 30), need=st.integers(1, 20),
-       rel=st.floats(1e-8, 0.5), seed=st.integers(0, 1000))
+@given(
+    p=st.integers(20, 120),
+    q=st.integers(200, 600),
+    rank=st.integers(1, 30),
+    need=st.integers(1, 20),
+    rel=st.floats(1e-8, 0.5),
+    seed=st.integers(0, 1000),
+)
 def test_sketch_rank_never_exceeds_truncation_rank(p, q, rank, need, rel, seed):
     from trkit.decompose.svd import _rank_for, _rank_lower_bound
 
     g = torch.Generator().manual_seed(seed)
     decay = 0.7 ** torch.arange(rank, dtype=torch.float64)
     m = (torch.randn(p, rank, generator=g, dtype=torch.float64) * decay) @ torch.randn(
-        rank, q, generator=g, dtype=torch.float64) + 1e-4 * torch.randn(p, q, generator=g, dtype=torch.float64)
+        rank, q, generator=g, dtype=torch.float64
+    ) + 1e-4 * torch.randn(p, q, generator=g, dtype=torch.float64)
     delta = rel * float(torch.linalg.matrix_norm(m))
     lb = _rank_lower_bound(m, delta, None, need)
     assert lb <= _rank_for(torch.linalg.svdvals(m), delta, None, None)
@@ -175,8 +197,9 @@ def test_sketch_pruning_does_not_change_the_result(monkeypatch, noise):
     import trkit.decompose.svd as svd_mod
 
     tr = TensorRing.random((16, 14, 16, 12), 3, seed=4)
-    x = tr.to_dense() + noise * torch.randn(16, 14, 16, 12, generator=torch.Generator().manual_seed(0),
-                                            dtype=torch.float64)
+    x = tr.to_dense() + noise * torch.randn(
+        16, 14, 16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     fired = []
     real = svd_mod._rank_lower_bound
 

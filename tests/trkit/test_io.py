@@ -1,4 +1,5 @@
 """Serialisation (safetensors, atomic, never unpickles) and tensorly interop."""
+
 import json
 import os
 
@@ -54,11 +55,17 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
 def test_metadata_header(tmp_path):
     from safetensors import safe_open
+
     path = trkit.save(TensorRing.random((2, 3, 4), (1, 2, 3), seed=0), tmp_path / "r.safetensors")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["trkit"])
-    assert meta == {"format": "trkit.TensorRing", "version": 1, "shape": [2, 3, 4], "ranks": [1, 2, 3],
-                    "dtype": "float64"}
+    assert meta == {
+        "format": "trkit.TensorRing",
+        "version": 1,
+        "shape": [2, 3, 4],
+        "ranks": [1, 2, 3],
+        "dtype": "float64",
+    }
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -99,14 +106,22 @@ def test_load_rejects_inconsistent_files(tmp_path):
         trkit.load(_write(tmp_path / "v2.safetensors", cores, {**meta, "version": 2}))
     with pytest.raises(ValueError, match="bad.safetensors: trkit metadata is not valid JSON"):
         trkit.load(_write(tmp_path / "bad.safetensors", cores, "{not json"))
-    with pytest.raises(ValueError, match=r"few.safetensors: expected tensors \['core_0', 'core_1'\], found \['core_0'\]"):
+    with pytest.raises(
+        ValueError, match=r"few.safetensors: expected tensors \['core_0', 'core_1'\], found \['core_0'\]"
+    ):
         trkit.load(_write(tmp_path / "few.safetensors", {"core_0": cores["core_0"]}, meta))
-    with pytest.raises(ValueError, match=r"shape.safetensors: cores give shape \(2, 3\) and ranks \(2, 2\), "
-                                         r"but the metadata says shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape.safetensors: cores give shape \(2, 3\) and ranks \(2, 2\), "
+        r"but the metadata says shape \(2, 4\)",
+    ):
         trkit.load(_write(tmp_path / "shape.safetensors", cores, {**meta, "shape": [2, 4]}))
     with pytest.raises(ValueError, match="ranks.safetensors: ranks disagree between core 0 and core 1"):
-        trkit.load(_write(tmp_path / "ranks.safetensors",
-                          {"core_0": torch.randn(2, 2, 3), "core_1": torch.randn(2, 3, 2)}, meta))
+        trkit.load(
+            _write(
+                tmp_path / "ranks.safetensors", {"core_0": torch.randn(2, 2, 3), "core_1": torch.randn(2, 3, 2)}, meta
+            )
+        )
     with pytest.raises(TypeError, match="save expects a TensorRing, got list"):
         trkit.save([torch.ones(1, 2, 1)], tmp_path / "x.safetensors")
 

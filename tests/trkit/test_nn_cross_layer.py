@@ -1,5 +1,6 @@
 """CrossLayerTR: the original API, forward vs dense per-layer weights, forward_all, the dense
 weight cache, fits from stacked matrices, init, serialisation, argument checks."""
+
 import io
 
 import pytest
@@ -34,17 +35,25 @@ def test_original_api_and_formula():
 
 
 @settings(max_examples=30, deadline=None)
-@given(d_in=st.sampled_from([1, 4, 6, 12, 16]), d_out=st.sampled_from([1, 3, 8, 12]), L=st.integers(1, 4),
-       n_in=st.integers(1, 2), n_out=st.integers(1, 2), r=st.integers(1, 4),
-       batch=st.lists(st.integers(0, 4), max_size=2), path=st.sampled_from(["auto", "contract", "dense"]),
-       bias=st.booleans(), cache=st.booleans(), seed=st.integers(0, 10_000))
+@given(
+    d_in=st.sampled_from([1, 4, 6, 12, 16]),
+    d_out=st.sampled_from([1, 3, 8, 12]),
+    L=st.integers(1, 4),
+    n_in=st.integers(1, 2),
+    n_out=st.integers(1, 2),
+    r=st.integers(1, 4),
+    batch=st.lists(st.integers(0, 4), max_size=2),
+    path=st.sampled_from(["auto", "contract", "dense"]),
+    bias=st.booleans(),
+    cache=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
 def test_forward_equals_dense(d_in, d_out, L, n_in, n_out, r, batch, path, bias, cache, seed):
     torch.manual_seed(seed)
     in_modes, out_modes = balanced_factors(d_in, n_in), balanced_factors(d_out, n_out)
     n = len(in_modes) + len(out_modes) + 1
     ranks = [1 + (r + k) % 4 for k in range(n)]
-    m = tn.CrossLayerTR(d_in, d_out, L, ranks, bias=bias, in_modes=in_modes, out_modes=out_modes, path=path,
-                        dtype=F64)
+    m = tn.CrossLayerTR(d_in, d_out, L, ranks, bias=bias, in_modes=in_modes, out_modes=out_modes, path=path, dtype=F64)
     if bias:
         torch.nn.init.normal_(m.bias)
     xs = torch.randn(L, *batch, d_in, dtype=F64)
@@ -115,7 +124,7 @@ def test_init_std_within_ten_percent():
     torch.manual_seed(3)
     for ranks, kw in [((2, 3, 4), {}), (5, {"in_modes": 2}), ((1, 1, 1), {})]:
         m = tn.CrossLayerTR(24, 8, 6, ranks, dtype=F64, **kw)
-        target = (1.0 / (3 * 24))
+        target = 1.0 / (3 * 24)
         var = []
         for _ in range(300):
             m.reset_parameters()
@@ -188,24 +197,33 @@ def test_every_parameter_used_and_to_dtype():
     assert all(p.grad is not None for p in m.parameters())
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(ranks=0), ValueError, ">= 1"),
-    (dict(ranks=(2, 2)), ValueError, "needs 3 entries"),
-    (dict(ranks=2, in_modes=(5, 5)), ValueError, "multiply to 25"),
-    (dict(ranks=2, path="x"), ValueError, "path must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(ranks=0), ValueError, ">= 1"),
+        (dict(ranks=(2, 2)), ValueError, "needs 3 entries"),
+        (dict(ranks=2, in_modes=(5, 5)), ValueError, "multiply to 25"),
+        (dict(ranks=2, path="x"), ValueError, "path must be"),
+    ],
+)
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         tn.CrossLayerTR(12, 6, 3, **kwargs)
 
 
-@pytest.mark.parametrize("dims,match", [((0, 6, 3), "d_in must be a positive int, got 0"),
-                                        ((12, 6.0, 3), "d_out must be a positive int, got 6.0"),
-                                        ((12, 6, True), "n_layers must be a positive int, got True")])
+@pytest.mark.parametrize(
+    "dims,match",
+    [
+        ((0, 6, 3), "d_in must be a positive int, got 0"),
+        ((12, 6.0, 3), "d_out must be a positive int, got 6.0"),
+        ((12, 6, True), "n_layers must be a positive int, got True"),
+    ],
+)
 def test_sizes_must_be_positive_ints_as_in_trlinear(dims, match):
     with pytest.raises(ValueError, match=match):
         tn.CrossLayerTR(*dims, ranks=2)
     import numpy as np
+
     assert tn.CrossLayerTR(np.int64(12), 6, 3, ranks=2).d_in == 12  # numpy ints are ints
     assert tn.TRLinear(np.int64(12), 6, ranks=2).in_features == 12
 

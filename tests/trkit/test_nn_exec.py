@@ -1,5 +1,6 @@
 """trkit.nn._exec: the compiled contraction executor against torch.einsum (float64), gradients,
 layouts (strided inputs, size-1 indices, batch indices), bias fusion and the fallbacks."""
+
 import string
 
 import pytest
@@ -14,7 +15,7 @@ F64 = torch.float64
 def ring_equation(n_modes: int, lead: str = "t") -> tuple[str, list[str]]:
     """``t m1..mp, core_1..core_p -> t`` ... a ring over the modes with the batch index ``t``."""
     pool = [c for c in string.ascii_letters if c != lead]
-    modes, bonds = pool[:n_modes], pool[n_modes:2 * n_modes]
+    modes, bonds = pool[:n_modes], pool[n_modes : 2 * n_modes]
     cores = [bonds[k] + modes[k] + bonds[(k + 1) % n_modes] for k in range(n_modes)]
     return cores, modes
 
@@ -92,9 +93,11 @@ def test_single_token_needs_no_copy():
 
 def test_fallback_paths_match_einsum():
     torch.manual_seed(2)
-    for eq, shapes in [("ii,ij->j", [(3, 3), (3, 4)]),  # repeated index
-                       ("ij,jk->i", [(3, 4), (4, 5)]),  # index summed inside one operand
-                       ("ijk->kj", [(2, 3, 4)])]:  # a lone operand
+    for eq, shapes in [
+        ("ii,ij->j", [(3, 3), (3, 4)]),  # repeated index
+        ("ij,jk->i", [(3, 4), (4, 5)]),  # index summed inside one operand
+        ("ijk->kj", [(2, 3, 4)]),
+    ]:  # a lone operand
         ops = [torch.randn(s, dtype=F64) for s in shapes]
         torch.testing.assert_close(_exec.run(eq, *ops), torch.einsum(eq, *ops), rtol=0, atol=1e-12)
 
@@ -146,7 +149,8 @@ def test_layer_one_token_fuses_bias_and_gradchecks():
     names = [n for n, _ in layer.named_parameters()]
     ps = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
     assert torch.autograd.gradcheck(
-        lambda x, *ps: torch.func.functional_call(layer, dict(zip(names, ps)), (x,)), (x, *ps))
+        lambda x, *ps: torch.func.functional_call(layer, dict(zip(names, ps)), (x,)), (x, *ps)
+    )
 
 
 def test_forward_all_stacked_contraction_gradchecks():
@@ -172,8 +176,10 @@ def test_modules_pickle_and_deepcopy_after_forward():
 
     torch.manual_seed(6)
     x = torch.randn(3, 12, dtype=F64)
-    for mod, call in [(tn.TRLinear(12, 6, 2, path="contract", dtype=F64), lambda m: m(x)),
-                      (tn.CrossLayerTR(12, 6, 3, 2, path="contract", dtype=F64), lambda m: m(x, 1))]:
+    for mod, call in [
+        (tn.TRLinear(12, 6, 2, path="contract", dtype=F64), lambda m: m(x)),
+        (tn.CrossLayerTR(12, 6, 3, 2, path="contract", dtype=F64), lambda m: m(x, 1)),
+    ]:
         y = call(mod)
         buf = io.BytesIO()
         torch.save(mod, buf)

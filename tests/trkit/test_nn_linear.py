@@ -1,5 +1,6 @@
 """TRLinear: forward vs F.linear on the reconstructed weight, gradients, init variance, fits,
 serialisation, argument checks, torch.compile."""
+
 import io
 import math
 import time
@@ -39,9 +40,17 @@ dims = st.sampled_from([1, 2, 4, 6, 12, 16, 30, 32])
 
 
 @settings(max_examples=30, deadline=None)
-@given(in_f=dims, out_f=dims, n_in=st.integers(1, 3), n_out=st.integers(1, 2), r=st.integers(1, 4),
-       batch=st.lists(st.integers(0, 5), min_size=0, max_size=3), path=st.sampled_from(["auto", "contract", "dense"]),
-       bias=st.booleans(), seed=st.integers(0, 10_000))
+@given(
+    in_f=dims,
+    out_f=dims,
+    n_in=st.integers(1, 3),
+    n_out=st.integers(1, 2),
+    r=st.integers(1, 4),
+    batch=st.lists(st.integers(0, 5), min_size=0, max_size=3),
+    path=st.sampled_from(["auto", "contract", "dense"]),
+    bias=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
 def test_forward_equals_f_linear(in_f, out_f, n_in, n_out, r, batch, path, bias, seed):
     torch.manual_seed(seed)
     in_modes, out_modes = balanced_factors(in_f, n_in), balanced_factors(out_f, n_out)
@@ -71,11 +80,16 @@ def test_gradcheck(path):
 
 def test_init_variance_matches_target():
     # average of the empirical variance over many draws -> the target variance (within 10%)
-    for scheme, ranks, (i, o) in [("kaiming", 3, (24, 16)), ("xavier", (1, 2, 5), (24, 16)),
-                                  ("torch", 6, (32, 8)), (0.37, 2, (12, 12))]:
+    for scheme, ranks, (i, o) in [
+        ("kaiming", 3, (24, 16)),
+        ("xavier", (1, 2, 5), (24, 16)),
+        ("torch", 6, (32, 8)),
+        (0.37, 2, (12, 12)),
+    ]:
         torch.manual_seed(0)
-        layer = tn.TRLinear(i, o, ranks, in_modes=2, out_modes=(o,) if isinstance(ranks, tuple) else None,
-                            init=scheme, dtype=F64)
+        layer = tn.TRLinear(
+            i, o, ranks, in_modes=2, out_modes=(o,) if isinstance(ranks, tuple) else None, init=scheme, dtype=F64
+        )
         var = []
         for _ in range(400):
             layer.reset_parameters()
@@ -180,14 +194,17 @@ def test_parameter_counts():
     assert tn.compression_ratio(100, dense_params=1000) == 10.0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(in_features=8, out_features=4, ranks=0), "ranks must all be >= 1"),
-    (dict(in_features=8, out_features=4, ranks=(2, 2, 2)), "needs 2 entries"),
-    (dict(in_features=8, out_features=4, ranks=2, in_modes=(3, 3)), "multiply to 9, not to the dimension 8"),
-    (dict(in_features=0, out_features=4, ranks=2), "in_features must be a positive int"),
-    (dict(in_features=8, out_features=4, ranks=2, path="fast"), "path must be one of"),
-    (dict(in_features=8, out_features=4, ranks=2, init="he"), "unknown init scheme"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_features=8, out_features=4, ranks=0), "ranks must all be >= 1"),
+        (dict(in_features=8, out_features=4, ranks=(2, 2, 2)), "needs 2 entries"),
+        (dict(in_features=8, out_features=4, ranks=2, in_modes=(3, 3)), "multiply to 9, not to the dimension 8"),
+        (dict(in_features=0, out_features=4, ranks=2), "in_features must be a positive int"),
+        (dict(in_features=8, out_features=4, ranks=2, path="fast"), "path must be one of"),
+        (dict(in_features=8, out_features=4, ranks=2, init="he"), "unknown init scheme"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tn.TRLinear(**kwargs)
@@ -256,6 +273,7 @@ def test_torch_compile_inductor():
 
 # ---- inference: the factored path (W = B @ A cut between output and input cores) ----------------
 
+
 def _bench_layer(**kw):
     # the benchmark's 768x32 layer (4.55% of the dense parameters), float64 for exact comparisons
     return tn.TRLinear(768, 32, ranks=4, in_modes=(32, 24), out_modes=(8, 4), dtype=F64, **kw)
@@ -266,8 +284,9 @@ def _bench_layer(**kw):
 def test_factored_forward_equals_dense_linear(p, q, r, tokens, bias, seed):
     torch.manual_seed(seed)
     in_modes, out_modes = (3, 4, 2)[:p], (5, 3)[:q]
-    layer = tn.TRLinear(math.prod(in_modes), math.prod(out_modes), ranks=r, in_modes=in_modes,
-                        out_modes=out_modes, bias=bias, dtype=F64)
+    layer = tn.TRLinear(
+        math.prod(in_modes), math.prod(out_modes), ranks=r, in_modes=in_modes, out_modes=out_modes, bias=bias, dtype=F64
+    )
     x = torch.randn(tokens, layer.in_features, dtype=F64)
     ref = F.linear(x, layer.weight, layer.bias).detach()
     with torch.no_grad():
@@ -296,6 +315,7 @@ def test_factored_path_is_taken_without_grad_and_tracks_the_cores():
         xf = x.float()
         torch.testing.assert_close(moved(xf), F.linear(xf, moved.weight, moved.bias), rtol=1e-4, atol=1e-4)
         import copy
+
         clone = copy.deepcopy(moved)  # the factor cache is not part of the pickled state
         assert clone._factors is None
         torch.testing.assert_close(clone(xf), moved(xf), rtol=0, atol=0)

@@ -1,4 +1,5 @@
 """TensorRing format: dense form, entries, slicing, reordering, validation (vs tensorly / loops)."""
+
 import itertools
 
 import numpy as np
@@ -10,7 +11,6 @@ from hypothesis import given, strategies as st
 import trkit
 from trkit import TensorRing
 from _strategies import SETTINGS, rings
-
 
 
 def tensorly_dense(tr):
@@ -122,8 +122,9 @@ def test_merge_and_split_modes(tr, data):
     start = data.draw(st.integers(0, d - 1))
     stop = data.draw(st.integers(start + 1, d))
     merged = tr.merge_modes(start, stop)
-    assert torch.allclose(merged.to_dense(), dense.reshape(*tr.shape[:start], -1, *tr.shape[stop:]),
-                          rtol=1e-10, atol=1e-12)
+    assert torch.allclose(
+        merged.to_dense(), dense.reshape(*tr.shape[:start], -1, *tr.shape[stop:]), rtol=1e-10, atol=1e-12
+    )
     back = merged.split_mode(start, tr.shape[start:stop])
     assert back.shape == tr.shape
     assert torch.allclose(back.to_dense(), dense, rtol=1e-9, atol=1e-10)
@@ -140,8 +141,9 @@ def test_split_mode_truncates_with_max_rank():
 
 def test_tensor_train():
     rng = np.random.default_rng(2)
-    tt = TensorRing.from_tensor_train([rng.standard_normal((3, 2)), rng.standard_normal((2, 4, 3)),
-                                       rng.standard_normal((3, 5))])
+    tt = TensorRing.from_tensor_train(
+        [rng.standard_normal((3, 2)), rng.standard_normal((2, 4, 3)), rng.standard_normal((3, 5))]
+    )
     assert tt.is_tensor_train and tt.ranks == (1, 2, 3) and tt.shape == (3, 4, 5)
     ref = np.einsum("ia,ajb,bk->ijk", tt.cores[0][0].numpy(), tt.cores[1].numpy(), tt.cores[2][..., 0].numpy())
     assert np.allclose(tt.to_numpy(), ref)
@@ -188,8 +190,9 @@ def test_validation_messages():
         TensorRing([torch.randn(2, 3, 2), torch.empty(2, 3, 2, device="meta")])
     with pytest.raises(ValueError, match=r"core 0 has shape \(2, 0, 2\): ranks and mode sizes must be >= 1"):
         TensorRing([torch.randn(2, 0, 2)])
-    with pytest.raises(ValueError, match="ranks disagree between core 1 and core 2: core 1 has right rank 4, "
-                                         "core 2 has left rank 3"):
+    with pytest.raises(
+        ValueError, match="ranks disagree between core 1 and core 2: core 1 has right rank 4, core 2 has left rank 3"
+    ):
         TensorRing([torch.randn(2, 3, 3), torch.randn(3, 3, 4), torch.randn(3, 3, 2)])
     with pytest.raises(ValueError, match="ranks disagree between core 1 and core 0"):
         TensorRing([torch.randn(2, 3, 3), torch.randn(3, 3, 5)])

@@ -1,4 +1,5 @@
 """Rounding: meets tol, never under-reports the (dense) error, refine improves, bad input."""
+
 import math
 
 import pytest
@@ -16,14 +17,19 @@ def _dense_rel(a, b):
 
 
 @settings(max_examples=20, deadline=None)
-@given(shape=st.lists(st.integers(2, 5), min_size=3, max_size=5), ra=st.integers(1, 3),
-       rb=st.integers(1, 3), weight=st.floats(1e-4, 1.0), log_tol=st.floats(-5, -0.5),
-       seed=st.integers(0, 1000))
+@given(
+    shape=st.lists(st.integers(2, 5), min_size=3, max_size=5),
+    ra=st.integers(1, 3),
+    rb=st.integers(1, 3),
+    weight=st.floats(1e-4, 1.0),
+    log_tol=st.floats(-5, -0.5),
+    seed=st.integers(0, 1000),
+)
 def test_round_meets_tol_and_never_under_reports(shape, ra, rb, weight, log_tol, seed):
     a = TensorRing.random(shape, ra, seed=seed)
     b = TensorRing.random(shape, rb, seed=seed + 1)
     s = trkit.add(a, trkit.scale(b, weight))  # ranks ra + rb, compressible when weight is small
-    tol = 10.0 ** log_tol
+    tol = 10.0**log_tol
     out, err = trkit.round(s, tol=tol)
     true = _dense_rel(s, out)
     assert err >= true  # the reported error is an upper bound
@@ -64,8 +70,16 @@ def test_ring_error_and_float32():
     assert out.dtype == torch.float32 and err < 1e-2
 
 
-@pytest.mark.parametrize("kw,match", [({"tol": 0}, "tol"), ({"tol": -1}, "tol"), ({}, "tol"),
-                                      ({"max_rank": 0}, "max_rank"), ({"tol": 0.1, "refine": -1}, "refine")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"tol": 0}, "tol"),
+        ({"tol": -1}, "tol"),
+        ({}, "tol"),
+        ({"max_rank": 0}, "max_rank"),
+        ({"tol": 0.1, "refine": -1}, "refine"),
+    ],
+)
 def test_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
         trkit.round(TensorRing.random((3, 4, 5), 2, seed=0), **kw)
@@ -73,9 +87,14 @@ def test_bad_input(kw, match):
         trkit.round(torch.ones(3, 3), tol=0.1)
 
 
-@pytest.mark.parametrize("call", [lambda x, r: trkit.tr_svd(x, tol=0.1, max_rank=0),
-                                  lambda x, r: trkit.tr_als_adaptive(x, tol=0.1, max_rank=0),
-                                  lambda x, r: trkit.round(r, max_rank=0)])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, r: trkit.tr_svd(x, tol=0.1, max_rank=0),
+        lambda x, r: trkit.tr_als_adaptive(x, tol=0.1, max_rank=0),
+        lambda x, r: trkit.round(r, max_rank=0),
+    ],
+)
 def test_max_rank_below_one_is_refused_everywhere(call):
     ring = trkit.TensorRing.random((3, 4, 5), (2, 2, 2), seed=0)
     with pytest.raises(ValueError, match="max_rank must be >= 1, got 0"):

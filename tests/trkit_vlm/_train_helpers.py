@@ -1,4 +1,5 @@
 """Shared fixtures for the training tests: a tiny open_clip config and a tiny CoOp-layout dataset on disk."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,14 @@ COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128)]
 
 def register_tiny() -> str:
     from trkit_vlm.models import register_model_config
+
     register_model_config(TINY, TINY_CONFIG)
     return TINY
 
 
-def make_coop_dataset(root: Path, n_train: int = 4, n_val: int = 2, n_test: int = 3, size: int = 40,
-                      seed: int = 0) -> Path:
+def make_coop_dataset(
+    root: Path, n_train: int = 4, n_val: int = 2, n_test: int = 3, size: int = 40, seed: int = 0
+) -> Path:
     """``root/images/<class>/<split>_<i>.{jpg,png}`` plus ``root/split_zhou_Tiny.json`` (real image files)."""
     rng = np.random.default_rng(seed)
     split = {"train": [], "val": [], "test": []}
@@ -44,6 +47,7 @@ def make_coop_dataset(root: Path, n_train: int = 4, n_val: int = 2, n_test: int 
 def tiny_config(tmp: Path, data_root: Path, method: str = "mma", **overrides):
     """A RunConfig for the tiny model on the tiny dataset (1 epoch, no augmentation, batch 4)."""
     from trkit_vlm.config import RunConfig, apply_overrides
+
     cfg = RunConfig(model=TINY, method=method, output_dir=str(tmp / "out"), seed=1)
     cfg.data.dataset, cfg.data.root, cfg.data.shots = "coop", str(data_root), 2
     cfg.data.augment = False

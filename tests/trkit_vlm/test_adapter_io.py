@@ -1,4 +1,5 @@
 """Saving/loading adapters alone, errors on mismatched backbones, importing official MMA checkpoints."""
+
 import copy
 import json
 import os
@@ -10,8 +11,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import trkit_vlm as tv
-from trkit_vlm.adapters import (AdaRingConfig, MMAConfig, adapter_state_dict, get_adapters, import_mma_checkpoint,
-                                load_adapters, save_adapters)
+from trkit_vlm.adapters import (
+    AdaRingConfig,
+    MMAConfig,
+    adapter_state_dict,
+    get_adapters,
+    import_mma_checkpoint,
+    load_adapters,
+    save_adapters,
+)
 from trkit_vlm.models import TINY_CONFIG, register_model_config
 
 TINY = "trkit-test-tiny"
@@ -113,8 +121,12 @@ def _official_checkpoint(layers=range(2, 5), h=32, dt=48, dv=64, seed=0):
             sd[f"{name}.{i}.up.bias"] = torch.randn(d, generator=g)
         sd[f"shared_adapter.{i}.0.weight"] = torch.randn(h, h, generator=g)
         sd[f"shared_adapter.{i}.0.bias"] = torch.randn(h, generator=g)
-    return {"state_dict": sd, "epoch": 5, "optimizer": {"state": {}, "param_groups": [{"lr": 0.0015}]},
-            "val_result": None}
+    return {
+        "state_dict": sd,
+        "epoch": 5,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.0015}]},
+        "val_result": None,
+    }
 
 
 def test_import_official_mma_checkpoint(tmp_path):

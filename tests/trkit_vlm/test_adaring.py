@@ -1,4 +1,5 @@
 """AdaRing: budget, equality with an explicit dense per-layer reconstruction, init, diversity, config."""
+
 import warnings
 
 import pytest
@@ -6,9 +7,17 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import trkit_vlm as tv
-from trkit_vlm.adapters import (AdaRingConfig, MMAConfig, adapter_config_from_dict, adapter_parameters,
-                                adapter_regularization, adapters_disabled, adaring_param_count, count_trainable,
-                                get_adapters)
+from trkit_vlm.adapters import (
+    AdaRingConfig,
+    MMAConfig,
+    adapter_config_from_dict,
+    adapter_parameters,
+    adapter_regularization,
+    adapters_disabled,
+    adaring_param_count,
+    count_trainable,
+    get_adapters,
+)
 from trkit_vlm.adapters.adaring.config import PROJECTIONS
 from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info, tower_info_from_config
 
@@ -53,8 +62,14 @@ def test_default_budget_on_vit_b16(vit_b16):
     assert n <= MMA_VIT_B16 // 10  # <= 67,456, biases included
 
 
-@pytest.mark.parametrize("cfg", [AdaRingConfig(ranks=[4]), AdaRingConfig(ranks=[(2, 3, 4), 1], bias="all"),
-                                 AdaRingConfig(ranks=[{p: (1, 2, 3) for p in PROJECTIONS}], bias="none")])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AdaRingConfig(ranks=[4]),
+        AdaRingConfig(ranks=[(2, 3, 4), 1], bias="all"),
+        AdaRingConfig(ranks=[{p: (1, 2, 3) for p in PROJECTIONS}], bias="none"),
+    ],
+)
 def test_closed_form_count(cfg):
     info = tower_info_from_config("ViT-B-16")
     aset = cfg.build(info)
@@ -96,9 +111,13 @@ def test_model_equals_mma_with_dense_weights():
     with torch.no_grad():
         md["up_text"].bias.normal_()
         for k, l in enumerate(ra.text_layers):
-            for proj, lin in (("down_text", ma.text_adapter[str(l)].down[0]), ("down_image", ma.visual_adapter[str(l)].down[0]),
-                              ("shared", ma.shared_adapter[str(l)][0]), ("up_text", ma.text_adapter[str(l)].up),
-                              ("up_image", ma.visual_adapter[str(l)].up)):
+            for proj, lin in (
+                ("down_text", ma.text_adapter[str(l)].down[0]),
+                ("down_image", ma.visual_adapter[str(l)].down[0]),
+                ("shared", ma.shared_adapter[str(l)][0]),
+                ("up_text", ma.text_adapter[str(l)].up),
+                ("up_image", ma.visual_adapter[str(l)].up),
+            ):
                 lin.weight.copy_(_dense(md[proj])[k].T)
                 lin.bias.copy_(md[proj].bias[k])
         out_r, out_m = ring(img, tok), mma(img, tok)
@@ -177,12 +196,20 @@ def test_config_errors():
 
 
 @settings(max_examples=25, deadline=None)
-@given(ranks=st.lists(st.one_of(st.integers(1, 5), st.tuples(st.integers(1, 4), st.integers(1, 4),
-                                                                  st.integers(1, 4))), min_size=1, max_size=3),
-       bias=st.sampled_from(["hidden", "all", "none"]), hidden=st.integers(1, 64),
-       scale=st.floats(0, 1), layers=st.one_of(st.none(), st.just([2, 4])))
+@given(
+    ranks=st.lists(
+        st.one_of(st.integers(1, 5), st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4))),
+        min_size=1,
+        max_size=3,
+    ),
+    bias=st.sampled_from(["hidden", "all", "none"]),
+    hidden=st.integers(1, 64),
+    scale=st.floats(0, 1),
+    layers=st.one_of(st.none(), st.just([2, 4])),
+)
 def test_config_dict_round_trip(ranks, bias, hidden, scale, layers):
     import json
+
     cfg = AdaRingConfig(ranks=ranks, bias=bias, hidden=hidden, scale=scale, text_layers=layers, image_layers=layers)
     back = adapter_config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert isinstance(back, AdaRingConfig)

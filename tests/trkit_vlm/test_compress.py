@@ -1,4 +1,5 @@
 """compress_mma: exact recovery of low-TR-rank MMA sets, budget respected, end to end on a tiny CLIP, CLI."""
+
 import json
 import warnings
 
@@ -24,12 +25,17 @@ def _mma_sd(dt, dv, h, layers, ranks=None, seed=0):
     stacks = {}
     for p, (i, o) in dims.items():
         if ranks is None:
-            stacks[p] = torch.randn(L, i, o) / i ** 0.5
+            stacks[p] = torch.randn(L, i, o) / i**0.5
         else:
             tr = CrossLayerTR(i, o, L, ranks[p], bias=False).double()
             stacks[p] = tr.weights().detach()
-    names = {"down_text": "text_adapter.{}.down.0", "down_image": "visual_adapter.{}.down.0",
-             "shared": "shared_adapter.{}.0", "up_text": "text_adapter.{}.up", "up_image": "visual_adapter.{}.up"}
+    names = {
+        "down_text": "text_adapter.{}.down.0",
+        "down_image": "visual_adapter.{}.down.0",
+        "shared": "shared_adapter.{}.0",
+        "up_text": "text_adapter.{}.up",
+        "up_image": "visual_adapter.{}.up",
+    }
     sd = {}
     for p, key in names.items():
         for k, l in enumerate(layers):

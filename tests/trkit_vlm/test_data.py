@@ -1,5 +1,6 @@
 """Data: CoOp layout (the 11 datasets' folders and split files), ImageFolder, few-shot sampling and its
 cache, base-to-novel split, transforms, run config."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from PIL import Image
 
 from _train_helpers import CLASSES, make_coop_dataset, register_tiny
 from trkit_vlm.config import RunConfig, apply_overrides, config_from_dict, load_config
-from trkit_vlm.data import (COOP_DATASETS, base_novel_split, few_shot_data, load_dataset, load_image_folder,
-                            sample_few_shot, subsample_classes)
+from trkit_vlm.data import (
+    COOP_DATASETS,
+    base_novel_split,
+    few_shot_data,
+    load_dataset,
+    load_image_folder,
+    sample_few_shot,
+    subsample_classes,
+)
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, check_files, load_image
 
 
@@ -179,6 +187,7 @@ def test_transforms_follow_the_model(coop_root):
     rng = np.random.default_rng(0)
     recs = [(rng.integers(0, 256, (32, 32), dtype=np.uint8), 0) for _ in range(3)]
     from trkit_vlm.data.transforms import preprocess_config
+
     fast = ImageDataset(recs, eval_tf, preprocess_config(bundle.model))
     slow = ImageDataset(recs, eval_tf)
     assert fast.preloaded is not None and slow.preloaded is None

@@ -4,6 +4,7 @@ With a fixed view per image the only difference is summation order: DDP averages
 gradients where one process averages the whole batch (the sampler hands both the same images per
 step). Stated tolerance: adapter weights within rtol 1e-4 / atol 1e-6, accuracies equal.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,42 @@ REPO = Path(__file__).resolve().parents[2]
 def test_two_process_ddp_matches_single_process(tmp_path):
     register_tiny()
     root = make_coop_dataset(tmp_path / "d", n_train=4, n_val=1, n_test=2)
-    over = {"optim.epochs": 2, "optim.batch_size": 4, "data.shots": 4, "model_config": TINY_CONFIG,
-            "loss.lambda_text": 1.0}
+    over = {
+        "optim.epochs": 2,
+        "optim.batch_size": 4,
+        "data.shots": 4,
+        "model_config": TINY_CONFIG,
+        "loss.lambda_text": 1.0,
+    }
     single = train(tiny_config(tmp_path / "one", root, **over), progress=False)
     cfg = tiny_config(tmp_path / "two", root, **over)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "trkit_vlm.train", "-c", str(tmp_path / "cfg.json"), "--no-progress"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trkit_vlm.train",
+            "-c",
+            str(tmp_path / "cfg.json"),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = cfg.run_dir()
     two = json.loads((run / "metrics.json").read_text())

@@ -1,4 +1,5 @@
 """Evaluation (base / novel / HM / all against a hand-computed reference) and the results tables."""
+
 from __future__ import annotations
 
 import csv
@@ -34,9 +35,11 @@ def test_base_novel_against_reference(tmp_path):
     out = evaluate_base_novel(model, tok, data, batch_size=5)
     # Reference: one image at a time through open_clip's own transform and model.
     from PIL import Image
+
     with torch.no_grad():
-        img = torch.cat([model.encode_image(bundle.preprocess_val(Image.open(p).convert("RGB"))[None])
-                         for p, _ in data.test])
+        img = torch.cat(
+            [model.encode_image(bundle.preprocess_val(Image.open(p).convert("RGB"))[None]) for p, _ in data.test]
+        )
         txt = model.encode_text(tok([f"a photo of a {c.replace('_', ' ')}." for c in CLASSES]))
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     y = torch.tensor([l for _, l in data.test])
@@ -61,9 +64,22 @@ def _fake_runs(root: Path) -> dict:
                 vals.append((b, n))
                 d = root / ds / method / "shots_16" / f"seed{seed}"
                 d.mkdir(parents=True)
-                (d / "metrics.json").write_text(json.dumps({
-                    "dataset": ds, "method": method, "shots": 16, "seed": seed, "subsample": "base",
-                    "base": b, "novel": n, "hm": harmonic_mean(b, n), "all": (b + n) / 2, "n_trainable": 1000}))
+                (d / "metrics.json").write_text(
+                    json.dumps(
+                        {
+                            "dataset": ds,
+                            "method": method,
+                            "shots": 16,
+                            "seed": seed,
+                            "subsample": "base",
+                            "base": b,
+                            "novel": n,
+                            "hm": harmonic_mean(b, n),
+                            "all": (b + n) / 2,
+                            "n_trainable": 1000,
+                        }
+                    )
+                )
             truth[(ds, method)] = np.array(vals)
     return truth
 
@@ -102,6 +118,7 @@ def test_cli_eval_and_table(tmp_path, capsys):
     assert (cfg.run_dir() / f"eval_{res['dataset']}_test.json").is_file()
     # Cross-dataset: the run's adapters on an ImageFolder tree with other classes.
     from PIL import Image
+
     for split in ("train", "test"):
         for c in ("cat", "dog", "owl"):
             (tmp_path / "f" / split / c).mkdir(parents=True)

@@ -1,4 +1,5 @@
 """Generalization-aware loss: hand-computed terms, switches, frozen features with adapters off, text cache."""
+
 import warnings
 
 import pytest
@@ -18,12 +19,13 @@ def test_terms_hand_computed():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    t0 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])          # cos = 1/sqrt(2), 1
+    t0 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # cos = 1/sqrt(2), 1
     f = torch.tensor([[0.5, 0.5, 0.0]])
-    f0 = torch.tensor([[0.0, 0.5, 1.0]])                 # L1 mean = (0.5 + 0 + 1) / 3
+    f0 = torch.tensor([[0.0, 0.5, 1.0]])  # L1 mean = (0.5 + 0 + 1) / 3
     loss = GeneralizationAwareLoss(lambda_text=2.0, lambda_image=3.0)
     total, parts = loss(logits, labels, t, t0, f, f0)
     import math
+
     ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (1 + math.e))) / 2
     text = ((1 - 1 / math.sqrt(2)) + 0.0) / 2
     image = 0.5
@@ -42,7 +44,9 @@ def test_switched_off_terms_accept_none():
     with pytest.raises(ValueError, match="lambda_text > 0 needs"):
         GeneralizationAwareLoss(1.0, 0.0)(logits, labels)
     with pytest.raises(ValueError, match="differ in shape"):
-        GeneralizationAwareLoss(0.0, 1.0)(logits, labels, image_feat=torch.zeros(4, 2), image_feat_frozen=torch.zeros(4, 3))
+        GeneralizationAwareLoss(0.0, 1.0)(
+            logits, labels, image_feat=torch.zeros(4, 2), image_feat_frozen=torch.zeros(4, 3)
+        )
     with pytest.raises(ValueError, match="lambda_image must be >= 0"):
         GeneralizationAwareLoss(1.0, -1.0)
 
@@ -50,7 +54,9 @@ def test_switched_off_terms_accept_none():
 def test_frozen_features_do_not_get_gradient():
     f = torch.randn(2, 4, requires_grad=True)
     f0 = torch.randn(2, 4, requires_grad=True)
-    total, _ = GeneralizationAwareLoss(0.0, 1.0)(torch.randn(2, 3), torch.tensor([0, 1]), image_feat=f, image_feat_frozen=f0)
+    total, _ = GeneralizationAwareLoss(0.0, 1.0)(
+        torch.randn(2, 3), torch.tensor([0, 1]), image_feat=f, image_feat_frozen=f0
+    )
     total.backward()
     assert f.grad is not None and f0.grad is None
 

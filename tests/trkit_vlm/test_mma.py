@@ -1,4 +1,5 @@
 """The MMA baseline: placement, exact parameter counts, the gradient-scaling rule, freezing, reversibility."""
+
 import copy
 import warnings
 
@@ -7,8 +8,15 @@ import torch
 from torch import nn
 
 import trkit_vlm as tv
-from trkit_vlm.adapters import (MMAConfig, adapter_parameters, adapters_disabled, count_trainable, get_adapters,
-                                grad_scale, mma_param_count)
+from trkit_vlm.adapters import (
+    MMAConfig,
+    adapter_parameters,
+    adapters_disabled,
+    count_trainable,
+    get_adapters,
+    grad_scale,
+    mma_param_count,
+)
 from trkit_vlm.adapters.base import default_layers
 from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info_from_config
 
@@ -43,8 +51,11 @@ def test_vit_b16_count_is_mma_papers(vit_b16):
         assert a.text_layers == a.image_layers == list(range(5, 13))
         assert count_trainable(vit_b16) == 674_560
         assert mma_param_count(512, 768, 32, 8) == 674_560
-        assert sorted(a.state_dict())[:3] == ["shared_adapter.10.0.bias", "shared_adapter.10.0.weight",
-                                              "shared_adapter.11.0.bias"]
+        assert sorted(a.state_dict())[:3] == [
+            "shared_adapter.10.0.bias",
+            "shared_adapter.10.0.weight",
+            "shared_adapter.11.0.bias",
+        ]
         assert "text_adapter.5.down.0.weight" in a.state_dict()
         assert a.state_dict()["visual_adapter.12.up.weight"].shape == (768, 32)
     finally:
@@ -58,7 +69,8 @@ def test_count_closed_form_other_sizes(name):
     aset = MMAConfig().build(info)  # adapters alone: no backbone needed to count
     n = len(default_layers(info["text"]["depth"], info["image"]["depth"])[0])
     assert sum(p.numel() for p in aset.parameters()) == mma_param_count(
-        info["text"]["width"], info["image"]["width"], 32, n)
+        info["text"]["width"], info["image"]["width"], 32, n
+    )
 
 
 def test_default_placement_scales_with_depth():
@@ -123,15 +135,15 @@ def test_gradient_scaling_rule_hand_computed():
     x = torch.tensor([[2.0, 1.0]], requires_grad=True)
     g = torch.tensor([[0.7, 0.2]])
     y = aset.adapter_output("image", 0, x, nn.Identity())
-    d = 0.5 * 2.0 - 0.25 * 1.0          # 0.75
-    u = 2.0 * d                         # 1.5 (shared output)
+    d = 0.5 * 2.0 - 0.25 * 1.0  # 0.75
+    u = 2.0 * d  # 1.5 (shared output)
     torch.testing.assert_close(y, torch.tensor([[s * 1.0 * u, s * -3.0 * u]]))
     (y * g).sum().backward()
-    gu = 0.7 * 1.0 + 0.2 * -3.0         # g . w_u = 0.1
-    torch.testing.assert_close(ad.up.weight.grad, torch.tensor([[0.7 * u], [0.2 * u]]))        # not * s
+    gu = 0.7 * 1.0 + 0.2 * -3.0  # g . w_u = 0.1
+    torch.testing.assert_close(ad.up.weight.grad, torch.tensor([[0.7 * u], [0.2 * u]]))  # not * s
     torch.testing.assert_close(sh[0].weight.grad, torch.tensor([[gu * d]]))
     torch.testing.assert_close(ad.down[0].weight.grad, torch.tensor([[gu * 2.0 * 2.0, gu * 2.0 * 1.0]]))
-    torch.testing.assert_close(x.grad, s * gu * 2.0 * torch.tensor([[0.5, -0.25]]))           # true gradient
+    torch.testing.assert_close(x.grad, s * gu * 2.0 * torch.tensor([[0.5, -0.25]]))  # true gradient
 
 
 def test_grad_scale_function():

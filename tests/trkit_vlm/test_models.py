@@ -1,4 +1,5 @@
 """load_clip / register_model_config / feature helpers on tiny random-weight models (nothing downloads)."""
+
 import copy
 import logging
 import warnings
@@ -7,8 +8,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trkit_vlm.models import (TINY_CONFIG, clip_logits, clip_towers, encode_image, encode_text, load_clip,
-                              quiet_random_init, register_model_config, tower_info, tower_info_from_config)
+from trkit_vlm.models import (
+    TINY_CONFIG,
+    clip_logits,
+    clip_towers,
+    encode_image,
+    encode_text,
+    load_clip,
+    quiet_random_init,
+    register_model_config,
+    tower_info,
+    tower_info_from_config,
+)
 
 TINY = "trkit-test-tiny"
 register_model_config(TINY, TINY_CONFIG)
@@ -36,8 +47,10 @@ def test_random_weights_warn_loudly(caplog):
 
 def test_tower_info_from_config_matches_built_model():
     assert tower_info_from_config(TINY) == tower_info(_load().model)
-    assert tower_info_from_config("ViT-B-16") == {"text": {"width": 512, "depth": 12},
-                                                  "image": {"width": 768, "depth": 12}}
+    assert tower_info_from_config("ViT-B-16") == {
+        "text": {"width": 512, "depth": 12},
+        "image": {"width": 768, "depth": 12},
+    }
     assert tower_info_from_config("ViT-L-14")["image"] == {"width": 1024, "depth": 24}
 
 

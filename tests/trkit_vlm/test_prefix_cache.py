@@ -1,5 +1,6 @@
 """The frozen-prefix cache: split forwards equal open_clip's own, in values and gradients; a cached
 training run equals an uncached one; the disk store is keyed by weights and images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,13 @@ def _adapted(config, dtype=torch.float32):
     return bundle, model
 
 
-@pytest.mark.parametrize("config", [MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
-                                    AdaRingConfig(image_layers=(3, 3), text_layers=(3, 3), scale=0.5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
+        AdaRingConfig(image_layers=(3, 3), text_layers=(3, 3), scale=0.5),
+    ],
+)
 def test_split_forward_equals_open_clip(config):
     # float64: the split forward may contract the adapters in another (equivalent) order than the
     # tower's own pass, so compare in double precision where rounding cannot hide a real difference.
@@ -50,16 +56,24 @@ def test_split_forward_equals_open_clip(config):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     ids = bundle.tokenizer(["a photo of a red thing.", "a photo of a cat."])
     nt = pc.first_adapted_layer(model, "text") - 1
-    torch.testing.assert_close(pc.text_suffix(model, pc.text_prefix(model, ids, nt), ids, nt),
-                               model.encode_text(ids, normalize=True), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        pc.text_suffix(model, pc.text_prefix(model, ids, nt), ids, nt),
+        model.encode_text(ids, normalize=True),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_no_adapters_means_whole_tower_is_prefix():
     bundle = load_clip(register_tiny())
     assert pc.first_adapted_layer(bundle.model, "image") == 4
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(pc.image_suffix(bundle.model, pc.image_prefix(bundle.model, x, 3), 3),
-                               bundle.model.encode_image(x, normalize=True), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        pc.image_suffix(bundle.model, pc.image_prefix(bundle.model, x, 3), 3),
+        bundle.model.encode_image(x, normalize=True),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("method", ["mma", "adaring"])
@@ -85,8 +99,10 @@ def test_prefix_cache_needs_fixed_views(tmp_path):
     root = make_coop_dataset(tmp_path / "d", n_train=2, n_val=1, n_test=1)
     with pytest.raises(ValueError, match="fixed image views"):
         train(tiny_config(tmp_path, root, prefix_cache="memory", **{"data.augment": True}), progress=False)
-    m = train(tiny_config(tmp_path, root, prefix_cache="auto", **{"data.augment": True, "data.cached_views": 2}),
-              progress=False)
+    m = train(
+        tiny_config(tmp_path, root, prefix_cache="auto", **{"data.augment": True, "data.cached_views": 2}),
+        progress=False,
+    )
     assert m["prefix_cache"]["image"]
 
 
@@ -102,8 +118,15 @@ def test_disk_store_keyed_by_weights(tmp_path):
     a = pc.build_image_cache(model, recs, view, 1, 1, frozen_features=True, disk_dir=str(tmp_path / "c"))
     files = list((tmp_path / "c").glob("prefix_*.pt"))
     assert len(files) == 1 and a["tokens"].shape == (8, 1, 17, 64) and a["frozen"].shape == (8, 1, 32)
-    b = pc.build_image_cache(model, recs, lambda i, v: 1 / 0, 1, 1, frozen_features=True,  # from disk
-                             disk_dir=str(tmp_path / "c"))
+    b = pc.build_image_cache(
+        model,
+        recs,
+        lambda i, v: 1 / 0,
+        1,
+        1,
+        frozen_features=True,  # from disk
+        disk_dir=str(tmp_path / "c"),
+    )
     torch.testing.assert_close(a["tokens"], b["tokens"], rtol=0, atol=0)
     with torch.no_grad():
         model.visual.conv1.weight.mul_(1.01)
@@ -144,8 +167,13 @@ def test_split_forward_builds_adaring_weights_once_per_pass(monkeypatch):
     assert calls == {"weights": 3 * n_branches, "per_layer": 0}
 
 
-@pytest.mark.parametrize("config", [MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
-                                    AdaRingConfig(image_layers=(1, 3), text_layers=(1, 3), scale=0.5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        MMAConfig(hidden=8, image_layers=(2, 3), text_layers=(2, 3)),
+        AdaRingConfig(image_layers=(1, 3), text_layers=(1, 3), scale=0.5),
+    ],
+)
 def test_trimmed_prompts_equal_full_context(config):
     # Cutting the padding after the longest prompt's EOT token changes no value and no gradient
     # (causal mask); float64 so that only a real difference could show.
@@ -189,16 +217,34 @@ def _trainer(tmp_path, root, cache: str):
     from trkit_vlm.train_loop import Trainer
 
     register_tiny()
-    cfg = tiny_config(tmp_path / cache, root, prefix_cache=cache, **{
-        "loss.lambda_image": 1.0, "loss.lambda_text": 1.0,
-        "adapter": {"hidden": 8, "image_layers": [2, 3], "text_layers": [2, 3]}}).validate()
+    cfg = tiny_config(
+        tmp_path / cache,
+        root,
+        prefix_cache=cache,
+        **{
+            "loss.lambda_image": 1.0,
+            "loss.lambda_text": 1.0,
+            "adapter": {"hidden": 8, "image_layers": [2, 3], "text_layers": [2, 3]},
+        },
+    ).validate()
     seed_everything(cfg.seed)
     info = init_distributed("cpu")
     fs, data = prepare_data(cfg, None, info)
     bundle, model, _ = build_model(cfg, None, info.device)
     cfg.run_dir().mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, bundle, model, data, fs, info, cfg.run_dir(), progress=False, view_fn=view_transform,
-                   fingerprint=fingerprint(cfg), amp=None)
+    return Trainer(
+        cfg,
+        bundle,
+        model,
+        data,
+        fs,
+        info,
+        cfg.run_dir(),
+        progress=False,
+        view_fn=view_transform,
+        fingerprint=fingerprint(cfg),
+        amp=None,
+    )
 
 
 @pytest.mark.parametrize("cache", ["memory", "off"])
@@ -214,6 +260,7 @@ def test_no_frozen_work_left_per_step(tmp_path, cache):
     def counter(name):
         def hook(*_):
             calls[name] = calls.get(name, 0) + 1
+
         return hook
 
     towers = clip_towers(tr.model)

@@ -1,4 +1,5 @@
 """The shifted Fashion-MNIST task, the quickstart's tables/chart, a fast end-to-end run and the full one (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from trkit_vlm import tasks
 from trkit_vlm.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES
 
 HAVE_DATA = (sc.Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+needs_data = pytest.mark.skipif(
+    not HAVE_DATA, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+)
 
 
 def test_apply_shift_closed_form():
@@ -55,13 +58,12 @@ def test_make_task_uses_train_for_shots_and_keeps_validation_apart():
     assert t.shots.classes == [0, 1, 2, 3, 4] and t.eval_novel.classes == [5, 6, 7, 8, 9]
     train_idx, val_idx = sc.split_train_val(data[1], 5, seed=recipe.seed)
     val_images = {data[0][i].tobytes() for i in val_idx}
-    assert not any(im.tobytes() in val_images for im in t.shots.images)       # shots never from validation
-    assert all(im.tobytes() in val_images for im in t.eval_base.images)        # eval = validation images
+    assert not any(im.tobytes() in val_images for im in t.shots.images)  # shots never from validation
+    assert all(im.tobytes() in val_images for im in t.eval_base.images)  # eval = validation images
     assert len(t.eval_base.labels) == 25 and set(t.eval_novel.labels) == set(range(5))
     t2 = tasks.make_task(shots=4, seed=2, strength=0.0, eval_split="val", recipe=recipe, data=data)
-    assert not np.array_equal(t.shots.images, t2.shots.images)                 # the seed changes the shots
-    ts = tasks.make_task(shots=4, seed=1, strength=0.5, eval_split="test", recipe=recipe, data=data,
-                         eval_per_class=3)
+    assert not np.array_equal(t.shots.images, t2.shots.images)  # the seed changes the shots
+    ts = tasks.make_task(shots=4, seed=1, strength=0.5, eval_split="test", recipe=recipe, data=data, eval_per_class=3)
     np.testing.assert_array_equal(ts.shots.images, tasks.apply_shift(t.shots.images, 0.5))
     assert len(ts.eval_base.labels) == 15
 
@@ -80,14 +82,51 @@ def test_shifted_data_records():
 
 
 def test_aggregate_runs_matches_hand_computation():
-    runs = [{"method": "zero-shot", "seed": s, "base": 50.0, "novel": 40.0, "hm": 44.44, "all": 30.0,
-             "n_trainable": 0, "train_time_s": 0.0} for s in (1, 2)]
-    runs += [{"method": "MMA", "seed": 1, "base": 70.0, "novel": 50.0, "hm": 58.33, "all": 40.0,
-              "n_trainable": 1000, "train_time_s": 2.0},
-             {"method": "MMA", "seed": 2, "base": 74.0, "novel": 54.0, "hm": 62.44, "all": 42.0,
-              "n_trainable": 1000, "train_time_s": 4.0},
-             {"method": "AdaRing", "seed": 1, "base": 72.0, "novel": 52.0, "hm": 60.38, "all": 41.0,
-              "n_trainable": 80, "train_time_s": 3.0}]
+    runs = [
+        {
+            "method": "zero-shot",
+            "seed": s,
+            "base": 50.0,
+            "novel": 40.0,
+            "hm": 44.44,
+            "all": 30.0,
+            "n_trainable": 0,
+            "train_time_s": 0.0,
+        }
+        for s in (1, 2)
+    ]
+    runs += [
+        {
+            "method": "MMA",
+            "seed": 1,
+            "base": 70.0,
+            "novel": 50.0,
+            "hm": 58.33,
+            "all": 40.0,
+            "n_trainable": 1000,
+            "train_time_s": 2.0,
+        },
+        {
+            "method": "MMA",
+            "seed": 2,
+            "base": 74.0,
+            "novel": 54.0,
+            "hm": 62.44,
+            "all": 42.0,
+            "n_trainable": 1000,
+            "train_time_s": 4.0,
+        },
+        {
+            "method": "AdaRing",
+            "seed": 1,
+            "base": 72.0,
+            "novel": 52.0,
+            "hm": 60.38,
+            "all": 41.0,
+            "n_trainable": 80,
+            "train_time_s": 3.0,
+        },
+    ]
     rows = {r["method"]: r for r in q.aggregate_runs(runs)}
     m = rows["MMA"]
     assert m["base_mean"] == pytest.approx(72.0) and m["base_std"] == pytest.approx(np.sqrt(8.0))
@@ -103,29 +142,42 @@ def test_aggregate_runs_matches_hand_computation():
 
 def test_cli_says_how_to_get_missing_data(tmp_path, monkeypatch, capsys):
     from trkit_vlm.cli import main
+
     monkeypatch.setenv("TRKIT_FASHION_MNIST", str(tmp_path / "nowhere"))
-    rc = main(["quickstart", "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out"),
-               "--no-progress", "--threads", "1"])
+    rc = main(
+        [
+            "quickstart",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 2 and "apt-get install dataset-fashion-mnist" in out
 
 
 # ------------------------------------------------------------------------------------------ end to end
 
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny CLIP pre-trained for a few steps on 6,000 real training images, and a small shifted task."""
     from trkit_vlm.data.fashion_mnist import load_fashion_mnist
+
     x, y, xt, yt = load_fashion_mnist()
     idx = np.random.default_rng(0).choice(len(y), 6000, replace=False)
     data = (x[idx], y[idx], xt, yt)
-    recipe = sc.PretrainRecipe(model_config=TINY, steps=60, batch_size=64, warmup_steps=5, lr=2e-3,
-                               val_per_class=60)
+    recipe = sc.PretrainRecipe(model_config=TINY, steps=60, batch_size=64, warmup_steps=5, lr=2e-3, val_per_class=60)
     cache = tmp_path_factory.mktemp("cache")
     sc.pretrain_small(recipe, cache_dir=cache, progress=False, data=data[:2])
     bundle = sc.load_small_clip(recipe, cache, train_if_missing=False)
@@ -137,13 +189,18 @@ def tiny(tmp_path_factory):
 @needs_data
 def test_fast_quickstart_training_beats_zero_shot(tiny, tmp_path):
     bundle, task, recipe = tiny
-    qc = q.QuickstartConfig(output_dir=str(tmp_path / "qs"), seeds=(1,), eval_split="val", recipe=recipe,
-                            variants={"MMA": q.VARIANTS["MMA"]},
-                            optim=dict(q.OPTIM, lr=0.01, epochs=20))
+    qc = q.QuickstartConfig(
+        output_dir=str(tmp_path / "qs"),
+        seeds=(1,),
+        eval_split="val",
+        recipe=recipe,
+        variants={"MMA": q.VARIANTS["MMA"]},
+        optim=dict(q.OPTIM, lr=0.01, epochs=20),
+    )
     res = q.run_quickstart(qc, progress=False, bundle=bundle, data=task, log=lambda *a: None)
     rows = {r["method"]: r for r in res["rows"]}
     zs, mma = rows["zero-shot"], rows["MMA"]
-    assert 20.0 < zs["base_mean"] < 90.0            # the tiny model knows something, not everything
+    assert 20.0 < zs["base_mean"] < 90.0  # the tiny model knows something, not everything
     assert mma["base_mean"] >= zs["base_mean"] + 8.0  # training on base shots helps on held-out base images
     assert mma["n_trainable"] > 0 and zs["n_trainable"] == 0
     saved = json.loads(open(res["paths"]["json"]).read())
@@ -151,6 +208,7 @@ def test_fast_quickstart_training_beats_zero_shot(tiny, tmp_path):
     assert open(res["paths"]["png"], "rb").read(4) == b"\x89PNG"
     # The bundle is left without adapters, so it can be reused.
     from trkit_vlm.adapters import get_adapters
+
     assert get_adapters(bundle.model) is None
 
 

@@ -1,4 +1,5 @@
 """The Fashion-MNIST reader, the small-CLIP cache and a tiny pre-training run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,10 @@ def test_missing_data_says_how_to_install(tmp_path):
 
 def test_images_to_tensor_matches_open_clip_preprocess():
     from PIL import Image
+
     bundle_model = sc.create_small_clip(TINY_CONFIG)
     import open_clip
+
     _, _, pre_val = open_clip.create_model_and_transforms(sc._model_name_for(TINY_CONFIG))
     imgs = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     ref = torch.stack([pre_val(Image.fromarray(im)) for im in imgs])
@@ -90,10 +93,10 @@ def test_multi_positive_loss_matches_explicit_formula():
     yi, yt = torch.tensor([0, 1, 1, 2, 0, 2]), torch.tensor([0, 1, 2, 0, 1])
     got = sc.multi_positive_clip_loss(img, txt, yi, yt, torch.tensor(3.0))
     logits = 3.0 * img @ txt.t()
-    i2t = [-np.mean([torch.log_softmax(logits[i], 0)[u].item() for u in range(5) if yt[u] == yi[i]])
-           for i in range(6)]
-    t2i = [-np.mean([torch.log_softmax(logits[:, u], 0)[i].item() for i in range(6) if yi[i] == yt[u]])
-           for u in range(5)]
+    i2t = [-np.mean([torch.log_softmax(logits[i], 0)[u].item() for u in range(5) if yt[u] == yi[i]]) for i in range(6)]
+    t2i = [
+        -np.mean([torch.log_softmax(logits[:, u], 0)[i].item() for i in range(6) if yi[i] == yt[u]]) for u in range(5)
+    ]
     assert got.item() == pytest.approx(0.5 * (np.mean(i2t) + np.mean(t2i)), rel=1e-5)
 
 
@@ -137,8 +140,12 @@ def test_cache_key_reuse_and_change(tmp_path):
     assert p1.is_file() and p1.parent == tmp_path / "small_clip" and r1.key() in p1.name
     mtime = p1.stat().st_mtime_ns
     # Same recipe: the file is reused, not retrained (training would need data; None would load the real set).
-    p1b = sc.pretrain_small(_tiny_recipe(), cache_dir=tmp_path, progress=False,
-                            data=(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)))
+    p1b = sc.pretrain_small(
+        _tiny_recipe(),
+        cache_dir=tmp_path,
+        progress=False,
+        data=(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)),
+    )
     assert p1b == p1 and p1.stat().st_mtime_ns == mtime
     r2 = dataclasses.replace(r1, steps=4)
     assert r2.key() != r1.key()
@@ -149,6 +156,7 @@ def test_cache_key_reuse_and_change(tmp_path):
     assert not list((tmp_path / "small_clip").glob("*.tmp*"))  # atomic write left no temp file
     # The saved weights load back with safetensors into the same architecture.
     from safetensors.torch import load_file
+
     m = sc.create_small_clip(TINY_CONFIG)
     m.load_state_dict(load_file(str(p2)))
 

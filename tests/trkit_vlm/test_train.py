@@ -1,5 +1,6 @@
 """End-to-end training on a tiny model and a tiny on-disk CoOp dataset: MMA and AdaRing, resume,
 checkpoint safety, gradient accumulation, in-memory data with a passed-in bundle, the CLI's errors."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def test_train_one_epoch_end_to_end(tmp_path, data_root, method):
     # Training moved the adapters away from their initialisation (seeded, so rebuildable here).
     from trkit_vlm.adapters import adapter_config_from_dict, add_adapters, get_adapters
     from trkit_vlm.models import load_clip
+
     fresh = load_clip(cfg.model)
     torch.manual_seed(cfg.seed)
     add_adapters(fresh.model, adapter_config_from_dict({"method": method, **cfg.adapter}))
@@ -62,8 +64,11 @@ def test_resume_gives_the_same_result(tmp_path, data_root):
     b = load_file(cfg.run_dir() / "adapters.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    epochs = [r["epoch"] for r in map(json.loads, (cfg.run_dir() / "log.jsonl").read_text().splitlines())
-              if r["type"] == "epoch"]
+    epochs = [
+        r["epoch"]
+        for r in map(json.loads, (cfg.run_dir() / "log.jsonl").read_text().splitlines())
+        if r["type"] == "epoch"
+    ]
     assert epochs == [1, 2, 3]
 
 
@@ -83,8 +88,9 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path, data_root):
 
 def test_gradient_accumulation_matches_a_big_batch(tmp_path, data_root):
     big = train(tiny_config(tmp_path / "a", data_root, **{"optim.batch_size": 4}), progress=False)
-    acc = train(tiny_config(tmp_path / "b", data_root, **{"optim.batch_size": 2, "optim.grad_accum": 2}),
-                progress=False)
+    acc = train(
+        tiny_config(tmp_path / "b", data_root, **{"optim.batch_size": 2, "optim.grad_accum": 2}), progress=False
+    )
     a = load_file(Path(big["run_dir"]) / "adapters.safetensors")
     b = load_file(Path(acc["run_dir"]) / "adapters.safetensors")
     assert big["run_dir"] != acc["run_dir"]
@@ -98,8 +104,10 @@ def test_in_memory_data_and_reusable_bundle(tmp_path):
     from trkit_vlm.models import load_clip
 
     rng = np.random.default_rng(0)
+
     def recs(n):
         return [(rng.integers(0, 256, (32, 32), dtype=np.uint8), c) for c in range(4) for _ in range(n)]
+
     data = ClassificationData("mem", list(CLASSES), train=recs(3), val=[], test=recs(2))
     bundle = load_clip(register_tiny())
     cfg = tiny_config(tmp_path, tmp_path, **{"data.dataset": "fashion_mnist"})

@@ -8,6 +8,7 @@
 
 All return a :class:`~trkit.TensorRing`; ``return_info=True`` adds a :class:`DecompositionInfo`.
 """
+
 from trkit.decompose._common import DecompositionInfo
 from trkit.decompose.adaptive import tr_als_adaptive
 from trkit.decompose.als import tr_als

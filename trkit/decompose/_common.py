@@ -1,4 +1,5 @@
 """Shared pieces of the decompositions: input checks, the info record, rank handling, progress."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,16 @@ import torch
 
 from trkit.ring import TensorRing, as_tensor
 
-__all__ = ["DecompositionInfo", "check_tensor", "check_tol", "normalize_ranks", "progress",
-           "relative_error", "generator_for", "solve_spd"]
+__all__ = [
+    "DecompositionInfo",
+    "check_tensor",
+    "check_tol",
+    "normalize_ranks",
+    "progress",
+    "relative_error",
+    "generator_for",
+    "solve_spd",
+]
 
 
 @dataclass
@@ -30,6 +39,7 @@ class DecompositionInfo:
         converged: whether the stopping test fired (True for non-iterative methods).
         extra: method-specific fields (e.g. ``first_split``, ``train_error``, ``n_samples``).
     """
+
     rel_error: float
     history: list = field(default_factory=list)
     ranks: tuple = ()
@@ -87,8 +97,7 @@ def check_max_rank(max_rank) -> int | None:
     return int(max_rank)
 
 
-def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = None,
-                    warn: bool = True) -> list[int]:
+def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = None, warn: bool = True) -> list[int]:
     """``rank`` (int or one int per mode; ``rank[k]`` is the bond entering core ``k``) -> list.
 
     Ranks that cannot be reached are clamped with a ``UserWarning`` (documented choice: clamp,
@@ -118,8 +127,9 @@ def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = 
                 else:
                     clamped[nxt] -= 1
     if clamped != ranks and warn:
-        warnings.warn(f"ranks {ranks} cannot be reached for shape {tuple(shape)}; clamped to "
-                      f"{clamped}", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"ranks {ranks} cannot be reached for shape {tuple(shape)}; clamped to {clamped}", UserWarning, stacklevel=3
+        )
     return clamped
 
 
@@ -146,7 +156,7 @@ def relative_error(x: torch.Tensor, ring: TensorRing, x_norm: float | None = Non
 
 def generator_for(seed, device) -> torch.Generator:
     g = torch.Generator(device=device if torch.device(device).type != "cpu" else "cpu")
-    g.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2 ** 63)))
+    g.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
     return g
 
 
@@ -180,16 +190,19 @@ def progress(total: int, verbose: bool, desc: str):
     """tqdm bar when ``verbose`` else a no-op object with the same ``update``/``set_postfix``."""
     if verbose:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=total, desc=desc, leave=False)
         try:
             yield bar
         finally:
             bar.close()
     else:
+
         class _Null:
             def update(self, *a, **k):
                 pass
 
             def set_postfix(self, *a, **k):
                 pass
+
         yield _Null()

@@ -1,4 +1,5 @@
 """Entry-level helpers for sampled ALS and completion: reading entries, subchain rows, solves."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,8 +68,15 @@ def subchain_rows(cores: list[torch.Tensor], k: int, idx: torch.Tensor) -> torch
     return prod.transpose(1, 2).reshape(m, ra * rb)
 
 
-def slice_solve(rows: torch.Tensor, vals: torch.Tensor, slice_idx: torch.Tensor, n: int,
-                weights: torch.Tensor | None, ridge: float, old: torch.Tensor) -> torch.Tensor:
+def slice_solve(
+    rows: torch.Tensor,
+    vals: torch.Tensor,
+    slice_idx: torch.Tensor,
+    n: int,
+    weights: torch.Tensor | None,
+    ridge: float,
+    old: torch.Tensor,
+) -> torch.Tensor:
     """Per-slice weighted least squares ``min sum_e w_e (rows_e . g_{i_e} - v_e)^2 + ridge ||g||^2``.
 
     Returns the new core matrix ``(n, p)``; slices with no rows keep ``old``.

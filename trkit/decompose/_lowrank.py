@@ -9,6 +9,7 @@ Dropping rows ``r:`` of ``B`` then costs exactly ``||B[r:]||_F`` (up to the roun
 product, as for an SVD), so the error accounting of the tolerance guarantee is unchanged; only
 the basis can be slightly less than optimal for singular values near ``sqrt(eps) ||M||``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ maps block 0 onto block ``a`` and aligns the ``b`` bases. The result is the chan
 ``K`` with ``U K`` Kronecker-structured. On data that is not a ring the search simply fails
 (returns ``None``) and the caller keeps the plain split.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,7 @@ def _cluster(lam: np.ndarray, size: int):
     centers = np.array([lam[g].mean() for g in groups])
     spread = max(float(np.abs(lam[g] - c).max()) for g, c in zip(groups, centers))
     if len(groups) > 1:
-        gap = min(abs(centers[p] - centers[q]) for p in range(len(groups))
-                  for q in range(p + 1, len(groups)))
+        gap = min(abs(centers[p] - centers[q]) for p in range(len(groups)) for q in range(p + 1, len(groups)))
         if gap < 1e-6 * scale or spread > 0.05 * gap:
             return None
     return centers, max(spread, 1e-12 * scale)
@@ -99,12 +99,12 @@ def _block_split(ops: list[np.ndarray], r2: int, rng: np.random.Generator, tries
         for b in blocks:
             w = b.shape[1]
             if w > r2:  # w < m here, so the recursion shrinks
-                sub = [(vinv @ op @ v)[col:col + w, col:col + w] for op in ops]
+                sub = [(vinv @ op @ v)[col : col + w, col : col + w] for op in ops]
                 inner = _block_split(sub, r2, rng, tries)
                 if inner is None:
                     ok = False
                     break
-                out[:, col:col + w] = v[:, col:col + w] @ inner
+                out[:, col : col + w] = v[:, col : col + w] @ inner
             col += w
         if ok:
             return out
@@ -148,14 +148,14 @@ def _kron_split(y: np.ndarray, r1: int, r2: int, n_last: int, seed: int):
         best, best_cond = None, np.inf
         for _ in range(4):  # the map block 0 -> block a should be a scaled identity in the ring's gauge
             f = sum(c * op for c, op in zip(rng.standard_normal(len(ops)), ops))
-            t = (vinv @ f @ v)[a * r2:(a + 1) * r2, :r2]
+            t = (vinv @ f @ v)[a * r2 : (a + 1) * r2, :r2]
             cond = np.linalg.cond(t)
             if cond < best_cond:
                 best, best_cond = t, cond
         if best_cond > 1e8:
             return None
-        blk = v[:, a * r2:(a + 1) * r2] @ best
-        k[:, a * r2:(a + 1) * r2] = blk * (ref / np.linalg.norm(blk))
+        blk = v[:, a * r2 : (a + 1) * r2] @ best
+        k[:, a * r2 : (a + 1) * r2] = blk * (ref / np.linalg.norm(blk))
     if np.linalg.cond(k) > 1e10:
         return None
     return k

@@ -10,6 +10,7 @@ ranks (until the error changes by < 1e-3 relative, at most 10) follow each two-c
 ``tol`` is met the cut is raised 1.5x per round to try smaller ranks. The returned ring is the
 one with the fewest parameters among the iterates that met ``tol`` (else the lowest error).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,16 @@ import time
 
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_max_rank, check_tensor, check_tol, progress,
-                                     relative_error, solve_spd, start_cores)
+from trkit.decompose._common import (
+    DecompositionInfo,
+    check_max_rank,
+    check_tensor,
+    check_tol,
+    progress,
+    relative_error,
+    solve_spd,
+    start_cores,
+)
 from trkit.decompose.als import _Shifted, _gram, _rhs, _split_point, _transfer, als_sweeps
 from trkit.ring import TensorRing
 
@@ -53,9 +62,18 @@ def _two_core_update(shifted: _Shifted, shape, cores, k: int, rel_cut: float, ma
     cores[k1] = (s[:r, None] * vh[:r]).reshape(r, nk1, rb)
 
 
-def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int = 20,
-                    init=None, seed: int | None = 0, verbose: bool = False, ridge: float = 0.0,
-                    return_info: bool = False):
+def tr_als_adaptive(
+    x,
+    tol: float,
+    max_rank: int | None = None,
+    *,
+    max_iter: int = 20,
+    init=None,
+    seed: int | None = 0,
+    verbose: bool = False,
+    ridge: float = 0.0,
+    return_info: bool = False,
+):
     """Tensor ring with ranks adapted per bond until ``||x - x_tr|| <= tol ||x||``.
 
     Args:
@@ -74,6 +92,7 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
         ``TensorRing`` [, ``DecompositionInfo``].
     """
     from trkit.decompose.svd import tr_svd
+
     t0 = time.perf_counter()
     x = check_tensor(x)
     tol = check_tol(tol)
@@ -88,6 +107,7 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
         return (ring, info) if return_info else ring
     if init is None:
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rank 2 may be clamped on tiny modes; fine for a start
             ring = tr_svd(x, rank=min(2, max_rank))
@@ -114,8 +134,9 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
             history.append(err)
             params.append(ring.n_params)
             b_ring, b_err = best
-            improved = (err <= tol and (b_err > tol or ring.n_params < b_ring.n_params)) or \
-                (b_err > tol and err < b_err)
+            improved = (err <= tol and (b_err > tol or ring.n_params < b_ring.n_params)) or (
+                b_err > tol and err < b_err
+            )
             if improved:
                 best = (ring, err)
             bar.update(1)
@@ -127,13 +148,13 @@ def tr_als_adaptive(x, tol: float, max_rank: int | None = None, *, max_iter: int
             else:
                 if b_err <= tol:
                     break  # shrinking went too far; the best ring already meets tol
-                if all(r >= max_rank for r in ring.ranks) and len(history) > 2 and \
-                        abs(history[-2] - err) <= 1e-4 * err:
+                if all(r >= max_rank for r in ring.ranks) and len(history) > 2 and abs(history[-2] - err) <= 1e-4 * err:
                     break  # capped and stalled
                 if params[-1] <= params[-2]:
                     shrink *= 0.5  # ranks did not grow: cut deeper next round
     ring, err = best
     if not return_info:
         return ring
-    return ring, DecompositionInfo(err, history, ring.ranks, time.perf_counter() - t0, n_iter,
-                                   err <= tol, extra={"params_history": params})
+    return ring, DecompositionInfo(
+        err, history, ring.ranks, time.perf_counter() - t0, n_iter, err <= tol, extra={"params_history": params}
+    )

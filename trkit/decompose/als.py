@@ -15,6 +15,7 @@ After each solve the core is QR-orthogonalised and the triangular factor pushed 
 core; the represented tensor does not change but the next Gram stays well-conditioned.
 The fit comes for free from the last solve: ``||x - x_tr||^2 = ||x||^2 - 2<x, x_tr> + ||x_tr||^2``.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,17 @@ import time
 import numpy as np
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_tensor, check_tol, generator_for,
-                                     normalize_ranks, progress, relative_error, solve_spd, start_cores)
+from trkit.decompose._common import (
+    DecompositionInfo,
+    check_tensor,
+    check_tol,
+    generator_for,
+    normalize_ranks,
+    progress,
+    relative_error,
+    solve_spd,
+    start_cores,
+)
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als", "init_ring"]
@@ -104,8 +114,7 @@ def _gram(prod: torch.Tensor, ra: int, rb: int) -> torch.Tensor:
     return prod.reshape(rb, rb, ra, ra).permute(2, 0, 3, 1).reshape(ra * rb, ra * rb)
 
 
-def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator
-              ) -> tuple[list[torch.Tensor], float | None]:
+def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> tuple[list[torch.Tensor], float | None]:
     """Starting cores: ``"svd"`` (TR-SVD at the ranks, padded), ``"random"``, or a given ring.
 
     Also returns the start's relative error when it is known for free (TR-SVD), else None.
@@ -114,23 +123,31 @@ def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator
     if isinstance(init, TensorRing):
         return start_cores(init, shape, x.dtype, x.device), None
     if init == "random":
-        cores = [torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=x.dtype,
-                             device=gen.device).to(x.device) for k in range(d)]
+        cores = [
+            torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=x.dtype, device=gen.device).to(
+                x.device
+            )
+            for k in range(d)
+        ]
         ring = TensorRing(cores, validate=False)
         scale = (float(torch.linalg.vector_norm(x)) / max(float(ring.to_dense().norm()), 1e-300)) ** (1 / d)
         return [c * scale for c in cores], None
     if init == "svd":
         from trkit.decompose.svd import tr_svd
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ring, info = tr_svd(x, rank=ranks, return_info=True)
         cores = []
         for k, c in enumerate(ring.cores):  # pad clamped bonds with small noise up to the asked ranks
             r0, r1 = ranks[k], ranks[(k + 1) % d]
-            pad = 1e-3 * float(c.abs().mean()) * torch.randn(r0, shape[k], r1, generator=gen,
-                                                             dtype=x.dtype, device=gen.device).to(x.device)
-            pad[:c.shape[0], :, :c.shape[2]] = c
+            pad = (
+                1e-3
+                * float(c.abs().mean())
+                * torch.randn(r0, shape[k], r1, generator=gen, dtype=x.dtype, device=gen.device).to(x.device)
+            )
+            pad[: c.shape[0], :, : c.shape[2]] = c
             cores.append(pad)
         return cores, info.rel_error
     raise ValueError(f"init must be 'svd', 'random' or a TensorRing, got {init!r}")
@@ -141,8 +158,17 @@ def _exact_floor(dtype: torch.dtype) -> float:
     return 1e-13 if dtype == torch.float64 else 1e-6
 
 
-def als_sweeps(x: torch.Tensor, cores: list[torch.Tensor], *, max_iter: int, tol: float,
-               callback=None, verbose: bool = False, desc: str = "TR-ALS", ridge: float = 0.0):
+def als_sweeps(
+    x: torch.Tensor,
+    cores: list[torch.Tensor],
+    *,
+    max_iter: int,
+    tol: float,
+    callback=None,
+    verbose: bool = False,
+    desc: str = "TR-ALS",
+    ridge: float = 0.0,
+):
     """Run ALS sweeps in place; returns ``(best_cores, history, n_iter, converged)``.
 
     ``history[j]`` is the relative error after sweep ``j`` (from the normal equations).
@@ -208,8 +234,18 @@ def als_sweeps(x: torch.Tensor, cores: list[torch.Tensor], *, max_iter: int, tol
     return best if best is not None else cores, history, it, converged
 
 
-def tr_als(x, rank, init="svd", max_iter: int = 100, tol: float = 1e-7, callback=None,
-           seed: int | None = 0, verbose: bool = False, ridge: float = 0.0, return_info: bool = False):
+def tr_als(
+    x,
+    rank,
+    init="svd",
+    max_iter: int = 100,
+    tol: float = 1e-7,
+    callback=None,
+    seed: int | None = 0,
+    verbose: bool = False,
+    ridge: float = 0.0,
+    return_info: bool = False,
+):
     """Tensor-ring decomposition by alternating least squares (TR-ALS).
 
     Args:
@@ -244,11 +280,18 @@ def tr_als(x, rank, init="svd", max_iter: int = 100, tol: float = 1e-7, callback
         # TR-SVD already reproduced x (an exact ring at its ranks): sweeps cannot improve it
         best, history, n_iter, converged = cores, [start_err], 0, True
     else:
-        best, history, n_iter, converged = als_sweeps(x, cores, max_iter=int(max_iter), tol=tol,
-                                                      callback=callback, verbose=verbose, ridge=ridge)
+        best, history, n_iter, converged = als_sweeps(
+            x, cores, max_iter=int(max_iter), tol=tol, callback=callback, verbose=verbose, ridge=ridge
+        )
     ring = TensorRing(best, validate=False)
     if not return_info:
         return ring
     err = start_err if n_iter == 0 else relative_error(x, ring)
-    return ring, DecompositionInfo(rel_error=err, history=history, ranks=ring.ranks,
-                                   time_s=time.perf_counter() - t0, n_iter=n_iter, converged=converged)
+    return ring, DecompositionInfo(
+        rel_error=err,
+        history=history,
+        ranks=ring.ranks,
+        time_s=time.perf_counter() - t0,
+        n_iter=n_iter,
+        converged=converged,
+    )

@@ -5,6 +5,7 @@ slices at ``e``'s indices, ``r_k r_{k+1}`` long); each slice ``G_k[:, i, :]`` is
 ridge-regularised least-squares problem over the entries with ``i_k = i``. Cost per sweep
 ``O(d m r^3 + d m r^4)`` for ``m`` observed entries; the dense tensor is never needed.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,14 @@ import time
 
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_tol, normalize_ranks, progress, relative_residual,
-                                     start_cores)
+from trkit.decompose._common import (
+    DecompositionInfo,
+    check_tol,
+    normalize_ranks,
+    progress,
+    relative_residual,
+    start_cores,
+)
 from trkit.decompose._entries import slice_solve, subchain_rows
 from trkit.ring import TensorRing, as_tensor
 
@@ -51,9 +58,21 @@ def _observed(x, mask, shape):
     return idx, vals, tuple(int(n) for n in shape), None, None
 
 
-def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: int = 300,
-                tol: float = 1e-6, holdout: float = 0.1, ridge: float = 0.0, seed: int | None = 0,
-                verbose: bool = False, return_info: bool = False):
+def tr_complete(
+    x,
+    mask=None,
+    rank=2,
+    *,
+    shape=None,
+    init="random",
+    max_iter: int = 300,
+    tol: float = 1e-6,
+    holdout: float = 0.1,
+    ridge: float = 0.0,
+    seed: int | None = 0,
+    verbose: bool = False,
+    return_info: bool = False,
+):
     """Fit a tensor ring to the observed entries of a tensor.
 
     Args:
@@ -85,7 +104,7 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
         raise ValueError("observed values contain NaN or Inf")
     d = len(shape)
     ranks = normalize_ranks(rank, list(shape))
-    gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2 ** 62))
+    gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**62))
     n_obs = idx.shape[0]
     perm = torch.randperm(n_obs, generator=gen).to(idx.device)
     n_hold = int(round(holdout * n_obs)) if n_obs > 1 else 0
@@ -95,7 +114,7 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
     if isinstance(init, TensorRing):
         cores = start_cores(init, shape, dtype, device)
     elif init == "random":
-        rms = float(torch.sqrt((val_t ** 2).mean())) if val_t.numel() else 1.0
+        rms = float(torch.sqrt((val_t**2).mean())) if val_t.numel() else 1.0
         cores = []
         for k in range(d):
             r0, r1 = ranks[k], ranks[(k + 1) % d]
@@ -120,8 +139,7 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
                 best_key, best = key, [c.clone() for c in cores]
             bar.update(1)
             bar.set_postfix(train_error=f"{train_err:.3e}")
-            if train_err < 1e-11 or (len(history) > 1 and
-                                      abs(history[-2] - train_err) <= tol * max(train_err, 1e-300)):
+            if train_err < 1e-11 or (len(history) > 1 and abs(history[-2] - train_err) <= tol * max(train_err, 1e-300)):
                 converged = True
                 break
     ring = TensorRing(best, validate=False)
@@ -132,10 +150,19 @@ def tr_complete(x, mask=None, rank=2, *, shape=None, init="random", max_iter: in
     unobs = None
     if dense is not None and (~m).any() and dense.numel() <= 50_000_000:
         unobs = relative_residual(ring.to_dense()[~m], dense[~m])
-    info = DecompositionInfo(rel_error=held if held is not None else train_err, history=history,
-                             ranks=ring.ranks, time_s=time.perf_counter() - t0, n_iter=it,
-                             converged=converged,
-                             extra={"train_error": train_err, "heldout_error": held,
-                                    "unobserved_error": unobs, "n_observed": int(n_obs),
-                                    "n_train": int(train.numel())})
+    info = DecompositionInfo(
+        rel_error=held if held is not None else train_err,
+        history=history,
+        ranks=ring.ranks,
+        time_s=time.perf_counter() - t0,
+        n_iter=it,
+        converged=converged,
+        extra={
+            "train_error": train_err,
+            "heldout_error": held,
+            "unobserved_error": unobs,
+            "n_observed": int(n_obs),
+            "n_train": int(train.numel()),
+        },
+    )
     return ring, info

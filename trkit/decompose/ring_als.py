@@ -4,6 +4,7 @@ For core ``k`` of the fit ``b``: Gram = ring product of ``b``'s own transfer mat
 other cores, RHS = ``a_k`` contracted with the ring product of the mixed transfer matrices
 ``F_j = sum_i a_j[:, i, :] kron b_j[:, i, :]``. Cost per core ``O(d (r_a r_b)^3)``; nothing dense.
 """
+
 from __future__ import annotations
 
 import torch

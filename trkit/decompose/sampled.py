@@ -7,6 +7,7 @@ mode-2 unfolding (their product bounds the subchain's leverage scores), and rows
 reweighted by ``1 / (m p)``; ``"uniform"`` draws indices uniformly. Cost per core
 ``O(m (n_k + d r^3))``, independent of the tensor's size, so ``x`` may be a memmap or a function.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,15 @@ import time
 import numpy as np
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_tol, normalize_ranks, progress, relative_residual,
-                                     solve_spd, start_cores)
+from trkit.decompose._common import (
+    DecompositionInfo,
+    check_tol,
+    normalize_ranks,
+    progress,
+    relative_residual,
+    solve_spd,
+    start_cores,
+)
 from trkit.decompose._entries import EntrySource, subchain_rows
 from trkit.ring import TensorRing
 from trkit.algebra import norm as ring_norm
@@ -28,14 +36,26 @@ def _leverage(core: torch.Tensor) -> torch.Tensor:
     ra, n, rb = core.shape
     mat = core.permute(1, 0, 2).reshape(n, ra * rb)
     q = torch.linalg.qr(mat).Q
-    lev = (q ** 2).sum(1)
+    lev = (q**2).sum(1)
     p = lev / lev.sum()
     return 0.9 * p + 0.1 / n  # a uniform floor keeps weights bounded when a core degenerates
 
 
-def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str = "leverage",
-                   init="random", max_iter: int = 30, tol: float = 1e-4, n_holdout: int = 10000,
-                   seed: int | None = 0, verbose: bool = False, return_info: bool = False):
+def tr_als_sampled(
+    x,
+    rank,
+    n_samples: int = 2000,
+    *,
+    shape=None,
+    sampling: str = "leverage",
+    init="random",
+    max_iter: int = 30,
+    tol: float = 1e-4,
+    n_holdout: int = 10000,
+    seed: int | None = 0,
+    verbose: bool = False,
+    return_info: bool = False,
+):
     """TR-ALS where each core update sees only sampled fibres.
 
     Args:
@@ -68,7 +88,7 @@ def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str 
     shape = src.shape
     d = len(shape)
     ranks = normalize_ranks(rank, list(shape))
-    gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2 ** 62))
+    gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**62))
     dtype, device = src.dtype, src.device
     hold_idx = torch.stack([torch.randint(0, n, (int(n_holdout),), generator=gen) for n in shape], 1)
     hold_val = src(hold_idx)
@@ -76,9 +96,10 @@ def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str 
     if isinstance(init, TensorRing):
         cores = start_cores(init, shape, dtype, device)
     elif init == "random":
-        cores = [torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=dtype).to(device)
-                 for k in range(d)]
-        est = math.sqrt(float((hold_val ** 2).mean()) * float(np.prod(shape, dtype=np.float64)))
+        cores = [
+            torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=dtype).to(device) for k in range(d)
+        ]
+        est = math.sqrt(float((hold_val**2).mean()) * float(np.prod(shape, dtype=np.float64)))
         scale = (est / max(float(ring_norm(TensorRing(cores, validate=False))), 1e-300)) ** (1 / d)
         cores = [c * scale for c in cores]
     else:
@@ -128,6 +149,12 @@ def tr_als_sampled(x, rank, n_samples: int = 2000, *, shape=None, sampling: str 
     ring = TensorRing(best, validate=False)
     if not return_info:
         return ring
-    return ring, DecompositionInfo(rel_error=best_err, history=history, ranks=ring.ranks,
-                                   time_s=time.perf_counter() - t0, n_iter=it, converged=converged,
-                                   extra={"n_samples": m, "sampling": sampling, "entries_read": reads})
+    return ring, DecompositionInfo(
+        rel_error=best_err,
+        history=history,
+        ranks=ring.ranks,
+        time_s=time.perf_counter() - t0,
+        n_iter=it,
+        converged=converged,
+        extra={"n_samples": m, "sampling": sampling, "entries_read": reads},
+    )

@@ -1,4 +1,5 @@
 """TR-SVD (Zhao et al. 2016) with a tolerance guarantee and a structure-aware first split."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,14 @@ import warnings
 import numpy as np
 import torch
 
-from trkit.decompose._common import (DecompositionInfo, check_max_rank, check_tensor, check_tol, normalize_ranks,
-                                     relative_error)
+from trkit.decompose._common import (
+    DecompositionInfo,
+    check_max_rank,
+    check_tensor,
+    check_tol,
+    normalize_ranks,
+    relative_error,
+)
 from trkit.decompose._lowrank import row_basis
 from trkit.decompose._split import kron_split
 from trkit.ring import TensorRing
@@ -51,8 +58,16 @@ def _rank_lower_bound(mat: torch.Tensor, delta: float, cap: int | None, need: in
     return _rank_for(s, delta + slack, None, cap)
 
 
-def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | None,
-          ranks: list[int] | None, max_rank: int | None, budget: float = math.inf):
+def _tail(
+    y: torch.Tensor,
+    r1: int,
+    r2: int,
+    shape: list[int],
+    delta: float | None,
+    ranks: list[int] | None,
+    max_rank: int | None,
+    budget: float = math.inf,
+):
     """TT-SVD of the remainder ``y`` (``R x prod(shape[1:])``) with the ``a`` bond carried last.
 
     Returns the cores 2..d and the squared norm of everything discarded, or None as soon as
@@ -85,8 +100,20 @@ def _tail(y: torch.Tensor, r1: int, r2: int, shape: list[int], delta: float | No
     return cores, lost
 
 
-def _candidate(x2: torch.Tensor, u: torch.Tensor, y: torch.Tensor, r1: int, r2: int, shape,
-               delta, ranks, max_rank, structured: bool, seed: int, budget: float = math.inf):
+def _candidate(
+    x2: torch.Tensor,
+    u: torch.Tensor,
+    y: torch.Tensor,
+    r1: int,
+    r2: int,
+    shape,
+    delta,
+    ranks,
+    max_rank,
+    structured: bool,
+    seed: int,
+    budget: float = math.inf,
+):
     """One full ring for a given split.
 
     Returns ``(found, out)``: ``found`` whether the Kronecker split was found (structured, r1 > 1
@@ -161,18 +188,19 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf, basi
         if r1 * r2 != R:
             continue
         u_r, y = u[:, :R], b[:R]
-        for structured in ((True, False) if r1 > 1 else (False,)):
+        for structured in (True, False) if r1 > 1 else (False,):
             if not structured and kron_ok and r1 > 1:
                 break  # a Kronecker split was found: the data is ring-like, arbitrary splits lose
             limit = budget if best is None or ranks is not None else min(budget, best[0][0])
-            found, out = _candidate(xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed,
-                                    limit if ranks is None else math.inf)
+            found, out = _candidate(
+                xs, u_r, y, r1, r2, sshape, delta, rr, cap, structured, seed, limit if ranks is None else math.inf
+            )
             kron_ok = kron_ok or (found and r2 > 1)
             if out is None:
                 continue
             cores, bound_tail = out
             n_params = sum(c.numel() for c in cores)
-            bound = math.sqrt(lost0 + bound_tail ** 2)
+            bound = math.sqrt(lost0 + bound_tail**2)
             entry = (cores, bound, structured and r1 > 1, (r1, r2))
             if ranks is not None:
                 fixed.append(entry)  # compared by dense error below, only if there is a choice
@@ -188,8 +216,16 @@ def _best_for_start(x, s0, ranks, delta, cap, xnorm, seed, budget=math.inf, basi
     return best
 
 
-def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, *,
-           start: int | str = "auto", seed: int = 0, return_info: bool = False):
+def tr_svd(
+    x,
+    rank=None,
+    tol: float | None = None,
+    max_rank: int | None = None,
+    *,
+    start: int | str = "auto",
+    seed: int = 0,
+    return_info: bool = False,
+):
     """Tensor-ring decomposition by sequential truncated SVDs (TR-SVD).
 
     Args:
@@ -270,10 +306,20 @@ def tr_svd(x, rank=None, tol: float | None = None, max_rank: int | None = None, 
     if not return_info:
         return ring
     err = relative_error(x, ring, xnorm)
-    info = DecompositionInfo(rel_error=err, history=[err], ranks=ring.ranks,
-                             time_s=time.perf_counter() - t0, n_iter=0, converged=True,
-                             extra={"first_split": split, "start": s0, "structured_split": structured,
-                                    "error_bound": bound / xnorm if xnorm > 0 else bound})
+    info = DecompositionInfo(
+        rel_error=err,
+        history=[err],
+        ranks=ring.ranks,
+        time_s=time.perf_counter() - t0,
+        n_iter=0,
+        converged=True,
+        extra={
+            "first_split": split,
+            "start": s0,
+            "structured_split": structured,
+            "error_bound": bound / xnorm if xnorm > 0 else bound,
+        },
+    )
     return ring, info
 
 
@@ -284,9 +330,10 @@ def _clamp_tail(ranks: list[int], shape: list[int]) -> list[int]:
     r1 = out[0]
     for k in range(1, d - 1):
         left = out[k] * shape[k]
-        right = int(np.prod(shape[k + 1:])) * r1
+        right = int(np.prod(shape[k + 1 :])) * r1
         out[k + 1] = min(out[k + 1], left, right)
     if out != ranks:
-        warnings.warn(f"ranks {ranks} cannot be reached for shape {tuple(shape)}; clamped to {out}",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"ranks {ranks} cannot be reached for shape {tuple(shape)}; clamped to {out}", UserWarning, stacklevel=3
+        )
     return out

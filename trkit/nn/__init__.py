@@ -7,11 +7,19 @@
 - :func:`dense_weights_cache`: reconstruct dense weights once per forward pass.
 - :func:`count_params`, :func:`compression_ratio`; :mod:`trkit.nn.init` for variance-preserving init.
 """
+
 from trkit.nn import init
 from trkit.nn.cache import dense_weights_cache
 from trkit.nn.cross_layer import CrossLayerTR
 from trkit.nn.linear import TRLinear
 from trkit.nn.utils import balanced_factors, compression_ratio, count_params
 
-__all__ = ["TRLinear", "CrossLayerTR", "dense_weights_cache", "count_params", "compression_ratio",
-           "balanced_factors", "init"]
+__all__ = [
+    "TRLinear",
+    "CrossLayerTR",
+    "dense_weights_cache",
+    "count_params",
+    "compression_ratio",
+    "balanced_factors",
+    "init",
+]

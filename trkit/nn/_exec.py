@@ -14,6 +14,7 @@ order beyond). The compiled steps are generated as straight-line Python (no per-
 interpretation at call time) and cached per (equation, shapes, contiguity). Equations with
 repeated indices or an index summed inside one operand run on ``torch.einsum``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -115,11 +116,21 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
             for p_, t in zip(pair, ops_t):  # einsum needs each operand in its index shape
                 logical = tuple(sizes[c] for c in t)
                 strided = slots[p_] < n_in and not contiguous[slots[p_]]
-                in_ops.append((((_RESHAPE if strided else _VIEW), logical),)
-                              if phys[slots[p_]] != logical else ())
-            steps.append(_Step(slots[pair[0]], slots[pair[1]] if len(pair) == 2 else -1, n_slots, "einsum",
-                               in_ops[0], in_ops[1] if len(in_ops) > 1 else (),
-                               ",".join(ops_t) + "->" + keep, 0, "", 0))
+                in_ops.append((((_RESHAPE if strided else _VIEW), logical),) if phys[slots[p_]] != logical else ())
+            steps.append(
+                _Step(
+                    slots[pair[0]],
+                    slots[pair[1]] if len(pair) == 2 else -1,
+                    n_slots,
+                    "einsum",
+                    in_ops[0],
+                    in_ops[1] if len(in_ops) > 1 else (),
+                    ",".join(ops_t) + "->" + keep,
+                    0,
+                    "",
+                    0,
+                )
+            )
             cost += COST.einsum_overhead + prod(sizes, set("".join(ops_t)))
             phys[n_slots] = tuple(sizes[c] for c in keep)
         else:
@@ -131,8 +142,20 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
             ops_b = _ops(phys[sj], tuple(sizes[c] for c in p.b), p.pb, sj < n_in and not contiguous[sj])
             n_cols = prod(sizes, p.cols)
             mat = ((prod(sizes, p.batch),) if p.batch else ()) + (prod(sizes, p.rows), n_cols)
-            steps.append(_Step(si, sj, n_slots, "bmm" if p.batch else "mm", ops_a, ops_b,
-                               f"{p.a},{p.b}->{keep}", n_cols, p.rows, p.copies))
+            steps.append(
+                _Step(
+                    si,
+                    sj,
+                    n_slots,
+                    "bmm" if p.batch else "mm",
+                    ops_a,
+                    ops_b,
+                    f"{p.a},{p.b}->{keep}",
+                    n_cols,
+                    p.rows,
+                    p.copies,
+                )
+            )
             phys[n_slots] = mat
             flops, copies, cost = flops + p.flops, copies + p.copies, cost + p.cost
         terms = rest + [keep]
@@ -173,8 +196,13 @@ def get_plan(equation: str, shapes: tuple, phys: tuple, contiguous: tuple) -> _P
     return plan
 
 
-def run(equation: str, *operands: torch.Tensor, bias: torch.Tensor | None = None, shapes: tuple | None = None,
-        out_shape: tuple | None = None) -> torch.Tensor:
+def run(
+    equation: str,
+    *operands: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    shapes: tuple | None = None,
+    out_shape: tuple | None = None,
+) -> torch.Tensor:
     """``torch.einsum(equation, *operands)`` along the compiled plan (cached by shapes).
 
     ``shapes``: the operands' index shapes when some operand is passed grouped (e.g. the input
@@ -196,8 +224,12 @@ def execute(plan: _Plan, operands, bias: torch.Tensor | None = None, out_shape: 
 
 def _expr(name: str, ops: tuple) -> str:
     for code, arg in ops:
-        name += {_VIEW: f".view({arg!r})", _RESHAPE: f".reshape({arg!r})", _PERMUTE: f".permute({arg!r})",
-                 _T: ".transpose(-1, -2)"}[code]
+        name += {
+            _VIEW: f".view({arg!r})",
+            _RESHAPE: f".reshape({arg!r})",
+            _PERMUTE: f".permute({arg!r})",
+            _T: ".transpose(-1, -2)",
+        }[code]
     return name
 
 

@@ -10,6 +10,7 @@ ties going to output order and to the operand with the leading output index on t
 to ``DP_MAX`` operands a dynamic programme over operand subsets picks the pairwise order with the
 least total cost.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,7 +52,6 @@ class Prep(NamedTuple):
         return (self.perm is not None) + (self.shape is not None) + self.transpose
 
 
-
 class PairLayout(NamedTuple):
     cost: float
     flops: int
@@ -65,7 +65,6 @@ class PairLayout(NamedTuple):
     cols: str
     batch: str
     view: bool  # the GEMM result needs a .view to its index sizes
-
 
 
 def prod(sizes: dict, idx) -> int:
@@ -116,8 +115,9 @@ def pair_layout(a: str, b: str, needed: set, out: str, sizes: dict, final: bool)
         contr = [c for c in a if c in b and c not in needed]
         fa = [c for c in a if c not in b]
         fb = [c for c in b if c not in a]
-        for fa_s, fb_s, k_src in itertools.product(dict.fromkeys(("".join(fa), out_sorted(fa, a))),
-                                                   dict.fromkeys(("".join(fb), out_sorted(fb, b))), (a, b)):
+        for fa_s, fb_s, k_src in itertools.product(
+            dict.fromkeys(("".join(fa), out_sorted(fa, a))), dict.fromkeys(("".join(fb), out_sorted(fb, b))), (a, b)
+        ):
             k = "".join(c for c in k_src if c in contr)
             pa = _prep(a, (batch, fa_s, k), sizes)
             pb = _prep(b, (batch, k, fb_s), sizes)
@@ -127,9 +127,14 @@ def pair_layout(a: str, b: str, needed: set, out: str, sizes: dict, final: bool)
             copies = pa.copies + pb.copies + (n_res if permute_out else 0)
             mat = ((prod(sizes, batch),) if batch else ()) + (prod(sizes, fa_s), prod(sizes, fb_s))
             view = tuple(sizes[c] for c in res) != mat
-            cost = (flops + COST.mm_overhead + COST.mem_elem * (prod(sizes, a) + prod(sizes, b) + n_res)
-                    + COST.copy_elem * copies + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
-                    + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out))
+            cost = (
+                flops
+                + COST.mm_overhead
+                + COST.mem_elem * (prod(sizes, a) + prod(sizes, b) + n_res)
+                + COST.copy_elem * copies
+                + COST.copy_overhead * ((pa.copies > 0) + (pb.copies > 0) + permute_out)
+                + COST.view_overhead * (pa.dispatches + pb.dispatches + view + permute_out)
+            )
             # ties: output order (later steps and the result then need no transpose copy), then lead left
             key = (cost, res != out_sorted(list(res), res), swap)
             if best is None or key < best[0]:

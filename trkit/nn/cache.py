@@ -20,6 +20,7 @@ it once. The cache is dropped when
 So a backward + step inside the context is safe (the next call rebuilds), and nothing stale is ever
 used. Outside the context nothing is cached: every call is independent, as for any torch module.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -40,8 +41,14 @@ class DenseCacheMixin:
         # Plain attributes, never buffers: the cache must not enter state_dict or DDP broadcasts.
         # Written straight into __dict__: nn.Module.__setattr__ checks parameters, buffers and
         # submodules on every write (~1.5 us each, a visible share of a small layer's call).
-        self._set(_cache_depth=0, _cache_value=None, _cache_stale=False, _cache_plist=[], _cache_versions=[],
-                  _cache_grad=False)
+        self._set(
+            _cache_depth=0,
+            _cache_value=None,
+            _cache_stale=False,
+            _cache_plist=[],
+            _cache_versions=[],
+            _cache_grad=False,
+        )
 
     def _set(self, **attrs) -> None:
         self.__dict__.update(attrs)
@@ -50,8 +57,9 @@ class DenseCacheMixin:
         # Pickling (torch.save of a whole module, deepcopy): compiled plans hold generated
         # functions that cannot be pickled and are rebuilt on the next call; the cache is never saved.
         state = self.__dict__.copy()
-        state.update(_plans={}, _cache_depth=0, _cache_value=None, _cache_plist=[], _cache_versions=[],
-                     _cache_stale=False)
+        state.update(
+            _plans={}, _cache_depth=0, _cache_value=None, _cache_plist=[], _cache_versions=[], _cache_stale=False
+        )
         if "_factors" in state:
             state["_factors"] = None
         if "_views" in state:
@@ -83,8 +91,13 @@ class DenseCacheMixin:
             return self._cache_value
         value = build()
         plist = self._cache_params()
-        self._set(_cache_plist=plist, _cache_versions=[p._version for p in plist],
-                  _cache_grad=torch.is_grad_enabled(), _cache_value=value, _cache_stale=False)
+        self._set(
+            _cache_plist=plist,
+            _cache_versions=[p._version for p in plist],
+            _cache_grad=torch.is_grad_enabled(),
+            _cache_value=value,
+            _cache_stale=False,
+        )
         if value.requires_grad:
             value.register_hook(self._mark_stale)
         return value

@@ -12,6 +12,7 @@ Optionally ``d_in``/``d_out`` are tensorised further (``in_modes``/``out_modes``
 ``G_in^1 .. G_in^p, G_out^1 .. G_out^q, G_layer`` with ``p + q + 1`` bond ranks. The first in/out
 cores keep the names ``g_in``/``g_out``; the others live in ``g_in_rest``/``g_out_rest``.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,10 +49,25 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     the dense weights are built at most once and shared by all layers' calls.
     """
 
-    def __init__(self, d_in: int, d_out: int, n_layers: int, ranks, bias: bool = True,
-                 dtype=None, device=None, in_modes=None, out_modes=None, path: str = "auto"):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        n_layers: int,
+        ranks,
+        bias: bool = True,
+        dtype=None,
+        device=None,
+        in_modes=None,
+        out_modes=None,
+        path: str = "auto",
+    ):
         super().__init__()
-        d_in, d_out, n_layers = positive_int("d_in", d_in), positive_int("d_out", d_out), positive_int("n_layers", n_layers)
+        d_in, d_out, n_layers = (
+            positive_int("d_in", d_in),
+            positive_int("d_out", d_out),
+            positive_int("n_layers", n_layers),
+        )
         if path not in ("auto", "contract", "dense"):
             raise ValueError(f"path must be 'auto', 'contract' or 'dense', got {path!r}")
         self.d_in, self.d_out, self.n_layers = int(d_in), int(d_out), int(n_layers)
@@ -69,7 +85,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         self.g_in = nn.Parameter(torch.empty(shapes[0], **kw))
         self.g_in_rest = nn.ParameterList(nn.Parameter(torch.empty(s, **kw)) for s in shapes[1:p])
         self.g_out = nn.Parameter(torch.empty(shapes[p], **kw))
-        self.g_out_rest = nn.ParameterList(nn.Parameter(torch.empty(s, **kw)) for s in shapes[p + 1:p + q])
+        self.g_out_rest = nn.ParameterList(nn.Parameter(torch.empty(s, **kw)) for s in shapes[p + 1 : p + q])
         self.g_layer = nn.Parameter(torch.empty(shapes[-1], **kw))
         self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_out, **kw)) if bias else None
         self._build_equations()
@@ -85,7 +101,13 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         p, q = len(self.in_modes), len(self.out_modes)
         d = p + q + 1
         let = letters(2 + 2 * d)
-        t, lay, bonds, ins, outs = let[0], let[1], let[2:2 + d], let[2 + d:2 + d + p], let[2 + d + p:2 + 2 * d - 1]
+        t, lay, bonds, ins, outs = (
+            let[0],
+            let[1],
+            let[2 : 2 + d],
+            let[2 + d : 2 + d + p],
+            let[2 + d + p : 2 + 2 * d - 1],
+        )
         mode_letters = ins + outs + [lay]
         cores = [bonds[k] + mode_letters[k] + bonds[(k + 1) % d] for k in range(d)]
         shared, layer_core = ",".join(cores[:-1]), cores[-1]
@@ -114,8 +136,13 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         # straight from the registries: nn.Module.__getattr__ and ParameterList iteration cost
         # ~0.5-1.5 us per core, a visible share of a small layer's call
         p, m = self._parameters, self._modules
-        return [p["g_in"], *m["g_in_rest"]._parameters.values(), p["g_out"],
-                *m["g_out_rest"]._parameters.values(), p["g_layer"]]
+        return [
+            p["g_in"],
+            *m["g_in_rest"]._parameters.values(),
+            p["g_out"],
+            *m["g_out_rest"]._parameters.values(),
+            p["g_layer"],
+        ]
 
     @property
     def n_params(self) -> int:
@@ -215,14 +242,22 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """Print and return both path costs and the choice for ``forward`` (or ``forward_all``)."""
         tokens = math.prod((batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape))
         c_contract, c_dense = self._costs(tokens, self.has_valid_cache(), all_layers)
-        report = {"tokens": tokens, "all_layers": all_layers, "contract_cost": c_contract,
-                  "dense_cost": c_dense, "choice": self.choose_path(tokens, all_layers),
-                  "caching": self.caching}
+        report = {
+            "tokens": tokens,
+            "all_layers": all_layers,
+            "contract_cost": c_contract,
+            "dense_cost": c_dense,
+            "choice": self.choose_path(tokens, all_layers),
+            "caching": self.caching,
+        }
         what = "forward_all" if all_layers else "forward(x, layer)"
-        print(f"CrossLayerTR {self.d_in}->{self.d_out} x{self.n_layers} ranks {self.ranks}, {what}, {tokens} tokens"
-              f"{' (inside dense_weights_cache)' if self.caching else ''}\n"
-              f"  contract cores: cost {c_contract:.4g}\n  densify+matmul: cost {c_dense:.4g}\n"
-              f"  choice: {report['choice']}", file=file)
+        print(
+            f"CrossLayerTR {self.d_in}->{self.d_out} x{self.n_layers} ranks {self.ranks}, {what}, {tokens} tokens"
+            f"{' (inside dense_weights_cache)' if self.caching else ''}\n"
+            f"  contract cores: cost {c_contract:.4g}\n  densify+matmul: cost {c_dense:.4g}\n"
+            f"  choice: {report['choice']}",
+            file=file,
+        )
         return report
 
     # ---- forward -------------------------------------------------------------------------------------
@@ -275,8 +310,12 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """``(T, d_in) -> (T, d_out)`` by the compiled contraction with layer ``layer``'s slice, plus bias."""
         *shared, g_layer = self.cores
         ops = (x2, *shared, g_layer[:, layer, :])
-        return _exec.execute(self._plan("one", x2, ops), ops, self.bias[layer] if self.bias is not None else None,
-                             (x2.shape[0], self.d_out))
+        return _exec.execute(
+            self._plan("one", x2, ops),
+            ops,
+            self.bias[layer] if self.bias is not None else None,
+            (x2.shape[0], self.d_out),
+        )
 
     def forward_all(self, xs):
         """Apply every layer: ``xs`` is ``(n_layers, ..., d_in)`` (layer ``l`` gets ``xs[l]``) or a
@@ -322,13 +361,24 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
 
     def extra_repr(self) -> str:
         modes = "" if len(self.ranks) == 3 else f", in_modes={self.in_modes}, out_modes={self.out_modes}"
-        return (f"d_in={self.d_in}, d_out={self.d_out}, n_layers={self.n_layers}, ranks={self.ranks}{modes}, "
-                f"bias={self.bias is not None}, n_params={self.n_params}")
+        return (
+            f"d_in={self.d_in}, d_out={self.d_out}, n_layers={self.n_layers}, ranks={self.ranks}{modes}, "
+            f"bias={self.bias is not None}, n_params={self.n_params}"
+        )
 
     # ---- initialisation from existing weights -------------------------------------------------------------
     @classmethod
-    def from_matrices(cls, matrices, biases=None, tol: float | None = None, max_params: int | None = None,
-                      ranks=None, in_modes=None, out_modes=None, path: str = "auto") -> "CrossLayerTR":
+    def from_matrices(
+        cls,
+        matrices,
+        biases=None,
+        tol: float | None = None,
+        max_params: int | None = None,
+        ranks=None,
+        in_modes=None,
+        out_modes=None,
+        path: str = "auto",
+    ) -> "CrossLayerTR":
         """Closest CrossLayerTR to ``n_layers`` matrices of shape ``(d_in, d_out)`` (the layout of
         :meth:`weight`; for ``nn.Linear`` weights pass ``lin.weight.T``) or one ``(L, d_in, d_out)``
         tensor, with optional biases ``(L, d_out)``.
@@ -358,11 +408,21 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         i_modes = (d_in,) if in_modes is None else resolve_modes(d_in, in_modes, "in_modes")
         o_modes = (d_out,) if out_modes is None else resolve_modes(d_out, out_modes, "out_modes")
         target = stack.permute(1, 2, 0).reshape(*i_modes, *o_modes, L)
-        ring, info = fit_ring(target, tol=tol, max_params=max_params, ranks=ranks,
-                              extra_params=L * d_out if biases is not None else 0)
-        module = cls(d_in, d_out, L, ring.ranks, bias=biases is not None, dtype=stack.dtype, device=stack.device,
-                     in_modes=i_modes if len(i_modes) > 1 else None,
-                     out_modes=o_modes if len(o_modes) > 1 else None, path=path)
+        ring, info = fit_ring(
+            target, tol=tol, max_params=max_params, ranks=ranks, extra_params=L * d_out if biases is not None else 0
+        )
+        module = cls(
+            d_in,
+            d_out,
+            L,
+            ring.ranks,
+            bias=biases is not None,
+            dtype=stack.dtype,
+            device=stack.device,
+            in_modes=i_modes if len(i_modes) > 1 else None,
+            out_modes=o_modes if len(o_modes) > 1 else None,
+            path=path,
+        )
         with torch.no_grad():
             for p, c in zip(module.cores, ring.cores):
                 p.copy_(c)

@@ -9,6 +9,7 @@ two families of TR-SVD rings and keeps the lowest-error one that fits:
 Every returned ring has been measured: its parameter count is within the budget and its relative
 error is computed against the dense target, not estimated.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def _svd(x: torch.Tensor, x_norm: float, **kw) -> tuple[TensorRing, float]:
     return ring, err
 
 
-def fit_ring(x: torch.Tensor, tol: float | None = None, max_params: int | None = None, ranks=None,
-             extra_params: int = 0) -> tuple[TensorRing, dict]:
+def fit_ring(
+    x: torch.Tensor, tol: float | None = None, max_params: int | None = None, ranks=None, extra_params: int = 0
+) -> tuple[TensorRing, dict]:
     """TR-SVD ring for ``x`` under ``ranks``, ``tol`` or ``max_params`` (which counts
     ``extra_params``, e.g. a bias, on top of the cores).
 
@@ -52,17 +54,22 @@ def fit_ring(x: torch.Tensor, tol: float | None = None, max_params: int | None =
         return ring, {"rel_error": err, "ranks": ring.ranks, "method": "tr_svd(rank)"}
     if max_params is None:
         ring, err = _svd(x, x_norm, tol=tol if tol is not None else _EXACT_TOL)
-        return ring, {"rel_error": err, "ranks": ring.ranks,
-                      "method": "tr_svd(tol)" if tol is not None else "tr_svd(exact)"}
+        return ring, {
+            "rel_error": err,
+            "ranks": ring.ranks,
+            "method": "tr_svd(tol)" if tol is not None else "tr_svd(exact)",
+        }
     return _fit_budget(x, x_norm, int(max_params), tol, int(extra_params))
 
 
 def _fit_budget(x, x_norm, max_params, tol, extra):
     smallest = sum(int(n) for n in x.shape) + extra
     if max_params < smallest:
-        raise ValueError(f"max_params={max_params} is smaller than the smallest ring for modes "
-                         f"{tuple(x.shape)}: all ranks 1 need {smallest} parameters"
-                         + (f" (including {extra} bias parameters)" if extra else ""))
+        raise ValueError(
+            f"max_params={max_params} is smaller than the smallest ring for modes "
+            f"{tuple(x.shape)}: all ranks 1 need {smallest} parameters"
+            + (f" (including {extra} bias parameters)" if extra else "")
+        )
     budget = max_params - extra
     tried: dict[tuple, tuple[TensorRing, float]] = {}
 

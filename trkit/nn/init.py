@@ -9,6 +9,7 @@ Choosing ``s_k = (target_var / prod_k r_k) ** (1 / (2 d))`` for every core gives
 weight exactly the target variance (Kaiming, Xavier, or torch's ``nn.Linear`` default) whatever
 the ranks; drawing cores i.i.d. with a guessed scale does not.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,7 @@ __all__ = ["target_std", "core_std", "init_ring_"]
 _SCHEMES = ("kaiming", "xavier", "torch")
 
 
-def target_std(fan_in: int, fan_out: int, scheme: str | float = "kaiming",
-               nonlinearity: str = "relu") -> float:
+def target_std(fan_in: int, fan_out: int, scheme: str | float = "kaiming", nonlinearity: str = "relu") -> float:
     """Standard deviation a dense ``(fan_out, fan_in)`` weight would get.
 
     Args:

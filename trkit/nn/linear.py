@@ -9,6 +9,7 @@
 
 ``ranks[k]`` is the left bond of core ``k`` (``ranks[0]`` closes the ring).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,19 @@ class TRLinear(DenseCacheMixin, nn.Module):
     ``F.linear(x, self.weight, self.bias)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, ranks, in_modes=None, out_modes=None,
-                 bias: bool = True, init: str | float = "kaiming", path: str = "auto",
-                 dtype=None, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        ranks,
+        in_modes=None,
+        out_modes=None,
+        bias: bool = True,
+        init: str | float = "kaiming",
+        path: str = "auto",
+        dtype=None,
+        device=None,
+    ):
         super().__init__()
         in_features, out_features = positive_int("in_features", in_features), positive_int("out_features", out_features)
         if path not in _PATHS:
@@ -65,7 +76,8 @@ class TRLinear(DenseCacheMixin, nn.Module):
         modes = self.out_modes + self.in_modes
         kw = {"dtype": dtype, "device": device}
         self.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(self.ranks[k], modes[k], self.ranks[(k + 1) % d], **kw)) for k in range(d))
+            nn.Parameter(torch.empty(self.ranks[k], modes[k], self.ranks[(k + 1) % d], **kw)) for k in range(d)
+        )
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
         self._build_equations()
         self._core_shapes = tuple(tuple(c.shape) for c in self.cores)  # fixed: load_state_dict checks shapes
@@ -81,7 +93,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         p, q = len(self.in_modes), len(self.out_modes)
         d = p + q
         let = letters(1 + 2 * d)
-        t, bonds, outs, ins = let[0], let[1:1 + d], let[1 + d:1 + d + q], let[1 + d + q:]
+        t, bonds, outs, ins = let[0], let[1 : 1 + d], let[1 + d : 1 + d + q], let[1 + d + q :]
         mode_letters = outs + ins
         cores = [bonds[k] + mode_letters[k] + bonds[(k + 1) % d] for k in range(d)]
         self._eq_dense = ",".join(cores) + "->" + "".join(mode_letters)
@@ -193,21 +205,31 @@ class TRLinear(DenseCacheMixin, nn.Module):
         fwd = path_cost(self._eq_fwd, ((tokens, *self.in_modes), *shapes))
         recon = path_cost(self._eq_dense, shapes)
         report = {
-            "tokens": tokens, "choice": self.choose_path(tokens),
-            "contract_cost": c_contract, "dense_cost": c_dense,
-            "contract_flops": fwd.flops, "dense_flops": recon.flops + 2 * tokens * self.in_features * self.out_features,
-            "contract_steps": fwd.steps, "equation": self._eq_fwd,
+            "tokens": tokens,
+            "choice": self.choose_path(tokens),
+            "contract_cost": c_contract,
+            "dense_cost": c_dense,
+            "contract_flops": fwd.flops,
+            "dense_flops": recon.flops + 2 * tokens * self.in_features * self.out_features,
+            "contract_steps": fwd.steps,
+            "equation": self._eq_fwd,
             "factored_cost": None if torch.is_grad_enabled() else self._factored_cost(tokens),
             "path": [s["eq"] for s in _exec.describe(self._eq_fwd, (tokens, *self.in_modes), *shapes)],
         }
-        print(f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
-              f"ranks {self.ranks}, {tokens} tokens\n"
-              f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, path {report['path']})\n"
-              f"  densify+matmul: cost {c_dense:.4g} ({report['dense_flops']:.4g} FLOPs)\n"
-              + ("" if report["factored_cost"] is None else
-                 f"  factored (no grad, rank {self._factor_rank()}): cost {report['factored_cost']:.4g}\n") +
-              f"  choice: {report['choice']}" + ("" if self.path == "auto" else f" (forced by path={self.path!r})"),
-              file=file or sys.stdout)
+        print(
+            f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
+            f"ranks {self.ranks}, {tokens} tokens\n"
+            f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, path {report['path']})\n"
+            f"  densify+matmul: cost {c_dense:.4g} ({report['dense_flops']:.4g} FLOPs)\n"
+            + (
+                ""
+                if report["factored_cost"] is None
+                else f"  factored (no grad, rank {self._factor_rank()}): cost {report['factored_cost']:.4g}\n"
+            )
+            + f"  choice: {report['choice']}"
+            + ("" if self.path == "auto" else f" (forced by path={self.path!r})"),
+            file=file or sys.stdout,
+        )
         return report
 
     # ---- forward -------------------------------------------------------------------------------
@@ -244,14 +266,25 @@ class TRLinear(DenseCacheMixin, nn.Module):
         return _exec.get_plan(self._eq_fwd, shapes, ((key[0], self.in_features), *self._core_shapes), key[1:])
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, in_modes={self.in_modes}, "
-                f"out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}, "
-                f"n_params={self.n_params}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, in_modes={self.in_modes}, "
+            f"out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}, "
+            f"n_params={self.n_params}"
+        )
 
     # ---- initialisation from existing weights ------------------------------------------------------
     @classmethod
-    def from_linear(cls, linear, bias=None, tol: float | None = None, max_params: int | None = None,
-                    ranks=None, in_modes=None, out_modes=None, path: str = "auto") -> "TRLinear":
+    def from_linear(
+        cls,
+        linear,
+        bias=None,
+        tol: float | None = None,
+        max_params: int | None = None,
+        ranks=None,
+        in_modes=None,
+        out_modes=None,
+        path: str = "auto",
+    ) -> "TRLinear":
         """Closest TRLinear to an ``nn.Linear`` (or a weight ``(out, in)`` plus optional ``bias``).
 
         Exactly one of ``tol`` (relative Frobenius error of the weight), ``max_params`` (total
@@ -275,10 +308,20 @@ class TRLinear(DenseCacheMixin, nn.Module):
         i_modes = resolve_modes(in_f, in_modes, "in_modes")
         o_modes = resolve_modes(out_f, out_modes, "out_modes")
         extra = out_f if bias is not None else 0
-        ring, info = fit_ring(weight.reshape(*o_modes, *i_modes), tol=tol, max_params=max_params,
-                              ranks=ranks, extra_params=extra)
-        layer = cls(in_f, out_f, ring.ranks, in_modes=i_modes, out_modes=o_modes, bias=bias is not None,
-                    path=path, dtype=weight.dtype, device=weight.device)
+        ring, info = fit_ring(
+            weight.reshape(*o_modes, *i_modes), tol=tol, max_params=max_params, ranks=ranks, extra_params=extra
+        )
+        layer = cls(
+            in_f,
+            out_f,
+            ring.ranks,
+            in_modes=i_modes,
+            out_modes=o_modes,
+            bias=bias is not None,
+            path=path,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
         with torch.no_grad():
             for p, c in zip(layer.cores, ring.cores):
                 p.copy_(c)

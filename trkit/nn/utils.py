@@ -2,6 +2,7 @@
 equations for rings, the execution-cost model used to choose between contracting the cores and
 densifying the weight, and parameter counting.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,16 @@ from torch import nn
 from trkit.nn import _exec
 from trkit.nn._exec import COST
 
-__all__ = ["balanced_factors", "resolve_modes", "resolve_ranks", "count_params", "compression_ratio",
-           "PathCost", "path_cost", "gemm_cost"]
+__all__ = [
+    "balanced_factors",
+    "resolve_modes",
+    "resolve_ranks",
+    "count_params",
+    "compression_ratio",
+    "PathCost",
+    "path_cost",
+    "gemm_cost",
+]
 
 
 # ---- mode factorisation ------------------------------------------------------------------
@@ -55,7 +64,7 @@ def balanced_factors(n: int, k: int) -> tuple[int, ...]:
                     best = (score, cand)
             return
         d = lo
-        while d ** parts <= remaining:
+        while d**parts <= remaining:
             if remaining % d == 0:
                 rec(remaining // d, parts - 1, d, acc + [d])
             d += 1
@@ -164,8 +173,9 @@ class PathCost:
     cost: float
 
     def __add__(self, other: "PathCost") -> "PathCost":
-        return PathCost(self.flops + other.flops, self.copies + other.copies,
-                        self.steps + other.steps, self.cost + other.cost)
+        return PathCost(
+            self.flops + other.flops, self.copies + other.copies, self.steps + other.steps, self.cost + other.cost
+        )
 
 
 def path_cost(equation: str, shapes: tuple) -> PathCost:

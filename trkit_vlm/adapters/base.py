@@ -6,6 +6,7 @@ adds the adapter output to the block output. The block computes ``x + attn(ln_1(
 so the hook gives MMA's ``x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)) + y`` exactly, and the
 backbone's state-dict keys stay unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,21 @@ from torch import nn
 from trkit_vlm.models import tower_info
 
 __all__ = [
-    "ADAPTER_ATTR", "AdapterConfig", "AdapterSet", "grad_scale", "default_layers", "resolve_layers",
-    "add_adapters", "remove_adapters", "adapters_disabled", "get_adapters", "adapter_parameters",
-    "adapter_state_dict", "count_trainable", "trainable_summary", "adapter_regularization",
+    "ADAPTER_ATTR",
+    "AdapterConfig",
+    "AdapterSet",
+    "grad_scale",
+    "default_layers",
+    "resolve_layers",
+    "add_adapters",
+    "remove_adapters",
+    "adapters_disabled",
+    "get_adapters",
+    "adapter_parameters",
+    "adapter_state_dict",
+    "count_trainable",
+    "trainable_summary",
+    "adapter_regularization",
 ]
 
 ADAPTER_ATTR = "trkit_adapters"
@@ -75,8 +88,9 @@ def default_layers(depth_text: int, depth_image: int) -> tuple[list[int], list[i
     return (list(range(depth_text - n + 1, depth_text + 1)), list(range(depth_image - n + 1, depth_image + 1)))
 
 
-def resolve_layers(text_spec: LayerSpec, image_spec: LayerSpec, depth_text: int,
-                   depth_image: int) -> tuple[list[int], list[int]]:
+def resolve_layers(
+    text_spec: LayerSpec, image_spec: LayerSpec, depth_text: int, depth_image: int
+) -> tuple[list[int], list[int]]:
     """1-based layer lists for both towers from the config's specs; clear errors when out of range."""
     dt, di = default_layers(depth_text, depth_image)
     out = []
@@ -87,18 +101,23 @@ def resolve_layers(text_spec: LayerSpec, image_spec: LayerSpec, depth_text: int,
             continue
         a, b = rng
         if not 1 <= a <= b <= depth:
-            raise ValueError(f"{tower}_layers {a}..{b} is outside the {tower} tower's {depth} layers "
-                             f"(valid: 1 <= start <= end <= {depth}, 1-based)")
+            raise ValueError(
+                f"{tower}_layers {a}..{b} is outside the {tower} tower's {depth} layers "
+                f"(valid: 1 <= start <= end <= {depth}, 1-based)"
+            )
         out.append(list(range(a, b + 1)))
     if len(out[0]) != len(out[1]):
-        raise ValueError(f"text_layers ({len(out[0])} layers) and image_layers ({len(out[1])} layers) must have "
-                         "the same length: the shared module pairs one text layer with one image layer")
+        raise ValueError(
+            f"text_layers ({len(out[0])} layers) and image_layers ({len(out[1])} layers) must have "
+            "the same length: the shared module pairs one text layer with one image layer"
+        )
     return out[0], out[1]
 
 
 @dataclass
 class AdapterConfig:
     """Fields common to every adapter method (placement, hidden width, output scale)."""
+
     hidden: int = 32
     text_layers: LayerSpec = None
     image_layers: LayerSpec = None
@@ -125,6 +144,7 @@ class AdapterConfig:
 
 # ---------------------------------------------------------------------------------- adapter modules
 
+
 class AdapterSet(nn.Module):
     """Base of all adapter sets: layer pairs and the MMA input/scale/gradient rule.
 
@@ -136,7 +156,8 @@ class AdapterSet(nn.Module):
         self.config = config
         self.info = {t: dict(v) for t, v in info.items()}
         self.text_layers, self.image_layers = resolve_layers(
-            config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"])
+            config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"]
+        )
         self.enabled = True
         self._handles: list = []
         self._orig_requires_grad: dict[str, bool] = {}
@@ -216,6 +237,7 @@ class _BlockHook:
 
 # ------------------------------------------------------------------------------------- entry points
 
+
 def get_adapters(model: nn.Module) -> AdapterSet | None:
     """The model's adapter set, or None."""
     return getattr(model, ADAPTER_ATTR, None)
@@ -260,8 +282,10 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for k, layer in enumerate(aset.layers(tower)):
             blk = blocks[layer - 1]
             if not hasattr(blk, "ln_1"):
-                raise TypeError(f"{tower} block {layer} ({type(blk).__name__}) has no ln_1; "
-                                "expected open_clip ResidualAttentionBlock")
+                raise TypeError(
+                    f"{tower} block {layer} ({type(blk).__name__}) has no ln_1; "
+                    "expected open_clip ResidualAttentionBlock"
+                )
             aset._handles.append(blk.register_forward_hook(_BlockHook(aset, tower, k), with_kwargs=True))
     return model
 

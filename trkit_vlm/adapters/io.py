@@ -5,6 +5,7 @@ File format: one safetensors file holding the adapter tensors (keys as in ``mode
 metadata ``format``, ``config`` (the adapter config as JSON), ``towers`` (width and depth of each tower)
 and ``layers`` (the adapted 1-based layers).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from trkit.io import atomic_write
 from trkit_vlm.adapters.base import AdapterSet, add_adapters, get_adapters, remove_adapters
 from trkit_vlm.models import tower_info
 
-__all__ = ["save_adapters", "load_adapters", "read_adapter_file", "read_mma_state_dict",
-           "mma_config_from_state_dict", "import_mma_checkpoint", "FORMAT"]
+__all__ = [
+    "save_adapters",
+    "load_adapters",
+    "read_adapter_file",
+    "read_mma_state_dict",
+    "mma_config_from_state_dict",
+    "import_mma_checkpoint",
+    "FORMAT",
+]
 
 FORMAT = "trkit-adapters/1"
 _MMA_KEY = re.compile(r"^(text_adapter|visual_adapter|shared_adapter)\.(\d+)\.(.+)$")
@@ -35,8 +43,12 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
         raise ValueError("model has no trkit adapters to save")
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in aset.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(aset.config.to_dict()), "towers": json.dumps(aset.info),
-            "layers": json.dumps({"text": aset.text_layers, "image": aset.image_layers})}
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(aset.config.to_dict()),
+        "towers": json.dumps(aset.info),
+        "layers": json.dumps({"text": aset.text_layers, "image": aset.image_layers}),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -72,8 +84,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     for t in ("text", "image"):
         for what in ("width", "depth"):
             if towers[t][what] != have[t][what]:
-                raise ValueError(f"adapter file {path} was made for a {t} tower of {what} {towers[t][what]}; "
-                                 f"this backbone's {t} tower has {what} {have[t][what]}")
+                raise ValueError(
+                    f"adapter file {path} was made for a {t} tower of {what} {towers[t][what]}; "
+                    f"this backbone's {t} tower has {what} {have[t][what]}"
+                )
     _load_into(model, config, tensors, str(path))
     return model
 
@@ -84,8 +98,10 @@ def _load_into(model: nn.Module, config, tensors: dict[str, torch.Tensor], sourc
     if added:
         add_adapters(model, config)
     elif existing.config.to_dict() != config.to_dict():
-        raise ValueError(f"model already has different adapters ({existing.config.method}); "
-                         f"call remove_adapters(model) before loading {source}")
+        raise ValueError(
+            f"model already has different adapters ({existing.config.method}); "
+            f"call remove_adapters(model) before loading {source}"
+        )
     aset = get_adapters(model)
     try:
         _check_and_copy(aset, tensors, source)
@@ -101,18 +117,23 @@ def _check_and_copy(aset: AdapterSet, tensors: dict[str, torch.Tensor], source: 
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{source} does not match this backbone's adapters (text layers {aset.text_layers}, "
-                         f"image layers {aset.image_layers}): missing {missing[:6]}, unexpected {unexpected[:6]}")
+        raise ValueError(
+            f"{source} does not match this backbone's adapters (text layers {aset.text_layers}, "
+            f"image layers {aset.image_layers}): missing {missing[:6]}, unexpected {unexpected[:6]}"
+        )
     for k, v in own.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                             f"this backbone's adapter needs {tuple(v.shape)}")
+            raise ValueError(
+                f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                f"this backbone's adapter needs {tuple(v.shape)}"
+            )
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k].to(dtype=v.dtype, device=v.device))
 
 
 # ----------------------------------------------------------------------------------- official MMA
+
 
 def read_mma_state_dict(source) -> dict[str, torch.Tensor]:
     """The MMA adapter tensors of an official checkpoint (Dassl ``model.pth.tar-N`` / ``model-best.pth.tar``,
@@ -135,12 +156,14 @@ def read_mma_state_dict(source) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         for pre in ("module.", "adapter_learner.", "trkit_adapters."):
             if k.startswith(pre):
-                k = k[len(pre):]
+                k = k[len(pre) :]
         if _MMA_KEY.match(k) and isinstance(v, torch.Tensor):
             out[k] = v.detach().float()
     if not out:
-        raise ValueError("no MMA adapter tensors (text_adapter.{i}..., visual_adapter.{i}..., shared_adapter.{i}...) "
-                         f"found; keys look like {list(sd)[:5]}")
+        raise ValueError(
+            "no MMA adapter tensors (text_adapter.{i}..., visual_adapter.{i}..., shared_adapter.{i}...) "
+            f"found; keys look like {list(sd)[:5]}"
+        )
     return out
 
 
@@ -158,16 +181,18 @@ def mma_config_from_state_dict(sd: dict[str, torch.Tensor], scale: float = 0.001
         if not s:
             raise ValueError(f"MMA state dict has no {name} tensors")
         if 0 in s:
-            raise ValueError("MMA's layer-0 (token-embedding / ln_pre) adapter is not supported; "
-                             "train with ADAPTER_START >= 1")
+            raise ValueError(
+                "MMA's layer-0 (token-embedding / ln_pre) adapter is not supported; train with ADAPTER_START >= 1"
+            )
         lo, hi = min(s), max(s)
         if s != set(range(lo, hi + 1)):
             raise ValueError(f"{name} layers {sorted(s)} are not one contiguous range")
         ranges[name] = (lo, hi)
     lo, hi = ranges["text_adapter"]
     hidden = sd[f"text_adapter.{lo}.down.0.weight"].shape[0]
-    return MMAConfig(hidden=int(hidden), text_layers=ranges["text_adapter"],
-                     image_layers=ranges["visual_adapter"], scale=scale)
+    return MMAConfig(
+        hidden=int(hidden), text_layers=ranges["text_adapter"], image_layers=ranges["visual_adapter"], scale=scale
+    )
 
 
 def import_mma_checkpoint(model: nn.Module, source, scale: float = 0.001) -> nn.Module:

@@ -1,4 +1,5 @@
 """``trkit-vlm compress``: turn a trained MMA adapter set into an AdaRing adapter under a budget."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,18 +18,29 @@ The output directory gets adapters.safetensors (load with trkit_vlm.adapters.loa
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("compress", help="compress trained MMA adapters into AdaRing (user story 2)",
-                              description="Build the AdaRing adapter closest to a trained MMA adapter set under a "
-                                          "parameter budget and report the error per projection.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="official MMA checkpoint (.pth.tar), MMA state dict (.pt) or trkit MMA "
-                                      "adapter file (.safetensors)")
+    p = subparsers.add_parser(
+        "compress",
+        help="compress trained MMA adapters into AdaRing (user story 2)",
+        description="Build the AdaRing adapter closest to a trained MMA adapter set under a "
+        "parameter budget and report the error per projection.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        help="official MMA checkpoint (.pth.tar), MMA state dict (.pt) or trkit MMA adapter file (.safetensors)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=float, default=None,
-                   help="parameters as a fraction of the MMA set's, biases included (default 0.1)")
+    g.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="parameters as a fraction of the MMA set's, biases included (default 0.1)",
+    )
     g.add_argument("--tol", type=float, default=None, help="relative error per projection instead of a budget")
-    p.add_argument("--model", default=None,
-                   help="open_clip model the adapters were trained on (tower depths); default: inferred")
+    p.add_argument(
+        "--model", default=None, help="open_clip model the adapters were trained on (tower depths); default: inferred"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)
     return p
@@ -54,9 +66,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.save(out / "adapters.safetensors")
-    report = {"source": str(args.checkpoint), "budget": budget, "tol": args.tol, "n_params": res.n_params,
-              "mma_params": res.mma_params, "fraction": res.fraction, "projections": res.projections,
-              "output_rel_error": res.output_rel_error, "config": res.config.to_dict()}
+    report = {
+        "source": str(args.checkpoint),
+        "budget": budget,
+        "tol": args.tol,
+        "n_params": res.n_params,
+        "mma_params": res.mma_params,
+        "fraction": res.fraction,
+        "projections": res.projections,
+        "output_rel_error": res.output_rel_error,
+        "config": res.config.to_dict(),
+    }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print(res.table())
     print(f"wrote {out / 'adapters.safetensors'} and {out / 'report.json'}")

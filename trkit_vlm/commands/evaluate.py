@@ -1,4 +1,5 @@
 """``trkit-vlm eval``: evaluate a trained run (base / novel / HM / all), on its dataset or another one."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,17 @@ EXAMPLES = """examples:
 """
 
 
-def evaluate_run(run_dir: str | None, dataset: str | None = None, root: str | None = None,
-                 split: str = "test", zero_shot: bool = False, model: str | None = None,
-                 pretrained: str | None = None, batch_size: int | None = None,
-                 device: str = "auto") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str = "test",
+    zero_shot: bool = False,
+    model: str | None = None,
+    pretrained: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Accuracy of a run's adapters (or zero-shot CLIP) on its own or another dataset."""
     from trkit_vlm.config import RunConfig, config_from_dict
     from trkit_vlm.data import load_dataset
@@ -43,37 +51,63 @@ def evaluate_run(run_dir: str | None, dataset: str | None = None, root: str | No
     dev = resolve_device(device)
     if cfg.model_config is not None:
         from trkit_vlm.models import register_model_config
+
         register_model_config(cfg.model, cfg.model_config)
     # train() seeds before building the model, so a random-weight backbone is rebuilt identically here.
     from trkit_vlm.train import seed_everything
+
     seed_everything(cfg.seed)
     bundle = load_clip(name, weights, device=str(dev))
     if not zero_shot:
         from trkit_vlm.adapters import load_adapters
+
         path = Path(run_dir) / "adapters.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the run has not finished")
         load_adapters(bundle.model, path)
     ds = dataset or cfg.data.dataset
-    data = load_dataset(ds, root if root is not None else cfg.data.root,
-                        split_file=None if dataset else cfg.data.split_file,
-                        image_dir=None if dataset else cfg.data.image_dir)
-    acc = evaluate_base_novel(bundle.model, bundle.tokenizer, data, cfg.data.template,
-                              batch_size=batch_size or cfg.optim.eval_batch_size, split=split)
-    result = {"dataset": data.name, "split": split, "trained_on": None if zero_shot else cfg.dataset_key(),
-              "method": "zero-shot" if zero_shot else cfg.method, "model": name, "pretrained": weights, **acc}
+    data = load_dataset(
+        ds,
+        root if root is not None else cfg.data.root,
+        split_file=None if dataset else cfg.data.split_file,
+        image_dir=None if dataset else cfg.data.image_dir,
+    )
+    acc = evaluate_base_novel(
+        bundle.model,
+        bundle.tokenizer,
+        data,
+        cfg.data.template,
+        batch_size=batch_size or cfg.optim.eval_batch_size,
+        split=split,
+    )
+    result = {
+        "dataset": data.name,
+        "split": split,
+        "trained_on": None if zero_shot else cfg.dataset_key(),
+        "method": "zero-shot" if zero_shot else cfg.method,
+        "model": name,
+        "pretrained": weights,
+        **acc,
+    }
     if run_dir is not None:
         from trkit_vlm.checkpoint import atomic_write_text
-        atomic_write_text(Path(run_dir) / f"eval_{data.name}_{split}{'_zeroshot' if zero_shot else ''}.json",
-                          json.dumps(result, indent=2))
+
+        atomic_write_text(
+            Path(run_dir) / f"eval_{data.name}_{split}{'_zeroshot' if zero_shot else ''}.json",
+            json.dumps(result, indent=2),
+        )
     return result
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluate a trained run (base / novel / HM / all, cross-dataset)",
-                              description="Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
-                                          "and all-class accuracy; --dataset for cross-dataset transfer.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a trained run (base / novel / HM / all, cross-dataset)",
+        description="Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
+        "and all-class accuracy; --dataset for cross-dataset transfer.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", nargs="?", help="run folder (holding config.json and adapters.safetensors)")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
     p.add_argument("--root", help="data root for --dataset")
@@ -88,7 +122,16 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    res = evaluate_run(args.run_dir, args.dataset, args.root, args.split, args.zero_shot, args.model,
-                       args.pretrained, args.batch_size, args.device)
+    res = evaluate_run(
+        args.run_dir,
+        args.dataset,
+        args.root,
+        args.split,
+        args.zero_shot,
+        args.model,
+        args.pretrained,
+        args.batch_size,
+        args.device,
+    )
     print(json.dumps(res, indent=2))
     return 0

@@ -1,4 +1,5 @@
 """``trkit-vlm pretrain-small``: pre-train (once) the small CLIP used by the quickstart."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,23 +16,31 @@ def setup_threads(threads: int | None) -> int:
     directly, export it in the shell. Returns the number of threads set.
     """
     import torch
+
     n = threads or min(os.cpu_count() or 1, 4)
     torch.set_num_threads(n)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        print("note: OMP_WAIT_POLICY is not PASSIVE; on a machine whose cores are shared, "
-              "'export OMP_WAIT_POLICY=PASSIVE' before running can make this several times faster")
+        print(
+            "note: OMP_WAIT_POLICY is not PASSIVE; on a machine whose cores are shared, "
+            "'export OMP_WAIT_POLICY=PASSIVE' before running can make this several times faster"
+        )
     return n
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "pretrain-small", help="pre-train the small Fashion-MNIST CLIP (cached; not OpenAI CLIP)",
+        "pretrain-small",
+        help="pre-train the small Fashion-MNIST CLIP (cached; not OpenAI CLIP)",
         description="Pre-train the project's small CLIP on Fashion-MNIST (runs once; the weights are cached "
-                    "under $TRKIT_CACHE or ~/.cache/trkit, keyed by a hash of the recipe).")
+        "under $TRKIT_CACHE or ~/.cache/trkit, keyed by a hash of the recipe).",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--cache-dir", default=None, help="cache root (default $TRKIT_CACHE or ~/.cache/trkit)")
-    p.add_argument("--data", default=None, help="Fashion-MNIST idx folder (default $TRKIT_FASHION_MNIST "
-                                                 "or /usr/share/datasets/fashion-mnist)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="Fashion-MNIST idx folder (default $TRKIT_FASHION_MNIST or /usr/share/datasets/fashion-mnist)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(cores, 4))")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.add_argument("--no-progress", action="store_true")
@@ -43,21 +52,25 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from trkit_vlm.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
+
     recipe = PretrainRecipe()
     if args.steps is not None:
         recipe = dataclasses.replace(recipe, steps=args.steps)
     path = weights_path(recipe, args.cache_dir)
     cached = path.is_file() and not args.force
-    print(f"small CLIP recipe {recipe.key()} ({recipe.steps} steps, batch {recipe.batch_size}); "
-          f"threads={n}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    path = pretrain_small(recipe, args.cache_dir, progress=not args.no_progress, force=args.force,
-                          data_root=args.data)
+    print(
+        f"small CLIP recipe {recipe.key()} ({recipe.steps} steps, batch {recipe.batch_size}); "
+        f"threads={n}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
+    path = pretrain_small(recipe, args.cache_dir, progress=not args.no_progress, force=args.force, data_root=args.data)
     info = pretrain_info(recipe, args.cache_dir) or {}
     m = info.get("metrics", {})
     print(f"{'reused cached' if cached else 'saved'} weights: {path}")
     if m:
-        print(f"zero-shot accuracy on held-out training images (10 classes): {m['zero_shot_val_acc']:.1f}% | "
-              f"pre-training took {m['train_seconds']:.0f} s ({m['seconds_per_step']:.2f} s/step, "
-              f"{m['threads']} threads)")
+        print(
+            f"zero-shot accuracy on held-out training images (10 classes): {m['zero_shot_val_acc']:.1f}% | "
+            f"pre-training took {m['train_seconds']:.0f} s ({m['seconds_per_step']:.2f} s/step, "
+            f"{m['threads']} threads)"
+        )
     print(json.dumps({"path": str(path), "key": recipe.key()}))
     return 0

@@ -1,4 +1,5 @@
 """``trkit-vlm table``: mean ± std tables (markdown + CSV) and a PNG over all runs in a results folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,14 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("table", help="aggregate runs into base-to-novel tables (mean ± std over seeds)",
-                              description="Collect every metrics.json under RESULTS_DIR and write base / novel / "
-                                          "HM tables laid out like the papers' (markdown, CSV) and a PNG plot.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "table",
+        help="aggregate runs into base-to-novel tables (mean ± std over seeds)",
+        description="Collect every metrics.json under RESULTS_DIR and write base / novel / "
+        "HM tables laid out like the papers' (markdown, CSV) and a PNG plot.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("results_dir", help="folder holding run folders (searched recursively for metrics.json)")
     p.add_argument("--out", help="where to write results.md/.csv/.png (default: RESULTS_DIR)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

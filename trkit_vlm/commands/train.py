@@ -1,4 +1,5 @@
 """``trkit-vlm train``: few-shot adapter training (see ``trkit_vlm.train``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,13 @@ EXAMPLES = """examples:
 def register(subparsers) -> argparse.ArgumentParser:
     from trkit_vlm.train import build_arg_parser
 
-    p = subparsers.add_parser("train", help="train adapters few-shot (base-to-novel protocol)",
-                              description="Train MMA or AdaRing adapters on K shots per class and evaluate "
-                                          "base / novel / HM accuracy.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="train adapters few-shot (base-to-novel protocol)",
+        description="Train MMA or AdaRing adapters on K shots per class and evaluate base / novel / HM accuracy.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     build_arg_parser(p)
     p.set_defaults(func=run)
     return p

@@ -4,21 +4,39 @@
 (CoOp/Dassl layout), a user's own CoOp-layout folder (``"coop"``), an ImageFolder tree
 (``"folder"``) or Fashion-MNIST from its idx files (``"fashion_mnist"``).
 """
+
 from __future__ import annotations
 
 import os
 
 from trkit_vlm.data.coop import load_coop_dataset, load_split_folder, read_split_file
-from trkit_vlm.data.datasets import (COOP_DATASETS, ClassificationData, CoOpSpec, Record, canonical_name,
-                                     display_path)
-from trkit_vlm.data.fewshot import (base_novel_split, few_shot_data, fewshot_cache_path, sample_few_shot,
-                                    subsample_classes)
+from trkit_vlm.data.datasets import COOP_DATASETS, ClassificationData, CoOpSpec, Record, canonical_name, display_path
+from trkit_vlm.data.fewshot import (
+    base_novel_split,
+    few_shot_data,
+    fewshot_cache_path,
+    sample_few_shot,
+    subsample_classes,
+)
 from trkit_vlm.data.folder import load_image_folder
 
 __all__ = [
-    "COOP_DATASETS", "ClassificationData", "CoOpSpec", "Record", "base_novel_split", "canonical_name",
-    "display_path", "few_shot_data", "fewshot_cache_path", "load_coop_dataset", "load_dataset",
-    "load_image_folder", "load_split_folder", "read_split_file", "sample_few_shot", "subsample_classes",
+    "COOP_DATASETS",
+    "ClassificationData",
+    "CoOpSpec",
+    "Record",
+    "base_novel_split",
+    "canonical_name",
+    "display_path",
+    "few_shot_data",
+    "fewshot_cache_path",
+    "load_coop_dataset",
+    "load_dataset",
+    "load_image_folder",
+    "load_split_folder",
+    "read_split_file",
+    "sample_few_shot",
+    "subsample_classes",
 ]
 
 
@@ -31,8 +49,14 @@ def _fashion_mnist(root: str | None) -> ClassificationData:
     return ClassificationData("fashion_mnist", list(FASHION_MNIST_CLASSES), train=train, val=[], test=test)
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, *, split_file: str | None = None,
-                 image_dir: str | None = None, classnames: list[str] | None = None) -> ClassificationData:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    split_file: str | None = None,
+    image_dir: str | None = None,
+    classnames: list[str] | None = None,
+) -> ClassificationData:
     """Load a dataset by name.
 
     Args:
@@ -57,12 +81,16 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, split_file
     else:
         data = load_coop_dataset(key, root)
     if classnames is not None and list(classnames) != list(data.classnames):
-        diff = next((i for i, (a, b) in enumerate(zip(classnames, data.classnames)) if a != b),
-                    min(len(classnames), len(data.classnames)))
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(classnames, data.classnames)) if a != b),
+            min(len(classnames), len(data.classnames)),
+        )
         got = data.classnames[diff] if diff < len(data.classnames) else "nothing"
         want = classnames[diff] if diff < len(classnames) else "nothing"
-        raise ValueError(f"class-name mismatch between the split and the config: label {diff} is {got!r} "
-                         f"in {data.name} and {want!r} in the config")
+        raise ValueError(
+            f"class-name mismatch between the split and the config: label {diff} is {got!r} "
+            f"in {data.name} and {want!r} in the config"
+        )
     return check_usable(data)
 
 

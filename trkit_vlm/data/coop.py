@@ -4,6 +4,7 @@ A dataset folder holds an image folder and ``split_zhou_<Name>.json``, a JSON ob
 ``val`` and ``test`` lists of ``[relative_path, label, classname]`` (paths relative to the image
 folder). ImageNet and FGVC-Aircraft have no split file in CoOp and are read from their own lists.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ def _classnames_from(items: dict[str, list], source: str) -> list[str]:
             _, label, cname = row
             label = int(label)
             if label in names and names[label][0] != cname:
-                raise ValueError(f"{source}: class-name mismatch: label {label} is {names[label][0]!r} in "
-                                 f"{names[label][1]} and {cname!r} in {split}")
+                raise ValueError(
+                    f"{source}: class-name mismatch: label {label} is {names[label][0]!r} in "
+                    f"{names[label][1]} and {cname!r} in {split}"
+                )
             names.setdefault(label, (cname, split))
     if not names:
         raise ValueError(f"{source}: every split is empty")
@@ -33,8 +36,9 @@ def _classnames_from(items: dict[str, list], source: str) -> list[str]:
     return [names[i][0] for i in range(n)]
 
 
-def read_split_file(split_path: str | os.PathLike, image_dir: str | os.PathLike,
-                    name: str | None = None) -> ClassificationData:
+def read_split_file(
+    split_path: str | os.PathLike, image_dir: str | os.PathLike, name: str | None = None
+) -> ClassificationData:
     """Read a ``split_zhou_*.json`` file.
 
     Args:
@@ -61,13 +65,13 @@ def read_split_file(split_path: str | os.PathLike, image_dir: str | os.PathLike,
     for split, rows in items.items():
         for i, row in enumerate(rows):
             if not (isinstance(row, (list, tuple)) and len(row) == 3):
-                raise ValueError(f"{split_path}: {split}[{i}] should be [relative_path, label, classname], "
-                                 f"got {row!r}")
+                raise ValueError(f"{split_path}: {split}[{i}] should be [relative_path, label, classname], got {row!r}")
     classnames = _classnames_from(items, str(split_path))
     image_dir = Path(image_dir)
     splits = {s: [(str(image_dir / rel), int(label)) for rel, label, _ in rows] for s, rows in items.items()}
-    return ClassificationData(name=name or split_path.stem.replace("split_zhou_", ""), classnames=classnames,
-                              root=str(image_dir), **splits)
+    return ClassificationData(
+        name=name or split_path.stem.replace("split_zhou_", ""), classnames=classnames, root=str(image_dir), **splits
+    )
 
 
 def _read_imagenet(dataset_dir: Path, image_dir: Path) -> ClassificationData:
@@ -88,10 +92,15 @@ def _read_imagenet(dataset_dir: Path, image_dir: Path) -> ClassificationData:
             raise FileNotFoundError(f"ImageNet image folder not found: {folder}")
         wnids = sorted(d.name for d in os.scandir(folder) if d.is_dir())
         if wnids != sorted(wnid_to_name):
-            raise ValueError(f"class-name mismatch: {folder} has {len(wnids)} class folders, "
-                             f"{text_file} names {len(wnid_to_name)}")
-        return [(str(folder / w / f), label) for label, w in enumerate(wnids)
-                for f in sorted(os.listdir(folder / w)) if not f.startswith(".")]
+            raise ValueError(
+                f"class-name mismatch: {folder} has {len(wnids)} class folders, {text_file} names {len(wnid_to_name)}"
+            )
+        return [
+            (str(folder / w / f), label)
+            for label, w in enumerate(wnids)
+            for f in sorted(os.listdir(folder / w))
+            if not f.startswith(".")
+        ]
 
     names = [wnid_to_name[w] for w in sorted(wnid_to_name)]
     test = read("val")
@@ -122,8 +131,9 @@ def _read_fgvc(dataset_dir: Path, image_dir: Path) -> ClassificationData:
             out.append((str(image_dir / f"{imname}.jpg"), index[cname]))
         return out
 
-    return ClassificationData("fgvc_aircraft", names, train=read("train"), val=read("val"), test=read("test"),
-                              root=str(image_dir))
+    return ClassificationData(
+        "fgvc_aircraft", names, train=read("train"), val=read("val"), test=read("test"), root=str(image_dir)
+    )
 
 
 def load_coop_dataset(name: str, root: str | os.PathLike) -> ClassificationData:
@@ -139,8 +149,10 @@ def load_coop_dataset(name: str, root: str | os.PathLike) -> ClassificationData:
     elif not dataset_dir.is_dir() and spec.split_file is None and root.name == spec.dataset_dir:
         dataset_dir = root
     if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"{name}: dataset folder not found: {dataset_dir} (CoOp layout: "
-                                f"<root>/{spec.dataset_dir}/{spec.split_file or ''})")
+        raise FileNotFoundError(
+            f"{name}: dataset folder not found: {dataset_dir} (CoOp layout: "
+            f"<root>/{spec.dataset_dir}/{spec.split_file or ''})"
+        )
     image_dir = dataset_dir / spec.image_dir if spec.image_dir else dataset_dir
     if spec.reader == "imagenet":
         return _read_imagenet(dataset_dir, image_dir)
@@ -150,8 +162,9 @@ def load_coop_dataset(name: str, root: str | os.PathLike) -> ClassificationData:
     return data
 
 
-def load_split_folder(root: str | os.PathLike, split_file: str | None = None, image_dir: str | None = None,
-                      name: str | None = None) -> ClassificationData:
+def load_split_folder(
+    root: str | os.PathLike, split_file: str | None = None, image_dir: str | None = None, name: str | None = None
+) -> ClassificationData:
     """A user's own CoOp-layout folder: ``root`` holds one ``split_zhou_*.json`` (or name it with
     ``split_file``) and the images (under ``image_dir``, default: ``images/`` if the paths resolve
     there, else ``root``)."""
@@ -159,8 +172,9 @@ def load_split_folder(root: str | os.PathLike, split_file: str | None = None, im
     if split_file is None:
         found = sorted(root.glob("split_zhou_*.json"))
         if len(found) != 1:
-            raise FileNotFoundError(f"{root}: expected exactly one split_zhou_*.json, found {len(found)}; "
-                                    "pass split_file")
+            raise FileNotFoundError(
+                f"{root}: expected exactly one split_zhou_*.json, found {len(found)}; pass split_file"
+            )
         split_path = found[0]
     else:
         split_path = Path(split_file) if Path(split_file).is_absolute() else root / split_file

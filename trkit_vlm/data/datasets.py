@@ -4,6 +4,7 @@ A dataset is a :class:`ClassificationData`: class names plus ``train``/``val``/`
 ``(image_source, label)`` records, where ``image_source`` is a file path or an in-memory image
 (``PIL.Image`` or a uint8 array ``(H, W)`` / ``(H, W, C)``). Labels are ``0..n_classes-1``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ class ClassificationData:
         train, val, test: lists of ``(image_source, label)``.
         root: folder that relative record paths are shown against (cache files store paths relative to it).
     """
+
     name: str
     classnames: list[str]
     train: list[Record] = field(default_factory=list)
@@ -62,11 +64,12 @@ class ClassificationData:
 
 class CoOpSpec(NamedTuple):
     """Where CoOp (KaiyangZhou/CoOp, datasets/*.py) keeps one dataset under its data root."""
-    dataset_dir: str          # folder under the data root
-    image_dir: str            # image folder under dataset_dir ("" = dataset_dir itself)
-    split_file: str | None    # split_zhou_*.json under dataset_dir; None = dataset-specific reader
-    reader: str = "split"     # "split", "imagenet" (images/{train,val}/<wnid>/ + classnames.txt),
-                              # "fgvc" (images_variant_{train,val,test}.txt + variants.txt)
+
+    dataset_dir: str  # folder under the data root
+    image_dir: str  # image folder under dataset_dir ("" = dataset_dir itself)
+    split_file: str | None  # split_zhou_*.json under dataset_dir; None = dataset-specific reader
+    reader: str = "split"  # "split", "imagenet" (images/{train,val}/<wnid>/ + classnames.txt),
+    # "fgvc" (images_variant_{train,val,test}.txt + variants.txt)
 
 
 # The 11 base-to-novel datasets, as CoOp's datasets/*.py lay them out.
@@ -86,11 +89,21 @@ COOP_DATASETS: dict[str, CoOpSpec] = {
 
 # CoOp's class names for the same datasets (its config files), lower-cased, mapped to ours.
 ALIASES: dict[str, str] = {
-    "caltech-101": "caltech101", "oxfordpets": "oxford_pets", "pets": "oxford_pets",
-    "stanfordcars": "stanford_cars", "cars": "stanford_cars", "oxfordflowers": "oxford_flowers",
-    "flowers102": "oxford_flowers", "flowers": "oxford_flowers", "food-101": "food101",
-    "fgvcaircraft": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "describabletextures": "dtd",
-    "ucf-101": "ucf101", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
+    "caltech-101": "caltech101",
+    "oxfordpets": "oxford_pets",
+    "pets": "oxford_pets",
+    "stanfordcars": "stanford_cars",
+    "cars": "stanford_cars",
+    "oxfordflowers": "oxford_flowers",
+    "flowers102": "oxford_flowers",
+    "flowers": "oxford_flowers",
+    "food-101": "food101",
+    "fgvcaircraft": "fgvc_aircraft",
+    "aircraft": "fgvc_aircraft",
+    "describabletextures": "dtd",
+    "ucf-101": "ucf101",
+    "fashion-mnist": "fashion_mnist",
+    "fashionmnist": "fashion_mnist",
     "imagefolder": "folder",
 }
 

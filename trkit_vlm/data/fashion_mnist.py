@@ -4,6 +4,7 @@ Real images that install from a registry: 70,000 grey 28x28 pictures of 10 kinds
 (MIT licence, Zalando Research). The project pre-trains its small CLIP on the training split and
 builds the quickstart's few-shot task from it (see ``trkit_vlm.small_clip`` and ``trkit_vlm.tasks``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,8 +19,16 @@ ENV_ROOT = "TRKIT_FASHION_MNIST"
 
 # Class names as a caption would say them (Zalando's labels, lower case, "T-shirt/top" -> "t-shirt").
 FASHION_MNIST_CLASSES: list[str] = [
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 
 _FILES = {
@@ -30,8 +39,14 @@ _FILES = {
 }
 
 # idx type codes (http://yann.lecun.com/exdb/mnist/): only unsigned bytes occur in Fashion-MNIST.
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -63,8 +78,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_len != expected:
-        raise ValueError(f"{path}: idx header declares shape {shape} ({expected} bytes of data) "
-                         f"but the file holds {len(data) - header_len} bytes")
+        raise ValueError(
+            f"{path}: idx header declares shape {shape} ({expected} bytes of data) "
+            f"but the file holds {len(data) - header_len} bytes"
+        )
     arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
@@ -82,11 +99,11 @@ def _find(root: Path, stem: str) -> Path:
         f"Fashion-MNIST file {stem}(.gz) not found in {root}. Install the data with "
         f"'sudo apt-get install dataset-fashion-mnist' (it goes to {DEFAULT_ROOT}), or point "
         f"${ENV_ROOT} (or root=...) at a folder holding the four idx files "
-        f"({', '.join(v + '.gz' for v in _FILES.values())}).")
+        f"({', '.join(v + '.gz' for v in _FILES.values())})."
+    )
 
 
-def load_fashion_mnist(root: str | os.PathLike | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load Fashion-MNIST.
 
     Args:
@@ -109,8 +126,10 @@ def load_fashion_mnist(root: str | os.PathLike | None = None
     for split in ("train", "test"):
         images, labels = out[f"{split}_images"], out[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} "
-                             "do not match (expected (N, H, W) and (N,))")
+            raise ValueError(
+                f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} "
+                "do not match (expected (N, H, W) and (N,))"
+            )
         if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
             raise ValueError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9")
         out[f"{split}_labels"] = labels.astype(np.int64)

@@ -4,6 +4,7 @@ Follows CoOp / Dassl: shots are drawn from every class of the training split (va
 per class), then the classes are split by label: base = the first ``ceil(n/2)``, novel = the rest,
 labels remapped to ``0..`` within each subset.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ from trkit_vlm.checkpoint import atomic_write_text
 SUBSETS = ("all", "base", "novel")
 
 
-def sample_few_shot(records: list[Record], shots: int, seed: int, classnames: list[str] | None = None,
-                    strict: bool = True, what: str = "train") -> list[int]:
+def sample_few_shot(
+    records: list[Record],
+    shots: int,
+    seed: int,
+    classnames: list[str] | None = None,
+    strict: bool = True,
+    what: str = "train",
+) -> list[int]:
     """Pick ``shots`` record indices per class, reproducibly.
 
     Args:
@@ -49,8 +56,9 @@ def sample_few_shot(records: list[Record], shots: int, seed: int, classnames: li
         if len(idxs) < shots:
             if strict:
                 cname = classnames[label] if classnames else str(label)
-                raise ValueError(f"shots={shots} is larger than the {len(idxs)} {what} images of class "
-                                 f"{cname!r} (label {label})")
+                raise ValueError(
+                    f"shots={shots} is larger than the {len(idxs)} {what} images of class {cname!r} (label {label})"
+                )
             out += idxs
         else:
             out += rng.sample(idxs, shots)
@@ -73,14 +81,17 @@ def _check_entries(data: ClassificationData, split: str, entries: list, path: Pa
     for i, shown, label in entries:
         if not (0 <= i < len(recs)) or recs[i][1] != label or display_path(recs[i][0], data.root) != shown:
             here = display_path(recs[i][0], data.root) if 0 <= i < len(recs) else "nothing"
-            raise ValueError(f"few-shot cache {path} does not match the dataset ({split}[{i}] is {shown!r} "
-                             f"there and {here!r} here); delete it to resample")
+            raise ValueError(
+                f"few-shot cache {path} does not match the dataset ({split}[{i}] is {shown!r} "
+                f"there and {here!r} here); delete it to resample"
+            )
         idxs.append(i)
     return idxs
 
 
-def few_shot_data(data: ClassificationData, shots: int, seed: int,
-                  cache_path: str | os.PathLike | None = None) -> ClassificationData:
+def few_shot_data(
+    data: ClassificationData, shots: int, seed: int, cache_path: str | os.PathLike | None = None
+) -> ClassificationData:
     """``data`` with ``train`` cut to ``shots`` per class and ``val`` to ``min(shots, 4)`` per class.
 
     When ``cache_path`` exists the indices are read from it (and checked against ``data``); otherwise
@@ -95,17 +106,27 @@ def few_shot_data(data: ClassificationData, shots: int, seed: int,
         except json.JSONDecodeError as err:
             raise ValueError(f"few-shot cache {path} is not valid JSON ({err}); delete it to resample") from None
         if cached.get("shots") != shots or cached.get("seed") != seed:
-            raise ValueError(f"few-shot cache {path} is for shots={cached.get('shots')} "
-                             f"seed={cached.get('seed')}, not shots={shots} seed={seed}")
+            raise ValueError(
+                f"few-shot cache {path} is for shots={cached.get('shots')} "
+                f"seed={cached.get('seed')}, not shots={shots} seed={seed}"
+            )
         train_idx = _check_entries(data, "train", cached["train"], path)
         val_idx = _check_entries(data, "val", cached.get("val", []), path)
     else:
         train_idx = sample_few_shot(data.train, shots, seed, data.classnames)
-        val_idx = sample_few_shot(data.val, min(shots, 4), seed, data.classnames, strict=False, what="val") \
-            if data.val else []
+        val_idx = (
+            sample_few_shot(data.val, min(shots, 4), seed, data.classnames, strict=False, what="val")
+            if data.val
+            else []
+        )
         if path is not None:
-            payload = {"dataset": data.name, "shots": shots, "seed": seed,
-                       "train": _entries(data, "train", train_idx), "val": _entries(data, "val", val_idx)}
+            payload = {
+                "dataset": data.name,
+                "shots": shots,
+                "seed": seed,
+                "train": _entries(data, "train", train_idx),
+                "val": _entries(data, "val", val_idx),
+            }
             atomic_write_text(path, json.dumps(payload, indent=0))
     return data.replace(train=[data.train[i] for i in train_idx], val=[data.val[i] for i in val_idx])
 
@@ -134,5 +155,6 @@ def subsample_classes(data: ClassificationData, subset: str) -> ClassificationDa
     def cut(records: list[Record]) -> list[Record]:
         return [(src, remap[y]) for src, y in records if y in remap]
 
-    return data.replace(classnames=[data.classnames[i] for i in keep], train=cut(data.train),
-                        val=cut(data.val), test=cut(data.test))
+    return data.replace(
+        classnames=[data.classnames[i] for i in keep], train=cut(data.train), val=cut(data.val), test=cut(data.test)
+    )

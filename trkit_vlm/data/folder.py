@@ -8,6 +8,7 @@ Two layouts:
 Class names are the folder names (sorted; labels follow that order); underscores become spaces only
 when the prompt is written.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,16 @@ def _class_dirs(folder: Path) -> list[str]:
 
 
 def _images(folder: Path) -> list[str]:
-    return sorted(str(folder / f) for f in os.listdir(folder)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        str(folder / f)
+        for f in os.listdir(folder)
+        if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
-def load_image_folder(root: str | os.PathLike, name: str | None = None, split_seed: int = 0,
-                      fractions: tuple[float, float] = (0.5, 0.2)) -> ClassificationData:
+def load_image_folder(
+    root: str | os.PathLike, name: str | None = None, split_seed: int = 0, fractions: tuple[float, float] = (0.5, 0.2)
+) -> ClassificationData:
     """Read an ImageFolder tree.
 
     Args:
@@ -68,8 +73,8 @@ def load_image_folder(root: str | os.PathLike, name: str | None = None, split_se
             n_train = round(len(files) * fractions[0])
             n_val = round(len(files) * fractions[1])
             splits["train"] += [(p, label) for p in files[:n_train]]
-            splits["val"] += [(p, label) for p in files[n_train:n_train + n_val]]
-            splits["test"] += [(p, label) for p in files[n_train + n_val:]]
+            splits["val"] += [(p, label) for p in files[n_train : n_train + n_val]]
+            splits["test"] += [(p, label) for p in files[n_train + n_val :]]
     if not classnames:
         raise ValueError(f"{root}: no class folders found")
     return ClassificationData(name, classnames, root=str(root), **splits)

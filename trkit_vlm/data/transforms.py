@@ -4,6 +4,7 @@ Evaluation: resize the short side to the model's resolution (bicubic), centre cr
 the model's mean/std — what open_clip's ``preprocess_val`` does. Training augmentation (CoOp):
 random resized crop (scale 0.08..1, bicubic) and horizontal flip.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,11 @@ from torchvision import transforms as T
 
 from trkit_vlm.data.datasets import Record
 
-_INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
-           "nearest": T.InterpolationMode.NEAREST}
+_INTERP = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
 
 
 def preprocess_config(model: torch.nn.Module) -> dict:
@@ -26,9 +30,12 @@ def preprocess_config(model: torch.nn.Module) -> dict:
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", getattr(model.visual, "image_size", 224))
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return {"size": size, "mean": tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-            "std": tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
-            "interpolation": cfg.get("interpolation", "bicubic")}
+    return {
+        "size": size,
+        "mean": tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        "std": tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+    }
 
 
 def build_transforms(model: torch.nn.Module, augment: bool = True) -> tuple[Callable, Callable]:
@@ -36,12 +43,18 @@ def build_transforms(model: torch.nn.Module, augment: bool = True) -> tuple[Call
     pc = preprocess_config(model)
     interp = _INTERP[pc["interpolation"]]
     norm = [T.ToTensor(), T.Normalize(pc["mean"], pc["std"])]
-    evaluate = T.Compose([T.Resize(pc["size"][0] if pc["size"][0] == pc["size"][1] else pc["size"],
-                                   interpolation=interp), T.CenterCrop(pc["size"]), *norm])
+    evaluate = T.Compose(
+        [
+            T.Resize(pc["size"][0] if pc["size"][0] == pc["size"][1] else pc["size"], interpolation=interp),
+            T.CenterCrop(pc["size"]),
+            *norm,
+        ]
+    )
     if not augment:
         return evaluate, evaluate
-    train = T.Compose([T.RandomResizedCrop(pc["size"], scale=(0.08, 1.0), interpolation=interp),
-                       T.RandomHorizontalFlip(), *norm])
+    train = T.Compose(
+        [T.RandomResizedCrop(pc["size"], scale=(0.08, 1.0), interpolation=interp), T.RandomHorizontalFlip(), *norm]
+    )
     return train, evaluate
 
 
@@ -66,8 +79,7 @@ def load_image(source: Any) -> Image.Image:
         source = source.cpu().numpy()
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3):
-            raise ValueError(f"an in-memory image must be uint8 (H, W) or (H, W, C), got {source.dtype} "
-                             f"{source.shape}")
+            raise ValueError(f"an in-memory image must be uint8 (H, W) or (H, W, C), got {source.dtype} {source.shape}")
         return Image.fromarray(source).convert("RGB")
     raise TypeError(f"unsupported image source {type(source).__name__}; expected a path, PIL image or uint8 array")
 

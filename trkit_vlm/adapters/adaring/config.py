@@ -1,4 +1,5 @@
 """AdaRingConfig: cross-layer tensor-ring adapters with heterogeneous-rank branches."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class AdaRingConfig(AdapterConfig):
 
     Default on ViT-B-16 (hidden 32, ranks (2, 4), bias "hidden"): 57,378 parameters = 8.51% of MMA's 674,560.
     """
+
     ranks: list = field(default_factory=lambda: [2, 4])
     bias: str = "hidden"
     init: str = "zero_up"
@@ -86,8 +88,10 @@ class AdaRingConfig(AdapterConfig):
             unknown = set(spec) - set(PROJECTIONS)
             missing = set(PROJECTIONS) - set(spec)
             if unknown or missing:
-                raise ValueError(f"ranks[{b}]: per-projection ranks need exactly {PROJECTIONS}; "
-                                 f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+                raise ValueError(
+                    f"ranks[{b}]: per-projection ranks need exactly {PROJECTIONS}; "
+                    f"unknown {sorted(unknown)}, missing {sorted(missing)}"
+                )
             return {p: _three(spec[p], f"ranks[{b}][{p!r}]") for p in PROJECTIONS}
         r = _three(spec, f"ranks[{b}]")
         return {p: r for p in PROJECTIONS}
@@ -97,6 +101,7 @@ class AdaRingConfig(AdapterConfig):
 
     def build(self, info):
         from trkit_vlm.adapters.adaring.layer import AdaRingAdapterSet
+
         return AdaRingAdapterSet(self, info)
 
 

@@ -1,4 +1,5 @@
 """The AdaRing adapter set: every projection of every branch is one ``trkit.nn.CrossLayerTR``."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,11 @@ __all__ = ["AdaRingAdapterSet", "branch_similarity"]
 
 def branch_similarity(outs: list[torch.Tensor]) -> torch.Tensor:
     """Mean over branch pairs and tokens of ``cos(o_i, o_j)^2`` (0: orthogonal outputs, 1: parallel)."""
-    sims = [F.cosine_similarity(outs[i], outs[j], dim=-1).pow(2).mean()
-            for i in range(len(outs)) for j in range(i + 1, len(outs))]
+    sims = [
+        F.cosine_similarity(outs[i], outs[j], dim=-1).pow(2).mean()
+        for i in range(len(outs))
+        for j in range(i + 1, len(outs))
+    ]
     return torch.stack(sims).mean()
 
 
@@ -40,8 +44,11 @@ class AdaRingAdapterSet(AdapterSet):
         self.branches = nn.ModuleList()
         for b in range(config.n_branches):
             ranks = config.branch_ranks(b)
-            self.branches.append(nn.ModuleDict({
-                p: CrossLayerTR(dims[p][0], dims[p][1], L, ranks[p], bias=config.has_bias(p)) for p in PROJECTIONS}))
+            self.branches.append(
+                nn.ModuleDict(
+                    {p: CrossLayerTR(dims[p][0], dims[p][1], L, ranks[p], bias=config.has_bias(p)) for p in PROJECTIONS}
+                )
+            )
         self.branch_scale = nn.Parameter(torch.full((config.n_branches,), float(config.branch_scale_init)))
         # Latest diversity term per (tower, pair); a dict keeps memory bounded if nobody reads it.
         self._similarity: dict[tuple[str, int], torch.Tensor] = {}
@@ -66,8 +73,7 @@ class AdaRingAdapterSet(AdapterSet):
         """Build each projection's dense weights for all layers once per tower pass: one contraction
         per projection instead of one per layer (same values, part of this pass's autograd graph)."""
         s = "text" if tower == "text" else "image"
-        self._dense[tower] = [{p: md[p].weights() for p in ("down_" + s, "shared", "up_" + s)}
-                              for md in self.branches]
+        self._dense[tower] = [{p: md[p].weights() for p in ("down_" + s, "shared", "up_" + s)} for md in self.branches]
 
     def tower_post_forward(self, tower: str) -> None:
         self._dense.pop(tower, None)
@@ -75,8 +81,9 @@ class AdaRingAdapterSet(AdapterSet):
     def branch(self, tower: str, k: int, h: torch.Tensor) -> torch.Tensor:
         s = "text" if tower == "text" else "image"
         dense = self._dense.get(tower)
-        diversity = (self.config.diversity_weight > 0 and len(self.branches) > 1 and self.training
-                     and torch.is_grad_enabled())
+        diversity = (
+            self.config.diversity_weight > 0 and len(self.branches) > 1 and self.training and torch.is_grad_enabled()
+        )
         if dense is not None and not diversity:
             return self._fused(s, k, h, dense)
         outs = []

@@ -1,4 +1,5 @@
 """MMAConfig: the Multi-Modal Adapter baseline (ZjjConan/Multi-Modal-Adapter, CVPR 2024)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,10 +20,12 @@ class MMAConfig(AdapterConfig):
             (layers 5..12 of 12-layer towers).
         scale: output scale with the gradient-scaling rule (0.001 in MMA).
     """
+
     method: str = field(default="mma", init=False)
 
     def build(self, info):
         from trkit_vlm.adapters.mma.layer import MMAAdapterSet
+
         return MMAAdapterSet(self, info)
 
 

@@ -1,6 +1,7 @@
 """The MMA adapter set; parameter names match the official checkpoints
 (``text_adapter.{i}.down.0.weight``, ``visual_adapter.{i}.up.bias``, ``shared_adapter.{i}.0.weight``; ``i`` the
 1-based layer index), so an official state dict loads directly."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -31,9 +32,12 @@ class MMAAdapterSet(AdapterSet):
         dt, dv = info["text"]["width"], info["image"]["width"]
         self.text_adapter = nn.ModuleDict({str(l): _tower_adapter(dt, h) for l in self.text_layers})
         self.visual_adapter = nn.ModuleDict({str(l): _tower_adapter(dv, h) for l in self.image_layers})
-        self.shared_adapter = nn.ModuleDict({
-            shared_key(t, v): nn.Sequential(nn.Linear(h, h), nn.ReLU())
-            for t, v in zip(self.text_layers, self.image_layers)})
+        self.shared_adapter = nn.ModuleDict(
+            {
+                shared_key(t, v): nn.Sequential(nn.Linear(h, h), nn.ReLU())
+                for t, v in zip(self.text_layers, self.image_layers)
+            }
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -49,6 +53,11 @@ class MMAAdapterSet(AdapterSet):
         return a.up(self.shared_adapter[shared_key(t, v)](a.down(h)))
 
     def parts(self) -> dict[str, int]:
-        return {n: sum(p.numel() for p in m.parameters())
-                for n, m in (("text_adapter", self.text_adapter), ("visual_adapter", self.visual_adapter),
-                             ("shared_adapter", self.shared_adapter))}
+        return {
+            n: sum(p.numel() for p in m.parameters())
+            for n, m in (
+                ("text_adapter", self.text_adapter),
+                ("visual_adapter", self.visual_adapter),
+                ("shared_adapter", self.shared_adapter),
+            )
+        }
