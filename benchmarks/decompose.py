@@ -72,8 +72,8 @@ def make_cases(quick: bool):
 
 
 def run_tensorly_svd(x, r):
-    from tensorly.decomposition import tensor_ring
     import tensorly as tl
+    from tensorly.decomposition import tensor_ring
 
     t0 = time.perf_counter()
     try:
@@ -85,8 +85,8 @@ def run_tensorly_svd(x, r):
 
 
 def run_tensorly_als(x, r, iters):
-    from tensorly.decomposition import tensor_ring_als
     import tensorly as tl
+    from tensorly.decomposition import tensor_ring_als
 
     t0 = time.perf_counter()
     tr = tensor_ring_als(x, rank=[r] * (x.ndim + 1), n_iter_max=iters, random_state=0)
@@ -196,8 +196,8 @@ def main(argv=None):
     if args.out is None:
         args.out = str(Path(__file__).parent / "results" / ("decompose_quick.json" if args.quick else "decompose.json"))
     iters = 30 if args.quick else 100
-    import tensorly as tl
     import quimb
+    import tensorly as tl
 
     tl.set_backend("numpy")
     env = {

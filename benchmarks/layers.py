@@ -32,8 +32,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trkit.nn as tn  # noqa: E402
 from _common import cpu_model, peak_alloc_bytes, write_json  # noqa: E402
+
+import trkit.nn as tn  # noqa: E402
 
 torch.set_num_threads(1)
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -19,7 +19,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-
 from _common import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

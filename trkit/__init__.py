@@ -4,11 +4,11 @@ The format (`TensorRing`), its algebra, planned contraction (`trkit.contract`), 
 (`tr_svd`, `tr_als`, ...), rounding, serialisation and neural layers (`trkit.nn`).
 """
 
-from trkit._version import __version__
 from trkit import contract
+from trkit._version import __version__
+from trkit.algebra import add, contract_vectors, hadamard, inner, mode_product, norm, scale, sub, tensorize
+from trkit.io import from_tensorly, load, save, to_tensorly
 from trkit.ring import TensorRing
-from trkit.algebra import inner, norm, add, sub, scale, hadamard, mode_product, contract_vectors, tensorize
-from trkit.io import save, load, from_tensorly, to_tensorly
 
 __all__ = [
     "__version__",
@@ -31,11 +31,11 @@ __all__ = [
 
 from trkit.decompose import (
     DecompositionInfo,
-    tr_svd,
     tr_als,
     tr_als_adaptive,  # noqa: E402
     tr_als_sampled,
     tr_complete,
+    tr_svd,
 )
 from trkit.rounding import round  # noqa: E402,A004  (shadows the builtin inside trkit only)
 

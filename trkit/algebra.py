@@ -14,7 +14,7 @@ Rank rules (``a`` with ranks ``r``, ``b`` with ranks ``s``):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -123,8 +123,9 @@ def _plot(x, args, rank, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import warnings
+
+    import matplotlib.pyplot as plt
 
     points = []
     with warnings.catch_warnings():
@@ -153,6 +154,7 @@ def _plot(x, args, rank, out: Path) -> None:
 
 def cmd_decompose(args) -> int:
     import torch
+
     import trkit
 
     if args.tol is None and args.rank is None:

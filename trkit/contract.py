@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import opt_einsum
 import torch
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _DEFAULT_OPTIMIZE = "best"
-_cache: "OrderedDict[tuple, object]" = OrderedDict()
+_cache: OrderedDict[tuple, object] = OrderedDict()
 _cache_size = 512
 _hits = 0
 _misses = 0

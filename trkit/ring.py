@@ -12,7 +12,7 @@ This is tensorly's convention, so ``from_tensorly``/``to_tensorly`` only convert
 from __future__ import annotations
 
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class TensorRing:
         device=None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-    ) -> "TensorRing":
+    ) -> TensorRing:
         """Ring with i.i.d. normal cores scaled so entries have variance ~1.
 
         Args:
@@ -147,16 +147,16 @@ class TensorRing:
         return self.ndim
 
     # ---- torch-like conveniences ------------------------------------------------------
-    def to(self, *args, **kwargs) -> "TensorRing":
+    def to(self, *args, **kwargs) -> TensorRing:
         return TensorRing([c.to(*args, **kwargs) for c in self._cores], validate=False)
 
-    def detach(self) -> "TensorRing":
+    def detach(self) -> TensorRing:
         return TensorRing([c.detach() for c in self._cores], validate=False)
 
-    def clone(self) -> "TensorRing":
+    def clone(self) -> TensorRing:
         return TensorRing([c.clone() for c in self._cores], validate=False)
 
-    def requires_grad_(self, flag: bool = True) -> "TensorRing":
+    def requires_grad_(self, flag: bool = True) -> TensorRing:
         for c in self._cores:
             c.requires_grad_(flag)
         return self
@@ -224,7 +224,7 @@ class TensorRing:
         return torch.cat(out)
 
     # ---- slicing ----------------------------------------------------------------------
-    def select(self, mode: int, i: int) -> "TensorRing | torch.Tensor":
+    def select(self, mode: int, i: int) -> TensorRing | torch.Tensor:
         """Fix mode ``mode`` at index ``i``: a ring of order ``d - 1`` (a 0-d tensor when d = 1).
 
         The slice ``G_k[:, i, :]`` is absorbed into the neighbour across the larger of the
@@ -244,7 +244,7 @@ class TensorRing:
         del cores[mode]
         return TensorRing(cores, validate=False)
 
-    def __getitem__(self, key) -> "TensorRing | torch.Tensor":
+    def __getitem__(self, key) -> TensorRing | torch.Tensor:
         """Index with ints, slices and one ``...`` (dense semantics: ``tr[k].to_dense() == X[k]``)."""
         key = key if isinstance(key, tuple) else (key,)
         if sum(k is Ellipsis for k in key) > 1:
@@ -265,14 +265,14 @@ class TensorRing:
                 raise TypeError(
                     f"TensorRing indices must be ints, slices or '...', got {type(item).__name__} for mode {k}"
                 )
-        out: "TensorRing | torch.Tensor" = TensorRing(cores, validate=False)
+        out: TensorRing | torch.Tensor = TensorRing(cores, validate=False)
         for k in reversed(range(self.ndim)):  # from the right so earlier mode numbers stay valid
             if not isinstance(key[k], slice):
                 out = out.select(k, int(key[k]))
         return out
 
     # ---- reordering and reshaping -----------------------------------------------------
-    def shift(self, k: int) -> "TensorRing":
+    def shift(self, k: int) -> TensorRing:
         """Rotate the ring so core ``k`` comes first (a free relabelling: trace is cyclic).
 
         ``tr.shift(k).to_dense() == tr.to_dense().permute([(j + k) % d for j in range(d)])``,
@@ -281,11 +281,11 @@ class TensorRing:
         k = int(k) % self.ndim
         return TensorRing(self._cores[k:] + self._cores[:k], validate=False)
 
-    def reverse(self) -> "TensorRing":
+    def reverse(self) -> TensorRing:
         """Reverse the mode order: ``tr.reverse().to_dense() == X.permute(d-1, ..., 0)``."""
         return TensorRing([c.permute(2, 1, 0) for c in reversed(self._cores)], validate=False)
 
-    def merge_modes(self, start: int, stop: int) -> "TensorRing":
+    def merge_modes(self, start: int, stop: int) -> TensorRing:
         """Merge the adjacent modes ``start..stop-1`` into one core of size ``prod n_k``.
 
         Dense: ``X.reshape(*shape[:start], -1, *shape[stop:])`` (row-major, ``start`` slowest).
@@ -296,9 +296,7 @@ class TensorRing:
         merged = _merge_chain(self._cores[start:stop])
         return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
 
-    def split_mode(
-        self, mode: int, sizes: Sequence[int], max_rank: int | None = None, tol: float = 0.0
-    ) -> "TensorRing":
+    def split_mode(self, mode: int, sizes: Sequence[int], max_rank: int | None = None, tol: float = 0.0) -> TensorRing:
         """Split mode ``mode`` into modes of ``sizes`` (inverse of :meth:`merge_modes`) by SVDs.
 
         Each new bond keeps singular values above ``tol * sigma_max`` (at most ``max_rank``);
@@ -324,7 +322,7 @@ class TensorRing:
         return TensorRing(self._cores[:mode] + new + self._cores[mode + 1 :], validate=False)
 
     @classmethod
-    def from_tensor_train(cls, cores: Sequence) -> "TensorRing":
+    def from_tensor_train(cls, cores: Sequence) -> TensorRing:
         """A ring from tensor-train cores; end cores may be 2-D ``(n_1, r_2)`` and ``(r_d, n_d)``.
 
         Raises ValueError unless the boundary ranks are 1.
@@ -360,7 +358,7 @@ class TensorRing:
 
         return algebra.sub(self, other) if isinstance(other, TensorRing) else NotImplemented
 
-    def __neg__(self) -> "TensorRing":
+    def __neg__(self) -> TensorRing:
         from trkit import algebra
 
         return algebra.scale(self, -1.0)

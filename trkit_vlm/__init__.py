@@ -1,15 +1,15 @@
 """trkit_vlm: AdaRing cross-layer tensor-ring adapters (and the MMA baseline) for open_clip CLIP models."""
 
 from trkit_vlm._version import __version__
-from trkit_vlm.models import ClipBundle, load_clip, register_model_config
 from trkit_vlm.adapters import (
     AdaRingConfig,
     MMAConfig,
-    add_adapters,
     adapters_disabled,
+    add_adapters,
     remove_adapters,
     trainable_summary,
 )
+from trkit_vlm.models import ClipBundle, load_clip, register_model_config
 
 __all__ = [
     "__version__",

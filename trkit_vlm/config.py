@@ -99,7 +99,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Clear ValueErrors for values the run cannot use."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")

@@ -7,7 +7,7 @@ against each class list (base, novel, all), so a base-to-novel evaluation reads 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

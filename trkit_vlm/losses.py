@@ -6,7 +6,7 @@ frozen features computed by the same model with its adapters switched off.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,8 +13,9 @@ import logging
 import os
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ token + positional embedding, blocks with the causal mask, ``ln_final``, EOT poo
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -72,7 +72,7 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> "RunConfig":  # noqa: F821
+def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> RunConfig:  # noqa: F821
     """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
     from trkit_vlm.config import DataConfig, LossConfig, OptimConfig, RunConfig
 

@@ -1,6 +1,7 @@
 """Hypothesis strategies shared by the core tests: random ring shapes and ranks."""
 
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from trkit import TensorRing
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from hypothesis import given, strategies as st
+from _strategies import SETTINGS, ring_specs
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trkit
-from _strategies import SETTINGS, ring_specs
 
 
 def dense_ref(tr: trkit.TensorRing) -> torch.Tensor:

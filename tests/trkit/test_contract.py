@@ -6,7 +6,8 @@ import time
 import opt_einsum
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trkit
 from trkit import contract as C

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensorly.decomposition import tensor_ring
 
 import trkit

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import trkit

@@ -5,7 +5,8 @@ import io
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trkit.nn as tn
 from trkit.nn.utils import balanced_factors

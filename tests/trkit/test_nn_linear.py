@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trkit.nn as tn
 from trkit.nn.init import target_std

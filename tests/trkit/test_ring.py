@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from hypothesis import given, strategies as st
+from _strategies import SETTINGS, rings
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trkit
 from trkit import TensorRing
-from _strategies import SETTINGS, rings
 
 
 def tensorly_dense(tr):

@@ -4,7 +4,8 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trkit_vlm as tv
 from trkit_vlm.adapters import (
@@ -37,11 +38,11 @@ def _dense(tr):
     """Explicit W_l[i, j] = trace(G1[:, i, :] @ G2[:, j, :] @ G3[:, l, :]), loop over layers."""
     g1, g2, g3 = tr.g_in.detach(), tr.g_out.detach(), tr.g_layer.detach()
     out = []
-    for l in range(g3.shape[1]):
+    for layer in range(g3.shape[1]):
         w = torch.zeros(g1.shape[1], g2.shape[1])
         for i in range(g1.shape[1]):
             # rows of W_l: trace(A_i B_j C) = sum_{a,b,c} A_i[a,b] B_j[b,c] C[c,a]
-            w[i] = torch.einsum("ab,jbc,ca->j", g1[:, i, :], g2.permute(1, 0, 2), g3[:, l, :])
+            w[i] = torch.einsum("ab,jbc,ca->j", g1[:, i, :], g2.permute(1, 0, 2), g3[:, layer, :])
         out.append(w)
     return out
 
@@ -110,13 +111,13 @@ def test_model_equals_mma_with_dense_weights():
     md = ra.branches[0]
     with torch.no_grad():
         md["up_text"].bias.normal_()
-        for k, l in enumerate(ra.text_layers):
+        for k, layer in enumerate(ra.text_layers):
             for proj, lin in (
-                ("down_text", ma.text_adapter[str(l)].down[0]),
-                ("down_image", ma.visual_adapter[str(l)].down[0]),
-                ("shared", ma.shared_adapter[str(l)][0]),
-                ("up_text", ma.text_adapter[str(l)].up),
-                ("up_image", ma.visual_adapter[str(l)].up),
+                ("down_text", ma.text_adapter[str(layer)].down[0]),
+                ("down_image", ma.visual_adapter[str(layer)].down[0]),
+                ("shared", ma.shared_adapter[str(layer)][0]),
+                ("up_text", ma.text_adapter[str(layer)].up),
+                ("up_image", ma.visual_adapter[str(layer)].up),
             ):
                 lin.weight.copy_(_dense(md[proj])[k].T)
                 lin.bias.copy_(md[proj].bias[k])

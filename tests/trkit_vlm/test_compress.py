@@ -38,9 +38,9 @@ def _mma_sd(dt, dv, h, layers, ranks=None, seed=0):
     }
     sd = {}
     for p, key in names.items():
-        for k, l in enumerate(layers):
-            sd[key.format(l) + ".weight"] = stacks[p][k].t().float().contiguous()
-            sd[key.format(l) + ".bias"] = torch.randn(dims[p][1]) * 0.1
+        for k, layer in enumerate(layers):
+            sd[key.format(layer) + ".weight"] = stacks[p][k].t().float().contiguous()
+            sd[key.format(layer) + ".bias"] = torch.randn(dims[p][1]) * 0.1
     return sd
 
 
@@ -65,7 +65,10 @@ def test_budget_respected_and_more_budget_lowers_error():
         assert res.n_params <= b * res.mma_params
         assert res.n_params == sum(r["n_params"] for r in res.projections.values()) + 1
         assert set(res.projections) == {"down_text", "down_image", "shared", "up_text", "up_image"}
-    err = lambda r: sum(v["rel_error"] ** 2 for v in r.projections.values())
+
+    def err(r):
+        return sum(v["rel_error"] ** 2 for v in r.projections.values())
+
     assert err(large) < err(small)
     assert "total" in small.table()
     with pytest.raises(ValueError, match="below the smallest AdaRing fit"):

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import CLASSES, make_coop_dataset, register_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny
 from trkit_vlm.config import RunConfig, apply_overrides, config_from_dict, load_config
 from trkit_vlm.data import (
     COOP_DATASETS,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import TINY_CONFIG, make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import TINY_CONFIG, make_coop_dataset, register_tiny, tiny_config
 from trkit_vlm.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")

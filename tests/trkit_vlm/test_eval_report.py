@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
+
 from trkit_vlm.data import load_dataset
 from trkit_vlm.evaluate import evaluate, evaluate_base_novel, harmonic_mean
 from trkit_vlm.models import load_clip
@@ -42,7 +42,7 @@ def test_base_novel_against_reference(tmp_path):
         )
         txt = model.encode_text(tok([f"a photo of a {c.replace('_', ' ')}." for c in CLASSES]))
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    y = torch.tensor([l for _, l in data.test])
+    y = torch.tensor([label for _, label in data.test])
     sims = img @ txt.t()
     ref_all = 100 * (sims.argmax(1) == y).float().mean().item()
     b = y < 2

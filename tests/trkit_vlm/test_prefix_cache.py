@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import make_coop_dataset, register_tiny, tiny_config
 from trkit_vlm import prefix_cache as pc
-from trkit_vlm.adapters import AdaRingConfig, MMAConfig, add_adapters, adapter_parameters, get_adapters
+from trkit_vlm.adapters import AdaRingConfig, MMAConfig, adapter_parameters, add_adapters, get_adapters
 from trkit_vlm.models import load_clip
 from trkit_vlm.train import train
 

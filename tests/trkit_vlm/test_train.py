@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
 from trkit_vlm.data import ClassificationData
 from trkit_vlm.train import train
 

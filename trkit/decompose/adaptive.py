@@ -28,7 +28,7 @@ from trkit.decompose._common import (
     solve_spd,
     start_cores,
 )
-from trkit.decompose.als import _Shifted, _gram, _rhs, _split_point, _transfer, als_sweeps
+from trkit.decompose.als import _gram, _rhs, _Shifted, _split_point, _transfer, als_sweeps
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als_adaptive"]
@@ -124,7 +124,7 @@ def tr_als_adaptive(
     best = (ring, err)
     n_iter = 0
     with progress(max_iter, verbose, "TR-ALS adaptive") as bar:
-        for n_iter in range(1, max_iter + 1):
+        for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
             rel_cut = shrink * max(tol, 0.5 * err) / math.sqrt(d)
             for k in range(d):
                 _two_core_update(shifted, shape, cores, k, rel_cut, max_rank, ridge)

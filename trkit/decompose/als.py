@@ -133,8 +133,9 @@ def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> 
         scale = (float(torch.linalg.vector_norm(x)) / max(float(ring.to_dense().norm()), 1e-300)) ** (1 / d)
         return [c * scale for c in cores], None
     if init == "svd":
-        from trkit.decompose.svd import tr_svd
         import warnings
+
+        from trkit.decompose.svd import tr_svd
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -124,7 +124,7 @@ def tr_complete(
         raise ValueError(f"init must be 'random' or a TensorRing, got {init!r}")
     history, best, best_key, it, converged = [], None, math.inf, 0, False
     with progress(max_iter, verbose, "TR completion") as bar:
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
             for k in range(d):
                 rows = subchain_rows(cores, k, idx_t)
                 ra, nk, rb = cores[k].shape

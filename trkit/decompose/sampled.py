@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from trkit.algebra import norm as ring_norm
 from trkit.decompose._common import (
     DecompositionInfo,
     check_tol,
@@ -27,7 +28,6 @@ from trkit.decompose._common import (
 )
 from trkit.decompose._entries import EntrySource, subchain_rows
 from trkit.ring import TensorRing
-from trkit.algebra import norm as ring_norm
 
 __all__ = ["tr_als_sampled"]
 
@@ -108,7 +108,7 @@ def tr_als_sampled(
     history, best, best_err, it, converged = [], None, math.inf, 0, False
     m = int(n_samples)
     with progress(max_iter, verbose, "TR-ALS sampled") as bar:
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
             for k in range(d):
                 cols, logp = [], torch.zeros(m, dtype=torch.float64)
                 for j in range(d):

@@ -28,7 +28,7 @@ from trkit.nn._paths import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, 
 
 __all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "COST", "ExecCost"]
 
-_plans: "OrderedDict[tuple, _Plan]" = OrderedDict()
+_plans: OrderedDict[tuple, _Plan] = OrderedDict()
 _MAX_PLANS = 512
 
 

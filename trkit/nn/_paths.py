@@ -110,7 +110,7 @@ def pair_layout(a: str, b: str, needed: set, out: str, sizes: dict, final: bool)
 
     flops = prod(sizes, set(a) | set(b)) * (2 if any(c in b and c not in needed for c in a) else 1)
     best = None
-    for swap, (a, b) in enumerate(((a, b), (b, a))):
+    for swap, (a, b) in enumerate(((a, b), (b, a))):  # noqa: B020 (the pair is built before the loop)
         batch = "".join(c for c in a if c in b and c in needed)
         contr = [c for c in a if c in b and c not in needed]
         fa = [c for c in a if c not in b]

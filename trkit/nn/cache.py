@@ -23,8 +23,8 @@ used. Outside the context nothing is cached: every call is independent, as for a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -378,7 +378,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         in_modes=None,
         out_modes=None,
         path: str = "auto",
-    ) -> "CrossLayerTR":
+    ) -> CrossLayerTR:
         """Closest CrossLayerTR to ``n_layers`` matrices of shape ``(d_in, d_out)`` (the layout of
         :meth:`weight`; for ``nn.Linear`` weights pass ``lin.weight.T``) or one ``(L, d_in, d_out)``
         tensor, with optional biases ``(L, d_out)``.

@@ -13,7 +13,7 @@ the ranks; drawing cores i.i.d. with a guessed scale does not.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,8 @@ class TRLinear(DenseCacheMixin, nn.Module):
         print(
             f"TRLinear {self.in_features}->{self.out_features} modes {self.in_modes}->{self.out_modes} "
             f"ranks {self.ranks}, {tokens} tokens\n"
-            f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, path {report['path']})\n"
+            f"  contract cores: cost {c_contract:.4g} ({fwd.flops:.4g} FLOPs, {fwd.steps} steps, "
+            f"path {report['path']})\n"
             f"  densify+matmul: cost {c_dense:.4g} ({report['dense_flops']:.4g} FLOPs)\n"
             + (
                 ""
@@ -284,7 +285,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         in_modes=None,
         out_modes=None,
         path: str = "auto",
-    ) -> "TRLinear":
+    ) -> TRLinear:
         """Closest TRLinear to an ``nn.Linear`` (or a weight ``(out, in)`` plus optional ``bias``).
 
         Exactly one of ``tol`` (relative Frobenius error of the weight), ``max_params`` (total

@@ -9,7 +9,7 @@ import math
 import numbers
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from torch import nn
 
@@ -41,7 +41,7 @@ def _prime_factors(n: int) -> list[int]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def balanced_factors(n: int, k: int) -> tuple[int, ...]:
     """Split ``n`` into ``k`` integer factors (descending) as equal as possible.
 
@@ -172,7 +172,7 @@ class PathCost:
     steps: int
     cost: float
 
-    def __add__(self, other: "PathCost") -> "PathCost":
+    def __add__(self, other: PathCost) -> PathCost:
         return PathCost(
             self.flops + other.flops, self.copies + other.copies, self.steps + other.steps, self.cost + other.cost
         )

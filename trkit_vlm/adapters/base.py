@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,7 +138,7 @@ class AdapterConfig:
         """JSON-friendly dict; ``adapter_config_from_dict`` inverts it."""
         return dataclasses.asdict(self)
 
-    def build(self, info: dict[str, dict[str, int]]) -> "AdapterSet":
+    def build(self, info: dict[str, dict[str, int]]) -> AdapterSet:
         """The adapter module for towers described by ``info`` (see ``trkit_vlm.models.tower_info``)."""
         raise NotImplementedError
 

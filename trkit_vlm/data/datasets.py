@@ -43,11 +43,11 @@ class ClassificationData:
             raise ValueError(f"unknown split {name!r}; expected 'train', 'val' or 'test'")
         return getattr(self, name)
 
-    def replace(self, **changes: Any) -> "ClassificationData":
+    def replace(self, **changes: Any) -> ClassificationData:
         """A copy with some fields changed (the record lists are shared, not copied)."""
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> "ClassificationData":
+    def validate(self) -> ClassificationData:
         """Check labels are ints in range; raises ValueError naming the first bad record."""
         n = len(self.classnames)
         if n == 0:

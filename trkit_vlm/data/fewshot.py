@@ -14,8 +14,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from trkit_vlm.data.datasets import ClassificationData, Record, display_path
 from trkit_vlm.checkpoint import atomic_write_text
+from trkit_vlm.data.datasets import ClassificationData, Record, display_path
 
 SUBSETS = ("all", "base", "novel")
 

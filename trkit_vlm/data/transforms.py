@@ -8,8 +8,9 @@ random resized crop (scale 0.08..1, bicubic) and horizontal flip.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -30,8 +30,8 @@ class MMAAdapterSet(AdapterSet):
         super().__init__(config, info)
         h = int(config.hidden)
         dt, dv = info["text"]["width"], info["image"]["width"]
-        self.text_adapter = nn.ModuleDict({str(l): _tower_adapter(dt, h) for l in self.text_layers})
-        self.visual_adapter = nn.ModuleDict({str(l): _tower_adapter(dv, h) for l in self.image_layers})
+        self.text_adapter = nn.ModuleDict({str(layer): _tower_adapter(dt, h) for layer in self.text_layers})
+        self.visual_adapter = nn.ModuleDict({str(layer): _tower_adapter(dv, h) for layer in self.image_layers})
         self.shared_adapter = nn.ModuleDict(
             {
                 shared_key(t, v): nn.Sequential(nn.Linear(h, h), nn.ReLU())
