@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from trkit import contract as _contract
+from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
 __all__ = ["inner", "norm", "add", "sub", "scale", "hadamard", "mode_product", "contract_vectors", "tensorize"]
@@ -30,13 +31,13 @@ def _as_ring(x, name: str = "argument") -> TensorRing:
         return x
     if isinstance(x, (list, tuple)):
         return TensorRing(x)
-    raise TypeError(f"{name} must be a TensorRing or a sequence of cores, got {type(x).__name__}")
+    raise InputTypeError(f"{name} must be a TensorRing or a sequence of cores, got {type(x).__name__}")
 
 
 def _common(a: TensorRing, b: TensorRing, op: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Check shapes agree and bring both rings to one dtype (promoted) and a's device."""
     if a.shape != b.shape:
-        raise ValueError(f"{op}: shapes differ, {a.shape} vs {b.shape}")
+        raise InputError(f"{op}: shapes differ, {a.shape} vs {b.shape}")
     dtype = torch.promote_types(a.dtype, b.dtype)
     ca = [c.to(dtype) for c in a.cores]
     cb = [c.to(dtype=dtype, device=a.device) for c in b.cores]
@@ -118,10 +119,10 @@ def scale(a, alpha) -> TensorRing:
     a = _as_ring(a, "a")
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1:
-            raise ValueError(f"scale: alpha must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
+            raise InputError(f"scale: alpha must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
         alpha = alpha.reshape(()).to(a.device)
     elif not isinstance(alpha, (int, float, complex, np.number)):
-        raise TypeError(f"scale: alpha must be a number or a 0-d tensor, got {type(alpha).__name__}")
+        raise InputTypeError(f"scale: alpha must be a number or a 0-d tensor, got {type(alpha).__name__}")
     cores = list(a.cores)
     cores[0] = cores[0] * alpha
     return TensorRing(cores, validate=False)
@@ -156,7 +157,7 @@ def mode_product(a, matrix, mode: int) -> TensorRing:
         raise IndexError(f"mode must be an int in [{-d}, {d}), got {mode!r}")
     mode = int(mode) % d
     if m.ndim != 2 or m.shape[1] != a.shape[mode]:
-        raise ValueError(
+        raise InputError(
             f"mode_product: matrix must have shape (J, {a.shape[mode]}) for mode {mode}, got {tuple(m.shape)}"
         )
     m = m.to(torch.promote_types(m.dtype, a.dtype)) if m.is_floating_point() else m.to(a.dtype)
@@ -173,12 +174,12 @@ def contract_vectors(a, vectors: Sequence) -> torch.Tensor:
     """
     a = _as_ring(a, "a")
     if len(vectors) != a.ndim:
-        raise ValueError(f"contract_vectors: need {a.ndim} vectors (one per mode), got {len(vectors)}")
+        raise InputError(f"contract_vectors: need {a.ndim} vectors (one per mode), got {len(vectors)}")
     mats = []
     for k, (g, v) in enumerate(zip(a.cores, vectors)):
         v = as_tensor(v).to(device=a.device)
         if v.ndim != 1 or v.shape[0] != a.shape[k]:
-            raise ValueError(f"contract_vectors: vector {k} must have shape ({a.shape[k]},), got {tuple(v.shape)}")
+            raise InputError(f"contract_vectors: vector {k} must have shape ({a.shape[k]},), got {tuple(v.shape)}")
         dtype = torch.promote_types(v.dtype, g.dtype)
         mats.append(torch.einsum("anb,n->ab", g.to(dtype), v.to(dtype)))
     start = min(range(a.ndim), key=lambda k: a.ranks[k])
@@ -205,16 +206,16 @@ def tensorize(x, modes: Sequence, *, interleave: bool = False) -> torch.Tensor:
     if not per_axis:
         sizes = [int(m) for m in modes]
         if math.prod(sizes) != t.numel():
-            raise ValueError(
+            raise InputError(
                 f"tensorize: modes {sizes} multiply to {math.prod(sizes)}, but x has "
                 f"{t.numel()} entries (shape {tuple(t.shape)})"
             )
         return t.reshape(sizes)
     if len(modes) != t.ndim:
-        raise ValueError(f"tensorize: got {len(modes)} mode lists for a tensor with {t.ndim} axes")
+        raise InputError(f"tensorize: got {len(modes)} mode lists for a tensor with {t.ndim} axes")
     for ax, ms in enumerate(modes):
         if math.prod(ms) != t.shape[ax]:
-            raise ValueError(
+            raise InputError(
                 f"tensorize: modes {list(ms)} multiply to {math.prod(ms)}, but axis {ax} has size {t.shape[ax]}"
             )
     out = t.reshape([int(m) for ms in modes for m in ms])
@@ -222,7 +223,7 @@ def tensorize(x, modes: Sequence, *, interleave: bool = False) -> torch.Tensor:
         return out
     counts = {len(ms) for ms in modes}
     if len(counts) != 1:
-        raise ValueError(
+        raise InputError(
             f"tensorize: interleave needs the same number of modes per axis, got {[len(ms) for ms in modes]}"
         )
     c, na = counts.pop(), len(modes)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from trkit._version import __version__
+from trkit.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """A user-facing problem: printed as one line, exit code 2."""
 
 

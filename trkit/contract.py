@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import opt_einsum
 import torch
 
+from trkit.errors import InputError
+
 __all__ = [
     "contract",
     "contract_path",
@@ -47,7 +49,7 @@ def set_cache_size(size: int) -> None:
     """Set how many compiled contraction plans are kept (least recently used are dropped)."""
     global _cache_size
     if size < 0:
-        raise ValueError(f"cache size must be >= 0, got {size}")
+        raise InputError(f"cache size must be >= 0, got {size}")
     _cache_size = size
     while len(_cache) > _cache_size:
         _cache.popitem(last=False)
@@ -164,7 +166,7 @@ def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
     shape, ranks = tuple(int(n) for n in shape), tuple(int(r) for r in ranks)
     d = len(shape)
     if d < 2:
-        raise ValueError(f"ring_dense_plan needs at least 2 cores, got {d}")
+        raise InputError(f"ring_dense_plan needs at least 2 cores, got {d}")
     total = 1
     for n in shape:
         total *= n
@@ -220,7 +222,7 @@ def _inner_equation(d: int) -> str:
 
     letters = string.ascii_letters
     if 3 * d > len(letters):
-        raise ValueError(f"order {d} is too large for a single inner-product equation")
+        raise InputError(f"order {d} is too large for a single inner-product equation")
     ab, bb, m = letters[:d], letters[d : 2 * d], letters[2 * d : 3 * d]
     ta = [ab[k] + m[k] + ab[(k + 1) % d] for k in range(d)]
     tb = [bb[k] + m[k] + bb[(k + 1) % d] for k in range(d)]

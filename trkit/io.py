@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
 __all__ = ["save", "load", "from_tensorly", "to_tensorly", "atomic_write"]
@@ -52,7 +53,7 @@ def save(tr: TensorRing, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     if not isinstance(tr, TensorRing):
-        raise TypeError(f"save expects a TensorRing, got {type(tr).__name__}")
+        raise InputTypeError(f"save expects a TensorRing, got {type(tr).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: directory {path.parent} does not exist")
@@ -85,28 +86,28 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> T
             meta_raw = (f.metadata() or {}).get("trkit")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise InputError(f"{path} is not a readable safetensors file: {exc}") from exc
     if meta_raw is None:
-        raise ValueError(f"{path} has no 'trkit' metadata; it was not written by trkit.save")
+        raise InputError(f"{path} has no 'trkit' metadata; it was not written by trkit.save")
     try:
         meta = json.loads(meta_raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: trkit metadata is not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: trkit metadata is not valid JSON ({exc})") from exc
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: unsupported format {meta.get('format')!r} version "
             f"{meta.get('version')!r} (this trkit reads {FORMAT_NAME!r} version {FORMAT_VERSION})"
         )
     d = len(meta.get("shape", []))
     names = [f"core_{k}" for k in range(d)]
     if sorted(tensors) != sorted(names):
-        raise ValueError(f"{path}: expected tensors {names}, found {sorted(tensors)}")
+        raise InputError(f"{path}: expected tensors {names}, found {sorted(tensors)}")
     try:
         tr = TensorRing([tensors[n] for n in names])
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise InputError(f"{path}: {exc}") from exc
     if list(tr.shape) != list(meta["shape"]) or list(tr.ranks) != list(meta.get("ranks", [])):
-        raise ValueError(
+        raise InputError(
             f"{path}: cores give shape {tr.shape} and ranks {tr.ranks}, but the metadata "
             f"says shape {tuple(meta['shape'])} and ranks {tuple(meta.get('ranks', []))}"
         )
@@ -117,7 +118,7 @@ def from_tensorly(tr_or_cores) -> TensorRing:
     """A TensorRing from a tensorly ``TRTensor`` or a list of cores (numpy or torch; same convention)."""
     cores = list(tr_or_cores)
     if not cores:
-        raise ValueError("from_tensorly: got no cores")
+        raise InputError("from_tensorly: got no cores")
     return TensorRing([as_tensor(c) for c in cores])
 
 
@@ -131,7 +132,7 @@ def to_tensorly(tr: TensorRing):
     from tensorly.tr_tensor import TRTensor
 
     if not isinstance(tr, TensorRing):
-        raise TypeError(f"to_tensorly expects a TensorRing, got {type(tr).__name__}")
+        raise InputTypeError(f"to_tensorly expects a TensorRing, got {type(tr).__name__}")
     backend = tl.get_backend()
     if backend == "pytorch":
         cores = list(tr.cores)

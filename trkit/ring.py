@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trkit import contract as _contract
+from trkit.errors import InputError, InputTypeError
 
 __all__ = ["TensorRing", "as_tensor"]
 
@@ -29,7 +30,7 @@ def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
     else:
         arr = np.asarray(x)
         if arr.dtype == object:
-            raise TypeError(f"cannot convert object array of shape {arr.shape} to a tensor")
+            raise InputTypeError(f"cannot convert object array of shape {arr.shape} to a tensor")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype or t.dtype, device=device or t.device)
@@ -39,7 +40,7 @@ def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
 def _letters(n: int) -> list[str]:
     letters = string.ascii_letters
     if n > len(letters):
-        raise ValueError(f"too many indices ({n}) for one einsum equation")
+        raise InputError(f"too many indices ({n}) for one einsum equation")
     return list(letters[:n])
 
 
@@ -88,7 +89,7 @@ class TensorRing:
         d = len(shape)
         ranks = [int(ranks)] * d if isinstance(ranks, (int, np.integer)) else [int(r) for r in ranks]
         if len(ranks) != d:
-            raise ValueError(f"got {len(ranks)} ranks for {d} modes; need one rank per mode")
+            raise InputError(f"got {len(ranks)} ranks for {d} modes; need one rank per mode")
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         cores = []
@@ -197,7 +198,7 @@ class TensorRing:
         idx = as_tensor(index).to(self.device)
         d = self.ndim
         if idx.ndim != 2 or idx.shape[1] != d or idx.dtype.is_floating_point or idx.is_complex():
-            raise ValueError(f"index must be an integer array of shape (m, {d}), got {idx.dtype} {tuple(idx.shape)}")
+            raise InputError(f"index must be an integer array of shape (m, {d}), got {idx.dtype} {tuple(idx.shape)}")
         idx = idx.long()
         if idx.numel():
             lo, hi = idx.min(0).values, idx.max(0).values
@@ -262,7 +263,7 @@ class TensorRing:
                 if cores[k].shape[1] == 0:
                     raise IndexError(f"slice {item} selects nothing from mode {k} of size {self.shape[k]}")
             elif not isinstance(item, (int, np.integer)):
-                raise TypeError(
+                raise InputTypeError(
                     f"TensorRing indices must be ints, slices or '...', got {type(item).__name__} for mode {k}"
                 )
         out: TensorRing | torch.Tensor = TensorRing(cores, validate=False)
@@ -292,7 +293,7 @@ class TensorRing:
         """
         d = self.ndim
         if not (0 <= start < stop <= d):
-            raise ValueError(f"merge_modes needs 0 <= start < stop <= {d}, got start={start}, stop={stop}")
+            raise InputError(f"merge_modes needs 0 <= start < stop <= {d}, got start={start}, stop={stop}")
         merged = _merge_chain(self._cores[start:stop])
         return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
 
@@ -306,7 +307,7 @@ class TensorRing:
         mode = _check_mode(mode, d)
         sizes = [int(s) for s in sizes]
         if any(s < 1 for s in sizes) or int(np.prod(sizes)) != self.shape[mode]:
-            raise ValueError(
+            raise InputError(
                 f"split_mode: sizes {sizes} must be >= 1 and multiply to mode {mode}'s size {self.shape[mode]}"
             )
         rest = self._cores[mode]
@@ -329,13 +330,13 @@ class TensorRing:
         """
         cores = [as_tensor(c) for c in cores]
         if len(cores) == 0:
-            raise ValueError("a tensor train needs at least one core")
+            raise InputError("a tensor train needs at least one core")
         if cores[0].ndim == 2:
             cores[0] = cores[0].unsqueeze(0)
         if cores[-1].ndim == 2:
             cores[-1] = cores[-1].unsqueeze(-1)
         if cores[0].ndim == 3 and cores[-1].ndim == 3 and (cores[0].shape[0] != 1 or cores[-1].shape[2] != 1):
-            raise ValueError(
+            raise InputError(
                 f"tensor-train boundary ranks must be 1: first core has left rank "
                 f"{cores[0].shape[0]}, last core has right rank {cores[-1].shape[2]}"
             )
@@ -407,27 +408,27 @@ def _check_index(i, n: int, mode: int) -> int:
 
 def _validate(cores: list[torch.Tensor]) -> None:
     if len(cores) == 0:
-        raise ValueError("a TensorRing needs at least one core")
+        raise InputError("a TensorRing needs at least one core")
     dtype, device = cores[0].dtype, cores[0].device
     for k, c in enumerate(cores):
         if c.ndim != 3:
-            raise ValueError(f"core {k} must be 3-way (r_k, n_k, r_k+1), got shape {tuple(c.shape)}")
+            raise InputError(f"core {k} must be 3-way (r_k, n_k, r_k+1), got shape {tuple(c.shape)}")
         if not c.is_floating_point() and not c.is_complex():
-            raise ValueError(f"core {k} has dtype {c.dtype}; cores must be floating point")
+            raise InputError(f"core {k} has dtype {c.dtype}; cores must be floating point")
         if c.dtype != dtype:
-            raise ValueError(f"core {k} has dtype {c.dtype} but core 0 has {dtype}")
+            raise InputError(f"core {k} has dtype {c.dtype} but core 0 has {dtype}")
         if c.device != device:
-            raise ValueError(f"core {k} is on {c.device} but core 0 is on {device}")
+            raise InputError(f"core {k} is on {c.device} but core 0 is on {device}")
         if min(c.shape) < 1:
-            raise ValueError(f"core {k} has shape {tuple(c.shape)}: ranks and mode sizes must be >= 1")
+            raise InputError(f"core {k} has shape {tuple(c.shape)}: ranks and mode sizes must be >= 1")
     d = len(cores)
     for k in range(d):
         right, left = cores[k].shape[2], cores[(k + 1) % d].shape[0]
         if right != left:
-            raise ValueError(
+            raise InputError(
                 f"ranks disagree between core {k} and core {(k + 1) % d}: core {k} has right rank "
                 f"{right}, core {(k + 1) % d} has left rank {left}"
             )
     for k, c in enumerate(cores):
         if not torch.isfinite(c).all():
-            raise ValueError(f"core {k} contains NaN or Inf values")
+            raise InputError(f"core {k} contains NaN or Inf values")

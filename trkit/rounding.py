@@ -23,6 +23,7 @@ import torch
 
 from trkit.algebra import inner
 from trkit.decompose._common import check_max_rank, check_tol
+from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing
 
 __all__ = ["round", "ring_error"]
@@ -92,14 +93,14 @@ def round(
         of the true relative error.
     """
     if not isinstance(tr, TensorRing):
-        raise TypeError(f"round expects a TensorRing, got {type(tr).__name__}")
+        raise InputTypeError(f"round expects a TensorRing, got {type(tr).__name__}")
     if tol is None and max_rank is None:
-        raise ValueError("give tol and/or max_rank")
+        raise InputError("give tol and/or max_rank")
     if tol is not None:
         tol = check_tol(tol)
     max_rank = check_max_rank(max_rank)
     if int(refine) < 0:
-        raise ValueError(f"refine must be >= 0, got {refine}")
+        raise InputError(f"refine must be >= 0, got {refine}")
     cores = [c.detach() for c in tr.cores]
     d = tr.ndim
     xnorm = float(torch.sqrt(inner(tr, tr).clamp_min(0)))

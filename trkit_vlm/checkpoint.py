@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trkit.errors import InputError
 from trkit.io import atomic_write
 
 
@@ -104,16 +105,16 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any] | None 
     except Exception as err:  # torch raises several types for truncated / foreign files
         prev = path.with_suffix(".prev.pt")
         hint = f"; the previous one is {prev}" if prev.is_file() else ""
-        raise ValueError(
+        raise InputError(
             f"checkpoint {path} is corrupt or not a trkit checkpoint "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}){hint}"
         ) from None
     if not isinstance(state, dict) or "fingerprint" not in state:
-        raise ValueError(f"checkpoint {path} is not a trkit training checkpoint")
+        raise InputError(f"checkpoint {path} is not a trkit training checkpoint")
     if fingerprint is not None:
         diff = _diff(fingerprint, state["fingerprint"])
         if diff:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {path} was written for a different run (differs in: "
                 f"{', '.join(diff[:6])}); use a new output_dir or remove the checkpoint"
             )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from trkit.errors import InputError
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, AdaRingConfig
 from trkit_vlm.adapters.io import _load_into, mma_config_from_state_dict, read_mma_state_dict
@@ -38,7 +39,7 @@ def mma_projections(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[torch.
     tl = list(range(cfg.text_layers[0], cfg.text_layers[1] + 1))
     il = list(range(cfg.image_layers[0], cfg.image_layers[1] + 1))
     if len(tl) != len(il):
-        raise ValueError(f"MMA text layers {tl} and image layers {il} differ in number")
+        raise InputError(f"MMA text layers {tl} and image layers {il} differ in number")
     keys = {
         "down_text": [f"text_adapter.{t}.down.0" for t in tl],
         "down_image": [f"visual_adapter.{v}.down.0" for v in il],
@@ -50,7 +51,7 @@ def mma_projections(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[torch.
     for p, ks in keys.items():
         missing = [k + ".weight" for k in ks if k + ".weight" not in sd]
         if missing:
-            raise ValueError(f"MMA state dict lacks {missing[:4]}")
+            raise InputError(f"MMA state dict lacks {missing[:4]}")
         w = torch.stack([sd[k + ".weight"].t() for k in ks]).double()
         b = torch.stack([sd[k + ".bias"] for k in ks]).double()
         out[p] = (w, b)
@@ -137,7 +138,7 @@ def _allocate(cands: dict[str, list[CrossLayerTR]], budget_params: int) -> dict[
     pick = {p: 0 for p in front}
     used = sum(front[p][0].n_params for p in front) + 1
     if used > budget_params:
-        raise ValueError(
+        raise InputError(
             f"budget of {budget_params:,} parameters is below the smallest AdaRing fit "
             f"({used:,} parameters with MMA's biases); raise --budget"
         )
@@ -178,11 +179,11 @@ def compress_mma(
         a :class:`CompressionResult` (``.apply(model)``, ``.save(path)``, ``.table()``).
     """
     if tol is None and budget is None:
-        raise ValueError("give budget (fraction of MMA's parameters) or tol (relative error per projection)")
+        raise InputError("give budget (fraction of MMA's parameters) or tol (relative error per projection)")
     if tol is None and not 0 < float(budget) <= 1:
-        raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
+        raise InputError(f"budget must be a fraction in (0, 1], got {budget}")
     if tol is not None and not 0 < float(tol) < 1:
-        raise ValueError(f"tol must be in (0, 1), got {tol}")
+        raise InputError(f"tol must be in (0, 1), got {tol}")
     sd = read_mma_state_dict(source)
     mma_cfg = mma_config_from_state_dict(sd)
     proj, tl, il = mma_projections(sd)
@@ -194,7 +195,7 @@ def compress_mma(
     if towers is None:
         towers = {"text": {"width": dt, "depth": tl[-1]}, "image": {"width": dv, "depth": il[-1]}}
     if (towers["text"]["width"], towers["image"]["width"]) != (dt, dv):
-        raise ValueError(
+        raise InputError(
             f"checkpoint has text/image widths ({dt}, {dv}); the given backbone has "
             f"({towers['text']['width']}, {towers['image']['width']})"
         )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trkit.errors import InputError
+
 METHODS = ("mma", "adaring")
 
 
@@ -102,15 +104,15 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Clear ValueErrors for values the run cannot use."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+            raise InputError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.optim.name not in ("sgd", "adamw"):
-            raise ValueError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+            raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+            raise InputError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.prefix_cache not in ("auto", "memory", "disk", "off"):
-            raise ValueError(f"prefix_cache must be 'auto', 'memory', 'disk' or 'off', got {self.prefix_cache!r}")
+            raise InputError(f"prefix_cache must be 'auto', 'memory', 'disk' or 'off', got {self.prefix_cache!r}")
         if self.data.subsample not in ("base", "all"):
-            raise ValueError(f"data.subsample must be 'base' or 'all', got {self.data.subsample!r}")
+            raise InputError(f"data.subsample must be 'base' or 'all', got {self.data.subsample!r}")
         for name, v in (
             ("optim.epochs", self.optim.epochs),
             ("optim.batch_size", self.optim.batch_size),
@@ -118,11 +120,11 @@ class RunConfig:
             ("optim.eval_batch_size", self.optim.eval_batch_size),
         ):
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
         if self.data.cached_views < 0:
-            raise ValueError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
+            raise InputError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
         if "{}" not in self.data.template:
-            raise ValueError(f"data.template must contain '{{}}' for the class name, got {self.data.template!r}")
+            raise InputError(f"data.template must contain '{{}}' for the class name, got {self.data.template!r}")
         return self
 
 
@@ -132,11 +134,11 @@ _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
 def config_from_dict(d: dict) -> RunConfig:
     """Build a RunConfig from a nested dict; unknown keys are errors (typos should not pass silently)."""
     if not isinstance(d, dict):
-        raise ValueError(f"a run config is a mapping, got {type(d).__name__}")
+        raise InputError(f"a run config is a mapping, got {type(d).__name__}")
     top = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(d) - top)
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(top)}")
+        raise InputError(f"unknown config key(s) {unknown}; known: {sorted(top)}")
     kwargs = dict(d)
     for name, cls in _SECTIONS.items():
         sub = kwargs.get(name) or {}
@@ -145,7 +147,7 @@ def config_from_dict(d: dict) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(sub) - known)
         if bad:
-            raise ValueError(f"unknown config key(s) {[f'{name}.{b}' for b in bad]}; known: {sorted(known)}")
+            raise InputError(f"unknown config key(s) {[f'{name}.{b}' for b in bad]}; known: {sorted(known)}")
         if "betas" in sub:
             sub = {**sub, "betas": tuple(sub["betas"])}
         kwargs[name] = cls(**sub)
@@ -165,12 +167,12 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         try:
             d = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: invalid YAML ({err})") from None
+            raise InputError(f"{path}: invalid YAML ({err})") from None
     else:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from None
+            raise InputError(f"{path}: invalid JSON ({err})") from None
     return config_from_dict(d)
 
 
@@ -191,16 +193,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     d = cfg.to_dict()
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=0.002)")
+            raise InputError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=0.002)")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         node = d
         for p in parts[:-1]:
             if p not in node or not isinstance(node[p], dict):
-                raise ValueError(f"unknown config key {key!r}")
+                raise InputError(f"unknown config key {key!r}")
             node = node[p]
         if parts[0] != "adapter" and parts[-1] not in node:
-            raise ValueError(f"unknown config key {key!r}")
+            raise InputError(f"unknown config key {key!r}")
         node[parts[-1]] = _parse_value(value)
     return config_from_dict(d)
 

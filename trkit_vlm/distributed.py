@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trkit.errors import InputError
+
 
 @dataclass
 class DistInfo:
@@ -39,7 +41,7 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(pref)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {pref!r} asked for but CUDA is not available")
+        raise InputError(f"device {pref!r} asked for but CUDA is not available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from trkit.errors import InputError
 from trkit_vlm.data.datasets import ClassificationData, Record
 from trkit_vlm.data.fewshot import base_novel_split
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
@@ -70,7 +71,7 @@ def image_features(
             feats.append(model.encode_image(x.to(device), normalize=True).float().cpu())
         labels.append(y)
     if not feats:
-        raise ValueError("cannot evaluate an empty split")
+        raise InputError("cannot evaluate an empty split")
     return torch.cat(feats), torch.cat(labels)
 
 

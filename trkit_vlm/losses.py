@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit.errors import InputError
 from trkit_vlm.adapters.base import adapters_disabled
 from trkit_vlm.models import encode_text
 
@@ -32,7 +33,7 @@ class GeneralizationAwareLoss(nn.Module):
         super().__init__()
         for n, v in (("lambda_text", lambda_text), ("lambda_image", lambda_image)):
             if v < 0:
-                raise ValueError(f"{n} must be >= 0, got {v}")
+                raise InputError(f"{n} must be >= 0, got {v}")
         self.lambda_text, self.lambda_image = float(lambda_text), float(lambda_image)
         self.label_smoothing = float(label_smoothing)
 
@@ -69,9 +70,9 @@ class GeneralizationAwareLoss(nn.Module):
 
 def _need(a, b, what: str, weight: str) -> None:
     if a is None or b is None:
-        raise ValueError(f"{weight} > 0 needs both {what}_feat and {what}_feat_frozen (set {weight}=0 to skip)")
+        raise InputError(f"{weight} > 0 needs both {what}_feat and {what}_feat_frozen (set {weight}=0 to skip)")
     if a.shape != b.shape:
-        raise ValueError(f"{what}_feat {tuple(a.shape)} and {what}_feat_frozen {tuple(b.shape)} differ in shape")
+        raise InputError(f"{what}_feat {tuple(a.shape)} and {what}_feat_frozen {tuple(b.shape)} differ in shape")
 
 
 class FrozenTextCache:

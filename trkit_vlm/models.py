@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
+
 __all__ = [
     "TINY_CONFIG",
     "ClipBundle",
@@ -66,12 +68,12 @@ def register_model_config(name: str, config: dict) -> None:
     After this ``load_clip(name)`` and ``open_clip.create_model(name)`` build it.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError("model config name must be a non-empty string")
+        raise InputError("model config name must be a non-empty string")
     if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a dict, got {type(config).__name__}")
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"model config {name!r} lacks {missing}; an open_clip config needs 'embed_dim', 'vision_cfg' and 'text_cfg'"
         )
     _CUSTOM_CONFIGS[name] = copy.deepcopy(config)
@@ -119,10 +121,10 @@ def load_clip(
     import open_clip
 
     if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+        raise InputTypeError(f"model name must be a string, got {type(name).__name__}")
     _sync_configs()
     if open_clip.get_model_config(name.replace("/", "-")) is None:
-        raise ValueError(
+        raise InputError(
             f"unknown open_clip model {name!r}; known: ViT-B-16, ViT-B-32, ViT-L-14, ... "
             f"(open_clip.list_models()) or a name added with register_model_config "
             f"(registered here: {registered_model_configs()})"
@@ -156,7 +158,7 @@ def load_clip(
     except RuntimeError as err:
         msg = str(err)
         if use_file is not None and os.path.isfile(use_file):
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {use_file} does not match architecture {name!r}: {_first_lines(msg)}"
             ) from err
         if use_file is not None:
@@ -175,7 +177,7 @@ def load_clip(
         try:
             model.load_state_dict(jit_state, strict=True)
         except RuntimeError as err:
-            raise ValueError(
+            raise InputError(
                 f"OpenAI checkpoint {pretrained} does not match architecture {name!r}: {_first_lines(str(err))}"
             ) from err
         model.to(device)
@@ -238,7 +240,7 @@ def clip_towers(model: nn.Module) -> dict[str, nn.Module]:
         text = getattr(getattr(model, "text", None), "transformer", None)
     for tower, t in (("image", image), ("text", text)):
         if t is None or not hasattr(t, "resblocks"):
-            raise TypeError(
+            raise InputTypeError(
                 f"{type(model).__name__} has no open_clip {tower} transformer with resblocks; "
                 "trkit_vlm adapters need a ViT-style open_clip CLIP (ViT-B-16, ViT-B-32, ViT-L-14, ...)"
             )
@@ -263,7 +265,7 @@ def encode_text(
 ) -> torch.Tensor:
     """L2-normalised text features ``(C, D)`` of ``template.format(classname)`` (underscores -> spaces)."""
     if isinstance(classnames, str):
-        raise TypeError("classnames must be a list of strings, not one string")
+        raise InputTypeError("classnames must be a list of strings, not one string")
     prompts = [template.format(c.replace("_", " ")) for c in classnames]
     tokens = tokenizer(prompts)
     if device is None:
@@ -288,10 +290,10 @@ def tower_info_from_config(name: str) -> dict[str, dict[str, int]]:
     _sync_configs()
     cfg = open_clip.get_model_config(name.replace("/", "-"))
     if cfg is None:
-        raise ValueError(f"unknown open_clip model {name!r}")
+        raise InputError(f"unknown open_clip model {name!r}")
     t, v = cfg["text_cfg"], cfg["vision_cfg"]
     if "timm_model_name" in v or "hf_model_name" in t:
-        raise TypeError(f"{name!r} uses a timm/HF tower; trkit_vlm adapters need open_clip transformer towers")
+        raise InputTypeError(f"{name!r} uses a timm/HF tower; trkit_vlm adapters need open_clip transformer towers")
     # Defaults are open_clip's CLIPTextCfg / CLIPVisionCfg defaults.
     return {
         "text": {"width": int(t.get("width", 512)), "depth": int(t.get("layers", 12))},

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trkit.errors import InputError
 from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
 from trkit_vlm.evaluate import harmonic_mean
 
@@ -35,13 +36,13 @@ def collect_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             m = json.loads(path.read_text())
         except json.JSONDecodeError:
-            raise ValueError(f"{path}: not valid JSON") from None
+            raise InputError(f"{path}: not valid JSON") from None
         if not all(k in m for k in ("dataset", "method", "seed")):
             continue
         m["_path"] = str(path)
         rows.append(m)
     if not rows:
-        raise ValueError(f"no metrics.json files under {root}")
+        raise InputError(f"no metrics.json files under {root}")
     return rows
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trkit.errors import InputError
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 SMALL_CLIP_NAME = "trkit-small-clip-28"
@@ -141,7 +142,7 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8 or x.ndim != 3:
-        raise ValueError(f"images_to_tensor expects uint8 (N, H, W), got {tuple(x.shape)} {x.dtype}")
+        raise InputError(f"images_to_tensor expects uint8 (N, H, W), got {tuple(x.shape)} {x.dtype}")
     x = x.to(torch.float32).div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -159,7 +160,7 @@ def split_train_val(labels: np.ndarray, val_per_class: int, seed: int = 0) -> tu
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if val_per_class > len(idx):
-            raise ValueError(f"val_per_class={val_per_class} exceeds the {len(idx)} images of class {c}")
+            raise InputError(f"val_per_class={val_per_class} exceeds the {len(idx)} images of class {c}")
         val.append(rng.choice(idx, size=val_per_class, replace=False))
     val_idx = np.sort(np.concatenate(val))
     train_mask = np.ones(len(labels), dtype=bool)

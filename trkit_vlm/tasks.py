@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trkit.errors import InputError
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from trkit_vlm.small_clip import PretrainRecipe, images_to_tensor, split_train_val
 
@@ -39,9 +40,9 @@ def apply_shift(images: np.ndarray, strength: float) -> np.ndarray:
         ValueError: strength outside [0, 1) or images not uint8.
     """
     if not 0.0 <= strength < 1.0:
-        raise ValueError(f"shift strength must be in [0, 1), got {strength}")
+        raise InputError(f"shift strength must be in [0, 1), got {strength}")
     if images.dtype != np.uint8:
-        raise ValueError(f"apply_shift expects uint8 images, got {images.dtype}")
+        raise InputError(f"apply_shift expects uint8 images, got {images.dtype}")
     x = images.astype(np.float32) / 255.0
     x = (1.0 - strength) * x + strength / 2.0
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
@@ -118,9 +119,9 @@ def make_task(
         eval_seed: seed of the evaluation subset (fixed so every method sees the same images).
     """
     if eval_split not in ("test", "val"):
-        raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
+        raise InputError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise InputError(f"shots must be >= 1, got {shots}")
     recipe = recipe or PretrainRecipe()
     x_tr, y_tr, x_te, y_te = data if data is not None else load_fashion_mnist()
     train_idx, val_idx = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)
@@ -156,7 +157,7 @@ def shifted_data(
     from trkit_vlm.data.datasets import ClassificationData
 
     if eval_split not in ("test", "val"):
-        raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
+        raise InputError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     recipe = recipe or PretrainRecipe()
     x_tr, y_tr, x_te, y_te = data if data is not None else load_fashion_mnist()
     train_idx, val_idx = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)

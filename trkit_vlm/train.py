@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trkit.errors import InputError
 from trkit_vlm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trkit_vlm.config import RunConfig, save_config
 from trkit_vlm.data import (
@@ -76,7 +77,7 @@ def prepare_data(
             classnames=cfg.data.classnames,
         )
     elif cfg.data.classnames is not None and list(cfg.data.classnames) != list(data.classnames):
-        raise ValueError("class-name mismatch between the data passed in and data.classnames in the config")
+        raise InputError("class-name mismatch between the data passed in and data.classnames in the config")
     else:
         check_usable(data)
     cache = fewshot_cache_path(cfg.output_dir, cfg.dataset_key(), cfg.data.shots, cfg.seed)
@@ -87,7 +88,7 @@ def prepare_data(
         fs = few_shot_data(data, cfg.data.shots, cfg.seed, cache)
     train_data = subsample_classes(fs, cfg.data.subsample)
     if not train_data.train:
-        raise ValueError(f"dataset {data.name!r}: no training images left after few-shot sampling")
+        raise InputError(f"dataset {data.name!r}: no training images left after few-shot sampling")
     check_files(train_data.train, f"{data.name} train")
     check_files(fs.test, f"{data.name} test")
     return fs, train_data
@@ -105,7 +106,7 @@ def build_model(cfg: RunConfig, bundle, device: torch.device):
             register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
     elif get_adapters(bundle.model) is not None:
-        raise ValueError("the model passed in already has adapters; pass a bundle without them")
+        raise InputError("the model passed in already has adapters; pass a bundle without them")
     adapter_cfg = adapter_config_from_dict({"method": cfg.method, **cfg.adapter})
     torch.manual_seed(cfg.seed)
     model = add_adapters(bundle.model.to(device), adapter_cfg)

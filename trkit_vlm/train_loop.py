@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from trkit.errors import InputError
 from trkit_vlm import prefix_cache as pc
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
 from trkit_vlm.distributed import DistInfo, all_reduce_sum, barrier
@@ -91,7 +92,7 @@ class Trainer:
         records = train_data.train
         self.labels = torch.tensor([y for _, y in records])
         if cfg.optim.batch_size % info.world_size:
-            raise ValueError(
+            raise InputError(
                 f"optim.batch_size={cfg.optim.batch_size} must be divisible by the {info.world_size} processes"
             )
         self.local_bs = cfg.optim.batch_size // info.world_size
@@ -126,9 +127,9 @@ class Trainer:
         self.n_image = pc.first_adapted_layer(model, "image") - 1
         reason = pc.image_prefix_supported(model)
         if cfg.prefix_cache in ("memory", "disk") and not fixed:
-            raise ValueError("prefix_cache needs fixed image views: set data.augment=false or data.cached_views=N")
+            raise InputError("prefix_cache needs fixed image views: set data.augment=false or data.cached_views=N")
         if cfg.prefix_cache in ("memory", "disk") and reason:
-            raise ValueError(f"prefix_cache={cfg.prefix_cache!r} is not possible here: {reason}")
+            raise InputError(f"prefix_cache={cfg.prefix_cache!r} is not possible here: {reason}")
         self.cached = use_cache and fixed and reason is None and self.n_image > 0
         self.store = None
         if self.cached:

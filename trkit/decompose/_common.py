@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
 __all__ = [
@@ -60,32 +61,32 @@ class DecompositionInfo:
 def check_tensor(x, name: str = "x", dtype=None, allow_int: bool = True) -> torch.Tensor:
     """A finite floating tensor with >= 1 mode and no empty mode; ints become float64."""
     if isinstance(x, TensorRing):
-        raise TypeError(f"{name} is already a TensorRing; use trkit.round to change its ranks")
+        raise InputTypeError(f"{name} is already a TensorRing; use trkit.round to change its ranks")
     try:
         t = as_tensor(x)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a torch tensor or array-like: {exc}") from None
+        raise InputTypeError(f"{name} must be a torch tensor or array-like: {exc}") from None
     if t.is_complex():
-        raise TypeError(f"{name} is complex ({t.dtype}); only real tensors are supported")
+        raise InputTypeError(f"{name} is complex ({t.dtype}); only real tensors are supported")
     if not t.is_floating_point():
         if t.dtype == torch.bool or not allow_int:
-            raise TypeError(f"{name} has dtype {t.dtype}; expected a floating point tensor")
+            raise InputTypeError(f"{name} has dtype {t.dtype}; expected a floating point tensor")
         t = t.to(torch.float64)
     if dtype is not None:
         t = t.to(dtype)
     if t.ndim < 2:
-        raise ValueError(f"{name} must have at least 2 modes for a ring, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must have at least 2 modes for a ring, got shape {tuple(t.shape)}")
     if t.numel() == 0:
-        raise ValueError(f"{name} has an empty mode: shape {tuple(t.shape)}")
+        raise InputError(f"{name} has an empty mode: shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise InputError(f"{name} contains NaN or Inf values")
     return t
 
 
 def check_tol(tol, name: str = "tol") -> float:
     tol = float(tol)
     if not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {tol}")
+        raise InputError(f"{name} must be a positive finite number, got {tol}")
     return tol
 
 
@@ -94,7 +95,7 @@ def check_max_rank(max_rank) -> int | None:
     if max_rank is None:
         return None
     if int(max_rank) < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        raise InputError(f"max_rank must be >= 1, got {max_rank}")
     return int(max_rank)
 
 
@@ -111,11 +112,11 @@ def normalize_ranks(rank, shape: Sequence[int], *, caps: Sequence[int] | None = 
     elif isinstance(rank, (list, tuple, np.ndarray, torch.Tensor)):
         ranks = [int(r) for r in (rank.tolist() if hasattr(rank, "tolist") else rank)]
         if len(ranks) != d:
-            raise ValueError(f"got {len(ranks)} ranks for a {d}-way tensor; give one int or {d} ints")
+            raise InputError(f"got {len(ranks)} ranks for a {d}-way tensor; give one int or {d} ints")
     else:
-        raise TypeError(f"rank must be an int or a sequence of ints, got {type(rank).__name__}")
+        raise InputTypeError(f"rank must be an int or a sequence of ints, got {type(rank).__name__}")
     if any(r < 1 for r in ranks):
-        raise ValueError(f"ranks must be >= 1, got {ranks}")
+        raise InputError(f"ranks must be >= 1, got {ranks}")
     total = int(np.prod(shape))
     caps = [total // shape[k] for k in range(d)] if caps is None else list(caps)
     clamped = list(ranks)
@@ -144,7 +145,7 @@ def relative_residual(pred: torch.Tensor, vals: torch.Tensor) -> float:
 def start_cores(init: TensorRing, shape, dtype: torch.dtype, device) -> list[torch.Tensor]:
     """Copies of a user-given starting ring's cores, after checking it fits ``shape``."""
     if tuple(init.shape) != tuple(shape):
-        raise ValueError(f"init ring has shape {tuple(init.shape)}, the tensor has {tuple(shape)}")
+        raise InputError(f"init ring has shape {tuple(init.shape)}, the tensor has {tuple(shape)}")
     return [c.detach().to(dtype=dtype, device=device).clone() for c in init.cores]
 
 

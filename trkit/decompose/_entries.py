@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trkit.errors import InputError, InputTypeError
+
 __all__ = ["EntrySource", "subchain_rows", "slice_solve"]
 
 
@@ -18,7 +20,7 @@ class EntrySource:
         self.dtype, self.device = dtype, torch.device(device)
         if callable(x) and not isinstance(x, (np.ndarray, torch.Tensor)):
             if shape is None:
-                raise ValueError("shape is required when x is a function of an index batch")
+                raise InputError("shape is required when x is a function of an index batch")
             self.fn, self.shape = x, tuple(int(n) for n in shape)
         elif isinstance(x, (np.ndarray, torch.Tensor)):
             self.fn, self.shape = None, tuple(x.shape)
@@ -27,23 +29,23 @@ class EntrySource:
                 self.dtype = x.dtype if x.is_floating_point() else torch.float64
                 self.device = x.device
         else:
-            raise TypeError(f"x must be a tensor, a numpy array/memmap or a callable, got {type(x).__name__}")
+            raise InputTypeError(f"x must be a tensor, a numpy array/memmap or a callable, got {type(x).__name__}")
         if len(self.shape) < 2 or min(self.shape) < 1:
-            raise ValueError(f"need a tensor with >= 2 non-empty modes, got shape {self.shape}")
+            raise InputError(f"need a tensor with >= 2 non-empty modes, got shape {self.shape}")
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if self.fn is not None:
             vals = self.fn(idx.cpu().numpy())
             out = torch.as_tensor(np.asarray(vals), dtype=self.dtype).reshape(-1)
             if out.numel() != idx.shape[0]:
-                raise ValueError(f"the entry function returned {out.numel()} values for {idx.shape[0]} indices")
+                raise InputError(f"the entry function returned {out.numel()} values for {idx.shape[0]} indices")
         elif isinstance(self.x, torch.Tensor):
             out = self.x[tuple(idx.to(self.x.device).T)].to(self.dtype)
         else:
             out = torch.as_tensor(np.asarray(self.x[tuple(idx.cpu().numpy().T)]), dtype=self.dtype)
         out = out.to(self.device)
         if not torch.isfinite(out).all():
-            raise ValueError("the tensor contains NaN or Inf values at sampled entries")
+            raise InputError("the tensor contains NaN or Inf values at sampled entries")
         return out
 
 

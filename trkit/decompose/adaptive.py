@@ -29,6 +29,7 @@ from trkit.decompose._common import (
     start_cores,
 )
 from trkit.decompose.als import _gram, _rhs, _Shifted, _split_point, _transfer, als_sweeps
+from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als_adaptive"]
@@ -114,7 +115,7 @@ def tr_als_adaptive(
     elif isinstance(init, TensorRing):
         ring = TensorRing(start_cores(init, x.shape, x.dtype, x.device), validate=False)
     else:
-        raise ValueError("init must be None or a TensorRing")
+        raise InputError("init must be None or a TensorRing")
     cores = [c.clone() for c in ring.cores]
     shifted = _Shifted(x)
     shape = list(x.shape)

@@ -35,6 +35,7 @@ from trkit.decompose._common import (
     solve_spd,
     start_cores,
 )
+from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als", "init_ring"]
@@ -151,7 +152,7 @@ def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> 
             pad[: c.shape[0], :, : c.shape[2]] = c
             cores.append(pad)
         return cores, info.rel_error
-    raise ValueError(f"init must be 'svd', 'random' or a TensorRing, got {init!r}")
+    raise InputError(f"init must be 'svd', 'random' or a TensorRing, got {init!r}")
 
 
 def _exact_floor(dtype: torch.dtype) -> float:
@@ -273,7 +274,7 @@ def tr_als(
     x = check_tensor(x)
     tol = check_tol(tol)
     if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        raise InputError(f"max_iter must be >= 1, got {max_iter}")
     ranks = normalize_ranks(rank, list(x.shape))
     gen = generator_for(seed, x.device)
     cores, start_err = init_ring(x, ranks, init, gen)

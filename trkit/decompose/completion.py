@@ -22,6 +22,7 @@ from trkit.decompose._common import (
     start_cores,
 )
 from trkit.decompose._entries import slice_solve, subchain_rows
+from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
 __all__ = ["tr_complete"]
@@ -35,25 +36,25 @@ def _observed(x, mask, shape):
             xt = xt.to(torch.float64)
         m = as_tensor(mask)
         if m.dtype != torch.bool:
-            raise TypeError(f"mask must be a boolean array, got {m.dtype}")
+            raise InputTypeError(f"mask must be a boolean array, got {m.dtype}")
         if tuple(m.shape) != tuple(xt.shape):
-            raise ValueError(f"mask shape {tuple(m.shape)} does not match x shape {tuple(xt.shape)}")
+            raise InputError(f"mask shape {tuple(m.shape)} does not match x shape {tuple(xt.shape)}")
         m = m.to(xt.device)
         idx = m.nonzero()
         vals = xt[m]
         return idx, vals, tuple(xt.shape), xt, m
     if not (isinstance(x, (tuple, list)) and len(x) == 2):
-        raise TypeError("give x with a boolean mask, or x=(indices (m, d), values (m,)) with shape=")
+        raise InputTypeError("give x with a boolean mask, or x=(indices (m, d), values (m,)) with shape=")
     if shape is None:
-        raise ValueError("shape is required when x is (indices, values)")
+        raise InputError("shape is required when x is (indices, values)")
     idx, vals = as_tensor(x[0]), as_tensor(x[1])
     if idx.dtype.is_floating_point or idx.ndim != 2 or idx.shape[1] != len(shape):
-        raise ValueError(f"indices must be an int array of shape (m, {len(shape)}), got {tuple(idx.shape)}")
+        raise InputError(f"indices must be an int array of shape (m, {len(shape)}), got {tuple(idx.shape)}")
     if vals.ndim != 1 or vals.shape[0] != idx.shape[0]:
-        raise ValueError(f"values must have shape ({idx.shape[0]},), got {tuple(vals.shape)}")
+        raise InputError(f"values must have shape ({idx.shape[0]},), got {tuple(vals.shape)}")
     idx = idx.long().to(vals.device)
     if idx.numel() and ((idx < 0).any() or (idx >= torch.tensor(shape, device=idx.device)).any()):
-        raise ValueError(f"indices out of range for shape {tuple(shape)}")
+        raise InputError(f"indices out of range for shape {tuple(shape)}")
     vals = vals if vals.is_floating_point() else vals.to(torch.float64)
     return idx, vals, tuple(int(n) for n in shape), None, None
 
@@ -96,12 +97,12 @@ def tr_complete(
     t0 = time.perf_counter()
     tol = check_tol(tol)
     if not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        raise InputError(f"holdout must be in [0, 1), got {holdout}")
     idx, vals, shape, dense, m = _observed(x, mask, shape)
     if idx.shape[0] == 0:
-        raise ValueError("the mask observes no entries; nothing to fit")
+        raise InputError("the mask observes no entries; nothing to fit")
     if not torch.isfinite(vals).all():
-        raise ValueError("observed values contain NaN or Inf")
+        raise InputError("observed values contain NaN or Inf")
     d = len(shape)
     ranks = normalize_ranks(rank, list(shape))
     gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**62))
@@ -121,7 +122,7 @@ def tr_complete(
             g = torch.randn(r0, shape[k], r1, generator=gen, dtype=dtype)
             cores.append((g / math.sqrt(r0 * r1) ** 0.5 * rms ** (1 / d)).to(device))
     else:
-        raise ValueError(f"init must be 'random' or a TensorRing, got {init!r}")
+        raise InputError(f"init must be 'random' or a TensorRing, got {init!r}")
     history, best, best_key, it, converged = [], None, math.inf, 0, False
     with progress(max_iter, verbose, "TR completion") as bar:
         for it in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)

@@ -27,6 +27,7 @@ from trkit.decompose._common import (
     start_cores,
 )
 from trkit.decompose._entries import EntrySource, subchain_rows
+from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als_sampled"]
@@ -79,9 +80,9 @@ def tr_als_sampled(
     t0 = time.perf_counter()
     tol = check_tol(tol)
     if sampling not in ("leverage", "uniform"):
-        raise ValueError(f"sampling must be 'leverage' or 'uniform', got {sampling!r}")
+        raise InputError(f"sampling must be 'leverage' or 'uniform', got {sampling!r}")
     if int(n_samples) < 1 or int(n_holdout) < 1:
-        raise ValueError("n_samples and n_holdout must be >= 1")
+        raise InputError("n_samples and n_holdout must be >= 1")
     if isinstance(x, torch.Tensor) and not x.is_floating_point():
         x = x.to(torch.float64)
     src = EntrySource(x, shape)
@@ -103,7 +104,7 @@ def tr_als_sampled(
         scale = (est / max(float(ring_norm(TensorRing(cores, validate=False))), 1e-300)) ** (1 / d)
         cores = [c * scale for c in cores]
     else:
-        raise ValueError(f"init must be 'random' or a TensorRing, got {init!r}")
+        raise InputError(f"init must be 'random' or a TensorRing, got {init!r}")
     hold_idx_dev = hold_idx.to(device)
     history, best, best_err, it, converged = [], None, math.inf, 0, False
     m = int(n_samples)

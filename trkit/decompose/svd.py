@@ -19,6 +19,7 @@ from trkit.decompose._common import (
 )
 from trkit.decompose._lowrank import row_basis
 from trkit.decompose._split import kron_split
+from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_svd"]
@@ -257,7 +258,7 @@ def tr_svd(
     t0 = time.perf_counter()
     x = check_tensor(x)
     if rank is None and tol is None:
-        raise ValueError("give rank (int or list) or tol (relative error target)")
+        raise InputError("give rank (int or list) or tol (relative error target)")
     if tol is not None:
         tol = check_tol(tol)
     max_rank = check_max_rank(max_rank)

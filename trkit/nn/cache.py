@@ -29,6 +29,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from trkit.errors import InputTypeError
+
 __all__ = ["dense_weights_cache", "DenseCacheMixin"]
 
 
@@ -120,7 +122,7 @@ def dense_weights_cache(*modules: nn.Module) -> Iterator[None]:
     targets = []
     for mod in modules:
         if not isinstance(mod, nn.Module):
-            raise TypeError(f"dense_weights_cache expects nn.Module arguments, got {type(mod).__name__}")
+            raise InputTypeError(f"dense_weights_cache expects nn.Module arguments, got {type(mod).__name__}")
         targets.extend(m for m in mod.modules() if isinstance(m, DenseCacheMixin))
     for m in targets:
         m._set(_cache_depth=m._cache_depth + 1)

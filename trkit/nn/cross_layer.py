@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
 from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin, dense_weights_cache
@@ -69,7 +70,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             positive_int("n_layers", n_layers),
         )
         if path not in ("auto", "contract", "dense"):
-            raise ValueError(f"path must be 'auto', 'contract' or 'dense', got {path!r}")
+            raise InputError(f"path must be 'auto', 'contract' or 'dense', got {path!r}")
         self.d_in, self.d_out, self.n_layers = int(d_in), int(d_out), int(n_layers)
         self.in_modes = (self.d_in,) if in_modes is None else resolve_modes(self.d_in, in_modes, "in_modes")
         self.out_modes = (self.d_out,) if out_modes is None else resolve_modes(self.d_out, out_modes, "out_modes")
@@ -263,7 +264,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     # ---- forward -------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:
-            raise ValueError(f"input has last dimension {x.shape[-1]}, expected d_in={self.d_in}")
+            raise InputError(f"input has last dimension {x.shape[-1]}, expected d_in={self.d_in}")
 
     def forward(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """``x @ W_layer + b_layer`` for ``x`` of shape ``(..., d_in)`` -> ``(..., d_out)``."""
@@ -325,7 +326,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """
         if isinstance(xs, torch.Tensor):
             if xs.ndim < 2 or xs.shape[0] != self.n_layers:
-                raise ValueError(f"forward_all expects (n_layers={self.n_layers}, ..., d_in), got {tuple(xs.shape)}")
+                raise InputError(f"forward_all expects (n_layers={self.n_layers}, ..., d_in), got {tuple(xs.shape)}")
             self._check_input(xs)
             lead = xs.shape[1:-1]
             tokens = math.prod(lead)
@@ -346,7 +347,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             return y.reshape(self.n_layers, *lead, self.d_out)
         xs = list(xs)
         if len(xs) != self.n_layers:
-            raise ValueError(f"forward_all expects {self.n_layers} inputs, got {len(xs)}")
+            raise InputError(f"forward_all expects {self.n_layers} inputs, got {len(xs)}")
         with dense_weights_cache(self):
             return [self.forward(x, layer) for layer, x in enumerate(xs)]
 
@@ -354,7 +355,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         try:
             idx = operator.index(layer)
         except TypeError:
-            raise TypeError(f"layer must be an int, got {type(layer).__name__}") from None
+            raise InputTypeError(f"layer must be an int, got {type(layer).__name__}") from None
         if not 0 <= idx < self.n_layers:
             raise IndexError(f"layer {layer!r} out of range for n_layers={self.n_layers}")
         return idx
@@ -394,17 +395,17 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         else:
             mats = [m.detach() if isinstance(m, torch.Tensor) else torch.as_tensor(m) for m in matrices]
             if not mats:
-                raise ValueError("from_matrices needs at least one matrix")
+                raise InputError("from_matrices needs at least one matrix")
             if any(m.shape != mats[0].shape for m in mats):
-                raise ValueError(f"all matrices must share one shape, got {sorted({tuple(m.shape) for m in mats})}")
+                raise InputError(f"all matrices must share one shape, got {sorted({tuple(m.shape) for m in mats})}")
             stack = torch.stack(mats)
         if stack.ndim != 3:
-            raise ValueError(f"expected matrices of shape (d_in, d_out), got stacked shape {tuple(stack.shape)}")
+            raise InputError(f"expected matrices of shape (d_in, d_out), got stacked shape {tuple(stack.shape)}")
         L, d_in, d_out = (int(s) for s in stack.shape)
         if biases is not None:
             biases = torch.stack(list(biases)) if not isinstance(biases, torch.Tensor) else biases.detach()
             if tuple(biases.shape) != (L, d_out):
-                raise ValueError(f"biases must have shape ({L}, {d_out}), got {tuple(biases.shape)}")
+                raise InputError(f"biases must have shape ({L}, {d_out}), got {tuple(biases.shape)}")
         i_modes = (d_in,) if in_modes is None else resolve_modes(d_in, in_modes, "in_modes")
         o_modes = (d_out,) if out_modes is None else resolve_modes(d_out, out_modes, "out_modes")
         target = stack.permute(1, 2, 0).reshape(*i_modes, *o_modes, L)

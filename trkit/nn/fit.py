@@ -17,6 +17,7 @@ import math
 import torch
 
 from trkit.decompose._common import check_tol
+from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["fit_ring"]
@@ -44,7 +45,7 @@ def fit_ring(
     Raises ValueError when ``max_params`` is below the smallest ring (all ranks 1).
     """
     if ranks is not None and (tol is not None or max_params is not None):
-        raise ValueError("give either ranks or tol/max_params, not both")
+        raise InputError("give either ranks or tol/max_params, not both")
     if tol is not None:
         tol = check_tol(tol)
     x = x.detach()
@@ -65,7 +66,7 @@ def fit_ring(
 def _fit_budget(x, x_norm, max_params, tol, extra):
     smallest = sum(int(n) for n in x.shape) + extra
     if max_params < smallest:
-        raise ValueError(
+        raise InputError(
             f"max_params={max_params} is smaller than the smallest ring for modes "
             f"{tuple(x.shape)}: all ranks 1 need {smallest} parameters"
             + (f" (including {extra} bias parameters)" if extra else "")

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from trkit.errors import InputError
+
 __all__ = ["target_std", "core_std", "init_ring_"]
 
 _SCHEMES = ("kaiming", "xavier", "torch")
@@ -35,24 +37,24 @@ def target_std(fan_in: int, fan_out: int, scheme: str | float = "kaiming", nonli
     """
     if isinstance(scheme, (int, float)) and not isinstance(scheme, bool):
         if scheme < 0:
-            raise ValueError(f"init std must be >= 0, got {scheme}")
+            raise InputError(f"init std must be >= 0, got {scheme}")
         return float(scheme)
     if fan_in < 1 or fan_out < 1:
-        raise ValueError(f"fan_in and fan_out must be >= 1, got {fan_in}, {fan_out}")
+        raise InputError(f"fan_in and fan_out must be >= 1, got {fan_in}, {fan_out}")
     if scheme == "kaiming":
         return nn.init.calculate_gain(nonlinearity) / math.sqrt(fan_in)
     if scheme == "xavier":
         return nn.init.calculate_gain(nonlinearity) * math.sqrt(2.0 / (fan_in + fan_out))
     if scheme == "torch":
         return 1.0 / math.sqrt(3.0 * fan_in)
-    raise ValueError(f"unknown init scheme {scheme!r}; expected one of {_SCHEMES} or a float std")
+    raise InputError(f"unknown init scheme {scheme!r}; expected one of {_SCHEMES} or a float std")
 
 
 def core_std(std: float, ranks: Sequence[int]) -> float:
     """Per-core std so that a ring with bond ``ranks`` reconstructs entries of std ``std``."""
     d = len(ranks)
     if d == 0:
-        raise ValueError("a ring needs at least one core")
+        raise InputError("a ring needs at least one core")
     if std == 0:
         return 0.0
     # Work in logs: prod(ranks) overflows nothing here, but std**2 / prod can underflow for long rings.

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
 from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin
@@ -66,7 +67,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         super().__init__()
         in_features, out_features = positive_int("in_features", in_features), positive_int("out_features", out_features)
         if path not in _PATHS:
-            raise ValueError(f"path must be one of {_PATHS}, got {path!r}")
+            raise InputError(f"path must be one of {_PATHS}, got {path!r}")
         self.in_features, self.out_features = in_features, out_features
         self.in_modes = resolve_modes(in_features, in_modes, "in_modes")
         self.out_modes = resolve_modes(out_features, out_modes, "out_modes")
@@ -236,7 +237,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"input has last dimension {x.shape[-1]}, expected in_features={self.in_features}")
+            raise InputError(f"input has last dimension {x.shape[-1]}, expected in_features={self.in_features}")
         lead = x.shape[:-1]
         tokens = math.prod(lead)
         choice = self.choose_path(tokens) if tokens else "dense"
@@ -300,12 +301,12 @@ class TRLinear(DenseCacheMixin, nn.Module):
         elif isinstance(linear, torch.Tensor):
             weight = linear.detach()
         else:
-            raise TypeError(f"from_linear expects an nn.Linear or a weight tensor, got {type(linear).__name__}")
+            raise InputTypeError(f"from_linear expects an nn.Linear or a weight tensor, got {type(linear).__name__}")
         if weight.ndim != 2:
-            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+            raise InputError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
         out_f, in_f = (int(s) for s in weight.shape)
         if bias is not None and tuple(bias.shape) != (out_f,):
-            raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
+            raise InputError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
         i_modes = resolve_modes(in_f, in_modes, "in_modes")
         o_modes = resolve_modes(out_f, out_modes, "out_modes")
         extra = out_f if bias is not None else 0

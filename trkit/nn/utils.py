@@ -13,6 +13,7 @@ from functools import cache
 
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
 from trkit.nn import _exec
 from trkit.nn._exec import COST
 
@@ -49,7 +50,7 @@ def balanced_factors(n: int, k: int) -> tuple[int, ...]:
     ``n`` has fewer than ``k`` prime factors (e.g. a prime ``n`` gives ``(n,)``).
     """
     if n < 1 or k < 1:
-        raise ValueError(f"need n >= 1 and k >= 1, got n={n}, k={k}")
+        raise InputError(f"need n >= 1 and k >= 1, got n={n}, k={k}")
     primes = _prime_factors(n)
     k = max(1, min(k, len(primes))) if n > 1 else 1
     best: tuple[float, tuple[int, ...]] | None = None
@@ -87,44 +88,44 @@ def resolve_modes(n: int, modes, name: str, target: int = 16) -> tuple[int, ...]
         return balanced_factors(n, k)
     if isinstance(modes, int):
         if modes < 1:
-            raise ValueError(f"{name}: number of modes must be >= 1, got {modes}")
+            raise InputError(f"{name}: number of modes must be >= 1, got {modes}")
         return balanced_factors(n, modes)
     modes = tuple(int(m) for m in modes)
     if len(modes) == 0 or min(modes) < 1:
-        raise ValueError(f"{name} must be non-empty positive integers, got {modes}")
+        raise InputError(f"{name} must be non-empty positive integers, got {modes}")
     if math.prod(modes) != n:
-        raise ValueError(f"{name}={modes} multiply to {math.prod(modes)}, not to the dimension {n}")
+        raise InputError(f"{name}={modes} multiply to {math.prod(modes)}, not to the dimension {n}")
     return modes
 
 
 def positive_int(name: str, v) -> int:
     """``v`` as an int >= 1 (Python or numpy integer; bools and floats are refused)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+        raise InputError(f"{name} must be a positive int, got {v!r}")
     return int(v)
 
 
 def resolve_ranks(ranks, n_cores: int, name: str = "ranks") -> tuple[int, ...]:
     """An int (all bonds equal) or a sequence of ``n_cores`` bond ranks, each >= 1."""
     if isinstance(ranks, bool):
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}")
+        raise InputTypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}")
     if isinstance(ranks, int):
         ranks = (ranks,) * n_cores
     try:
         ranks = tuple(int(r) for r in ranks)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}") from None
+        raise InputTypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}") from None
     if len(ranks) != n_cores:
-        raise ValueError(f"{name} needs {n_cores} entries (one per core/bond), got {len(ranks)}: {ranks}")
+        raise InputError(f"{name} needs {n_cores} entries (one per core/bond), got {len(ranks)}: {ranks}")
     if min(ranks) < 1:
-        raise ValueError(f"{name} must all be >= 1, got {ranks}")
+        raise InputError(f"{name} must all be >= 1, got {ranks}")
     return ranks
 
 
 def letters(n: int, skip: str = "") -> list[str]:
     pool = [c for c in string.ascii_letters if c not in skip]
     if n > len(pool):
-        raise ValueError(f"too many indices ({n}) for one einsum equation; use fewer modes")
+        raise InputError(f"too many indices ({n}) for one einsum equation; use fewer modes")
     return pool[:n]
 
 
@@ -154,9 +155,9 @@ def compression_ratio(module_or_params, dense_params: int | None = None) -> floa
     else:
         n = int(module_or_params)
     if dense_params is None:
-        raise ValueError("dense_params is required for modules without a dense_params attribute")
+        raise InputError("dense_params is required for modules without a dense_params attribute")
     if n <= 0:
-        raise ValueError(f"parameter count must be positive, got {n}")
+        raise InputError(f"parameter count must be positive, got {n}")
     return float(dense_params) / n
 
 

@@ -3,6 +3,7 @@
 One entry point wraps a model (``add_adapters``); ``remove_adapters`` undoes it.
 """
 
+from trkit.errors import InputError
 from trkit_vlm.adapters.adaring.config import AdaRingConfig, adaring_param_count
 from trkit_vlm.adapters.base import (
     AdapterConfig,
@@ -48,7 +49,7 @@ _CONFIGS = {"mma": MMAConfig, "adaring": AdaRingConfig}
 def adapter_config_from_dict(d: dict) -> AdapterConfig:
     """Inverse of ``config.to_dict()``: picks the class from ``d["method"]``."""
     if not isinstance(d, dict) or d.get("method") not in _CONFIGS:
-        raise ValueError(
+        raise InputError(
             f"adapter config needs 'method' in {sorted(_CONFIGS)}, got "
             f"{d.get('method') if isinstance(d, dict) else type(d).__name__!r}"
         )
@@ -57,5 +58,5 @@ def adapter_config_from_dict(d: dict) -> AdapterConfig:
     known = {f for f in cls.__dataclass_fields__ if f != "method"}
     unknown = set(d) - known
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+        raise InputError(f"unknown {cls.__name__} fields {sorted(unknown)}")
     return cls(**d)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
 from trkit_vlm.models import tower_info
 
 __all__ = [
@@ -72,11 +73,11 @@ def _normalise_spec(spec: LayerSpec, name: str) -> list[int] | None:
     if isinstance(spec, str):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-|\.\.|:)\s*(\d+)\s*", spec)
         if not m:
-            raise ValueError(f"{name}={spec!r}: expected 'START-END' or 'START..END' (1-based, inclusive)")
+            raise InputError(f"{name}={spec!r}: expected 'START-END' or 'START..END' (1-based, inclusive)")
         return [int(m.group(1)), int(m.group(2))]
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
         return [int(spec[0]), int(spec[1])]
-    raise ValueError(f"{name}={spec!r}: expected None or a 1-based inclusive range (start, end)")
+    raise InputError(f"{name}={spec!r}: expected None or a 1-based inclusive range (start, end)")
 
 
 def default_layers(depth_text: int, depth_image: int) -> tuple[list[int], list[int]]:
@@ -102,13 +103,13 @@ def resolve_layers(
             continue
         a, b = rng
         if not 1 <= a <= b <= depth:
-            raise ValueError(
+            raise InputError(
                 f"{tower}_layers {a}..{b} is outside the {tower} tower's {depth} layers "
                 f"(valid: 1 <= start <= end <= {depth}, 1-based)"
             )
         out.append(list(range(a, b + 1)))
     if len(out[0]) != len(out[1]):
-        raise ValueError(
+        raise InputError(
             f"text_layers ({len(out[0])} layers) and image_layers ({len(out[1])} layers) must have "
             "the same length: the shared module pairs one text layer with one image layer"
         )
@@ -130,9 +131,9 @@ class AdapterConfig:
         self.text_layers = _normalise_spec(self.text_layers, "text_layers")
         self.image_layers = _normalise_spec(self.image_layers, "image_layers")
         if int(self.hidden) < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+            raise InputError(f"hidden must be >= 1, got {self.hidden}")
         if not isinstance(self.scale, (int, float)) or self.scale < 0:
-            raise ValueError(f"scale must be a number >= 0, got {self.scale!r}")
+            raise InputError(f"scale must be a number >= 0, got {self.scale!r}")
 
     def to_dict(self) -> dict:
         """JSON-friendly dict; ``adapter_config_from_dict`` inverts it."""
@@ -247,7 +248,7 @@ def get_adapters(model: nn.Module) -> AdapterSet | None:
 def _require(model: nn.Module) -> AdapterSet:
     a = get_adapters(model)
     if a is None:
-        raise ValueError("model has no trkit adapters; call trkit_vlm.add_adapters(model, config) first")
+        raise InputError("model has no trkit adapters; call trkit_vlm.add_adapters(model, config) first")
     return a
 
 
@@ -263,9 +264,9 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     from trkit_vlm.models import clip_towers
 
     if not isinstance(config, AdapterConfig):
-        raise TypeError(f"config must be an MMAConfig or AdaRingConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be an MMAConfig or AdaRingConfig, got {type(config).__name__}")
     if get_adapters(model) is not None:
-        raise ValueError("model already has adapters; call trkit_vlm.remove_adapters(model) first")
+        raise InputError("model already has adapters; call trkit_vlm.remove_adapters(model) first")
     towers = clip_towers(model)
     aset = config.build(tower_info(model))
     ref = next(iter(towers["image"].resblocks[0].parameters()))
@@ -283,7 +284,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for k, layer in enumerate(aset.layers(tower)):
             blk = blocks[layer - 1]
             if not hasattr(blk, "ln_1"):
-                raise TypeError(
+                raise InputTypeError(
                     f"{tower} block {layer} ({type(blk).__name__}) has no ln_1; "
                     "expected open_clip ResidualAttentionBlock"
                 )

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trkit.errors import InputError, InputTypeError
 from trkit.io import atomic_write
 from trkit_vlm.adapters.base import AdapterSet, add_adapters, get_adapters, remove_adapters
 from trkit_vlm.models import tower_info
@@ -40,7 +41,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
 
     aset = get_adapters(model)
     if aset is None:
-        raise ValueError("model has no trkit adapters to save")
+        raise InputError("model has no trkit adapters to save")
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in aset.state_dict().items()}
     meta = {
@@ -67,9 +68,9 @@ def read_adapter_file(path: str | os.PathLike):
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for non-safetensors files
-        raise ValueError(f"{path} is not a safetensors adapter file ({err})") from err
+        raise InputError(f"{path} is not a safetensors adapter file ({err})") from err
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a trkit adapter file (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise InputError(f"{path} is not a trkit adapter file (format {meta.get('format')!r}, expected {FORMAT!r})")
     return adapter_config_from_dict(json.loads(meta["config"])), json.loads(meta["towers"]), tensors
 
 
@@ -84,7 +85,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     for t in ("text", "image"):
         for what in ("width", "depth"):
             if towers[t][what] != have[t][what]:
-                raise ValueError(
+                raise InputError(
                     f"adapter file {path} was made for a {t} tower of {what} {towers[t][what]}; "
                     f"this backbone's {t} tower has {what} {have[t][what]}"
                 )
@@ -98,7 +99,7 @@ def _load_into(model: nn.Module, config, tensors: dict[str, torch.Tensor], sourc
     if added:
         add_adapters(model, config)
     elif existing.config.to_dict() != config.to_dict():
-        raise ValueError(
+        raise InputError(
             f"model already has different adapters ({existing.config.method}); "
             f"call remove_adapters(model) before loading {source}"
         )
@@ -117,13 +118,13 @@ def _check_and_copy(aset: AdapterSet, tensors: dict[str, torch.Tensor], source: 
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"{source} does not match this backbone's adapters (text layers {aset.text_layers}, "
             f"image layers {aset.image_layers}): missing {missing[:6]}, unexpected {unexpected[:6]}"
         )
     for k, v in own.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
-            raise ValueError(
+            raise InputError(
                 f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
                 f"this backbone's adapter needs {tuple(v.shape)}"
             )
@@ -148,9 +149,9 @@ def read_mma_state_dict(source) -> dict[str, torch.Tensor]:
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"could not read {source} with torch.load(weights_only=True): {err}") from err
+            raise InputError(f"could not read {source} with torch.load(weights_only=True): {err}") from err
     if not isinstance(source, dict):
-        raise TypeError(f"expected a state dict or checkpoint path, got {type(source).__name__}")
+        raise InputTypeError(f"expected a state dict or checkpoint path, got {type(source).__name__}")
     sd = source.get("state_dict", source)
     out = {}
     for k, v in sd.items():
@@ -160,7 +161,7 @@ def read_mma_state_dict(source) -> dict[str, torch.Tensor]:
         if _MMA_KEY.match(k) and isinstance(v, torch.Tensor):
             out[k] = v.detach().float()
     if not out:
-        raise ValueError(
+        raise InputError(
             "no MMA adapter tensors (text_adapter.{i}..., visual_adapter.{i}..., shared_adapter.{i}...) "
             f"found; keys look like {list(sd)[:5]}"
         )
@@ -179,14 +180,14 @@ def mma_config_from_state_dict(sd: dict[str, torch.Tensor], scale: float = 0.001
     ranges = {}
     for name, s in idx.items():
         if not s:
-            raise ValueError(f"MMA state dict has no {name} tensors")
+            raise InputError(f"MMA state dict has no {name} tensors")
         if 0 in s:
-            raise ValueError(
+            raise InputError(
                 "MMA's layer-0 (token-embedding / ln_pre) adapter is not supported; train with ADAPTER_START >= 1"
             )
         lo, hi = min(s), max(s)
         if s != set(range(lo, hi + 1)):
-            raise ValueError(f"{name} layers {sorted(s)} are not one contiguous range")
+            raise InputError(f"{name} layers {sorted(s)} are not one contiguous range")
         ranges[name] = (lo, hi)
     lo, hi = ranges["text_adapter"]
     hidden = sd[f"text_adapter.{lo}.down.0.weight"].shape[0]

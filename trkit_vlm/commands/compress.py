@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trkit.errors import InputError
+
 EXAMPLES = """examples:
   # an official MMA checkpoint (Dassl layout) -> AdaRing with 10% of its parameters
   trkit-vlm compress output/base2new/MMA/caltech101/seed1/adapter_learner/model.pth.tar-5 --budget 0.1 --out ring/
@@ -52,7 +54,7 @@ def _read_source(path: str):
 
         config, _, tensors = read_adapter_file(path)
         if config.method != "mma":
-            raise ValueError(f"{path} holds {config.method} adapters, not MMA")
+            raise InputError(f"{path} holds {config.method} adapters, not MMA")
         return tensors
     return path
 

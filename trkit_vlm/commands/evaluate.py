@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trkit.errors import InputError
+
 EXAMPLES = """examples:
   # base / novel / HM / all-class accuracy of a finished run
   trkit-vlm eval output/caltech101/adaring/shots_16/seed1
@@ -45,7 +47,7 @@ def evaluate_run(
     elif zero_shot:
         cfg = RunConfig()
     else:
-        raise ValueError("give a run folder, or --zero-shot with --model/--dataset")
+        raise InputError("give a run folder, or --zero-shot with --model/--dataset")
     name = model or cfg.model
     weights = pretrained if pretrained is not None else cfg.pretrained
     dev = resolve_device(device)

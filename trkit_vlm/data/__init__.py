@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from trkit.errors import InputError
 from trkit_vlm.data.coop import load_coop_dataset, load_split_folder, read_split_file
 from trkit_vlm.data.datasets import COOP_DATASETS, ClassificationData, CoOpSpec, Record, canonical_name, display_path
 from trkit_vlm.data.fewshot import (
@@ -73,7 +74,7 @@ def load_dataset(
     if key == "fashion_mnist":
         data = _fashion_mnist(None if root is None else str(root))
     elif root is None:
-        raise ValueError(f"dataset {name!r} needs a root folder (data.root)")
+        raise InputError(f"dataset {name!r} needs a root folder (data.root)")
     elif key == "folder":
         data = load_image_folder(root)
     elif key == "coop":
@@ -87,7 +88,7 @@ def load_dataset(
         )
         got = data.classnames[diff] if diff < len(data.classnames) else "nothing"
         want = classnames[diff] if diff < len(classnames) else "nothing"
-        raise ValueError(
+        raise InputError(
             f"class-name mismatch between the split and the config: label {diff} is {got!r} "
             f"in {data.name} and {want!r} in the config"
         )
@@ -97,7 +98,7 @@ def load_dataset(
 def check_usable(data: ClassificationData) -> ClassificationData:
     """``data`` with non-empty train and test splits and valid labels; ValueError naming the problem."""
     if not data.test:
-        raise ValueError(f"dataset {data.name!r}: the test split is empty")
+        raise InputError(f"dataset {data.name!r}: the test split is empty")
     if not data.train:
-        raise ValueError(f"dataset {data.name!r}: the train split is empty")
+        raise InputError(f"dataset {data.name!r}: the train split is empty")
     return data.validate()

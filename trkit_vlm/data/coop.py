@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from trkit.errors import InputError
 from trkit_vlm.data.datasets import COOP_DATASETS, ClassificationData, Record
 
 
@@ -22,17 +23,17 @@ def _classnames_from(items: dict[str, list], source: str) -> list[str]:
             _, label, cname = row
             label = int(label)
             if label in names and names[label][0] != cname:
-                raise ValueError(
+                raise InputError(
                     f"{source}: class-name mismatch: label {label} is {names[label][0]!r} in "
                     f"{names[label][1]} and {cname!r} in {split}"
                 )
             names.setdefault(label, (cname, split))
     if not names:
-        raise ValueError(f"{source}: every split is empty")
+        raise InputError(f"{source}: every split is empty")
     n = max(names) + 1
     missing = sorted(set(range(n)) - set(names))
     if missing or min(names) < 0:
-        raise ValueError(f"{source}: labels must be 0..{n - 1}; missing {missing[:5]}")
+        raise InputError(f"{source}: labels must be 0..{n - 1}; missing {missing[:5]}")
     return [names[i][0] for i in range(n)]
 
 
@@ -58,14 +59,14 @@ def read_split_file(
     try:
         raw = json.loads(split_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{split_path}: not valid JSON ({err})") from None
+        raise InputError(f"{split_path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
-        raise ValueError(f"{split_path}: expected an object with 'train', 'val' and 'test' lists")
+        raise InputError(f"{split_path}: expected an object with 'train', 'val' and 'test' lists")
     items = {s: raw.get(s) or [] for s in ("train", "val", "test")}
     for split, rows in items.items():
         for i, row in enumerate(rows):
             if not (isinstance(row, (list, tuple)) and len(row) == 3):
-                raise ValueError(f"{split_path}: {split}[{i}] should be [relative_path, label, classname], got {row!r}")
+                raise InputError(f"{split_path}: {split}[{i}] should be [relative_path, label, classname], got {row!r}")
     classnames = _classnames_from(items, str(split_path))
     image_dir = Path(image_dir)
     splits = {s: [(str(image_dir / rel), int(label)) for rel, label, _ in rows] for s, rows in items.items()}
@@ -92,7 +93,7 @@ def _read_imagenet(dataset_dir: Path, image_dir: Path) -> ClassificationData:
             raise FileNotFoundError(f"ImageNet image folder not found: {folder}")
         wnids = sorted(d.name for d in os.scandir(folder) if d.is_dir())
         if wnids != sorted(wnid_to_name):
-            raise ValueError(
+            raise InputError(
                 f"class-name mismatch: {folder} has {len(wnids)} class folders, {text_file} names {len(wnid_to_name)}"
             )
         return [
@@ -127,7 +128,7 @@ def _read_fgvc(dataset_dir: Path, image_dir: Path) -> ClassificationData:
             imname, *cname = line.strip().split(" ")
             cname = " ".join(cname)
             if cname not in index:
-                raise ValueError(f"class-name mismatch: {path} names {cname!r}, which {variants} lacks")
+                raise InputError(f"class-name mismatch: {path} names {cname!r}, which {variants} lacks")
             out.append((str(image_dir / f"{imname}.jpg"), index[cname]))
         return out
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from trkit.errors import InputError
+
 Record = tuple[Any, int]
 
 
@@ -40,7 +42,7 @@ class ClassificationData:
     def split(self, name: str) -> list[Record]:
         """The records of split ``name`` ("train", "val" or "test")."""
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; expected 'train', 'val' or 'test'")
+            raise InputError(f"unknown split {name!r}; expected 'train', 'val' or 'test'")
         return getattr(self, name)
 
     def replace(self, **changes: Any) -> ClassificationData:
@@ -51,14 +53,14 @@ class ClassificationData:
         """Check labels are ints in range; raises ValueError naming the first bad record."""
         n = len(self.classnames)
         if n == 0:
-            raise ValueError(f"dataset {self.name!r} has no classes")
+            raise InputError(f"dataset {self.name!r} has no classes")
         for split in ("train", "val", "test"):
             for i, rec in enumerate(getattr(self, split)):
                 if len(rec) != 2:
-                    raise ValueError(f"{self.name} {split}[{i}]: a record is (image_source, label), got {rec!r}")
+                    raise InputError(f"{self.name} {split}[{i}]: a record is (image_source, label), got {rec!r}")
                 label = rec[1]
                 if not isinstance(label, int) or not 0 <= label < n:
-                    raise ValueError(f"{self.name} {split}[{i}]: label {label!r} is not in 0..{n - 1}")
+                    raise InputError(f"{self.name} {split}[{i}]: label {label!r} is not in 0..{n - 1}")
         return self
 
 
@@ -117,7 +119,7 @@ def canonical_name(name: str) -> str:
     key = ALIASES.get(key, key)
     if key not in COOP_DATASETS and key not in OTHER_DATASETS:
         known = ", ".join(sorted(COOP_DATASETS) + list(OTHER_DATASETS))
-        raise ValueError(f"unknown dataset {name!r}; known: {known}")
+        raise InputError(f"unknown dataset {name!r}; known: {known}")
     return key
 
 

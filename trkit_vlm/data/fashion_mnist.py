@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trkit.errors import InputError
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 ENV_ROOT = "TRKIT_FASHION_MNIST"
 
@@ -67,18 +69,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an idx file (bad magic number)")
+        raise InputError(f"{path}: not an idx file (bad magic number)")
     type_code, ndim = data[2], data[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown idx element type 0x{type_code:02x}")
+        raise InputError(f"{path}: unknown idx element type 0x{type_code:02x}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise ValueError(f"{path}: truncated idx header")
+        raise InputError(f"{path}: truncated idx header")
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_len != expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: idx header declares shape {shape} ({expected} bytes of data) "
             f"but the file holds {len(data) - header_len} bytes"
         )
@@ -126,11 +128,11 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[np.ndarra
     for split in ("train", "test"):
         images, labels = out[f"{split}_images"], out[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise InputError(
                 f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} "
                 "do not match (expected (N, H, W) and (N,))"
             )
         if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
-            raise ValueError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9")
+            raise InputError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9")
         out[f"{split}_labels"] = labels.astype(np.int64)
     return out["train_images"], out["train_labels"], out["test_images"], out["test_labels"]

@@ -14,6 +14,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from trkit.errors import InputError
 from trkit_vlm.checkpoint import atomic_write_text
 from trkit_vlm.data.datasets import ClassificationData, Record, display_path
 
@@ -45,7 +46,7 @@ def sample_few_shot(
         ValueError: ``shots < 1``, or (strict) a class with fewer than ``shots`` images.
     """
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise InputError(f"shots must be >= 1, got {shots}")
     by_label: dict[int, list[int]] = defaultdict(list)
     for i, (_, label) in enumerate(records):
         by_label[label].append(i)
@@ -56,7 +57,7 @@ def sample_few_shot(
         if len(idxs) < shots:
             if strict:
                 cname = classnames[label] if classnames else str(label)
-                raise ValueError(
+                raise InputError(
                     f"shots={shots} is larger than the {len(idxs)} {what} images of class {cname!r} (label {label})"
                 )
             out += idxs
@@ -81,7 +82,7 @@ def _check_entries(data: ClassificationData, split: str, entries: list, path: Pa
     for i, shown, label in entries:
         if not (0 <= i < len(recs)) or recs[i][1] != label or display_path(recs[i][0], data.root) != shown:
             here = display_path(recs[i][0], data.root) if 0 <= i < len(recs) else "nothing"
-            raise ValueError(
+            raise InputError(
                 f"few-shot cache {path} does not match the dataset ({split}[{i}] is {shown!r} "
                 f"there and {here!r} here); delete it to resample"
             )
@@ -104,9 +105,9 @@ def few_shot_data(
         try:
             cached = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"few-shot cache {path} is not valid JSON ({err}); delete it to resample") from None
+            raise InputError(f"few-shot cache {path} is not valid JSON ({err}); delete it to resample") from None
         if cached.get("shots") != shots or cached.get("seed") != seed:
-            raise ValueError(
+            raise InputError(
                 f"few-shot cache {path} is for shots={cached.get('shots')} "
                 f"seed={cached.get('seed')}, not shots={shots} seed={seed}"
             )
@@ -145,7 +146,7 @@ def base_novel_split(classnames: list[str]) -> tuple[list[int], list[int]]:
 def subsample_classes(data: ClassificationData, subset: str) -> ClassificationData:
     """Keep the classes of ``subset`` ("all", "base", "novel"), labels remapped to ``0..``."""
     if subset not in SUBSETS:
-        raise ValueError(f"unknown class subset {subset!r}; expected one of {SUBSETS}")
+        raise InputError(f"unknown class subset {subset!r}; expected one of {SUBSETS}")
     if subset == "all":
         return data
     base, novel = base_novel_split(data.classnames)

@@ -15,6 +15,7 @@ import os
 import random
 from pathlib import Path
 
+from trkit.errors import InputError
 from trkit_vlm.data.datasets import ClassificationData, Record
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -61,7 +62,7 @@ def load_image_folder(
             found = _class_dirs(folder)
             if found != classnames:
                 extra = sorted(set(found) ^ set(classnames))
-                raise ValueError(f"class-name mismatch: {folder} and {root / 'train'} differ in {extra[:5]}")
+                raise InputError(f"class-name mismatch: {folder} and {root / 'train'} differ in {extra[:5]}")
             splits[split] = [(p, label) for label, c in enumerate(classnames) for p in _images(folder / c)]
     else:
         classnames = _class_dirs(root)
@@ -76,5 +77,5 @@ def load_image_folder(
             splits["val"] += [(p, label) for p in files[n_train : n_train + n_val]]
             splits["test"] += [(p, label) for p in files[n_train + n_val :]]
     if not classnames:
-        raise ValueError(f"{root}: no class folders found")
+        raise InputError(f"{root}: no class folders found")
     return ClassificationData(name, classnames, root=str(root), **splits)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from trkit.errors import InputError, InputTypeError
 from trkit_vlm.data.datasets import Record
 
 _INTERP = {
@@ -73,16 +74,16 @@ def load_image(source: Any) -> Image.Image:
             with Image.open(source) as im:
                 return im.convert("RGB")
         except OSError as err:
-            raise ValueError(f"cannot read image file {source}: {err}") from None
+            raise InputError(f"cannot read image file {source}: {err}") from None
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     if isinstance(source, torch.Tensor):
         source = source.cpu().numpy()
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3):
-            raise ValueError(f"an in-memory image must be uint8 (H, W) or (H, W, C), got {source.dtype} {source.shape}")
+            raise InputError(f"an in-memory image must be uint8 (H, W) or (H, W, C), got {source.dtype} {source.shape}")
         return Image.fromarray(source).convert("RGB")
-    raise TypeError(f"unsupported image source {type(source).__name__}; expected a path, PIL image or uint8 array")
+    raise InputTypeError(f"unsupported image source {type(source).__name__}; expected a path, PIL image or uint8 array")
 
 
 def _fast_tensor(records: list[Record], model_cfg: dict) -> torch.Tensor | None:

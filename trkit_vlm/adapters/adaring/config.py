@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trkit.errors import InputError
 from trkit_vlm.adapters.base import AdapterConfig, resolve_layers
 
 __all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count"]
@@ -18,9 +19,9 @@ def _three(r: Any, where: str) -> tuple[int, int, int]:
     if isinstance(r, int) and not isinstance(r, bool):
         r = (r, r, r)
     if not (isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(v, int) for v in r)):
-        raise ValueError(f"{where}: a TR rank is an int or three ints (R1, R2, R3), got {r!r}")
+        raise InputError(f"{where}: a TR rank is an int or three ints (R1, R2, R3), got {r!r}")
     if min(r) < 1:
-        raise ValueError(f"{where}: TR ranks must be >= 1, got {r!r}")
+        raise InputError(f"{where}: TR ranks must be >= 1, got {r!r}")
     return tuple(int(v) for v in r)
 
 
@@ -67,15 +68,15 @@ class AdaRingConfig(AdapterConfig):
         # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
         self.ranks = [_jsonable(r) for r in self.ranks]
         if not self.ranks:
-            raise ValueError("ranks must list at least one branch")
+            raise InputError("ranks must list at least one branch")
         for b in range(len(self.ranks)):
             self.branch_ranks(b)
         if self.bias not in _BIAS_MODES:
-            raise ValueError(f"bias must be one of {sorted(_BIAS_MODES)}, got {self.bias!r}")
+            raise InputError(f"bias must be one of {sorted(_BIAS_MODES)}, got {self.bias!r}")
         if self.init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
+            raise InputError(f"init must be one of {_INITS}, got {self.init!r}")
         if self.diversity_weight < 0:
-            raise ValueError(f"diversity_weight must be >= 0, got {self.diversity_weight}")
+            raise InputError(f"diversity_weight must be >= 0, got {self.diversity_weight}")
 
     @property
     def n_branches(self) -> int:
@@ -88,7 +89,7 @@ class AdaRingConfig(AdapterConfig):
             unknown = set(spec) - set(PROJECTIONS)
             missing = set(PROJECTIONS) - set(spec)
             if unknown or missing:
-                raise ValueError(
+                raise InputError(
                     f"ranks[{b}]: per-projection ranks need exactly {PROJECTIONS}; "
                     f"unknown {sorted(unknown)}, missing {sorted(missing)}"
                 )
