@@ -35,8 +35,10 @@ from trkit.decompose import (
     tr_als_adaptive,  # noqa: E402
     tr_als_sampled,
     tr_complete,
+    tr_cross,
     tr_svd,
 )
 from trkit.rounding import round  # noqa: E402,A004  (shadows the builtin inside trkit only)
 
-__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "round"]
+__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "tr_cross"]
+__all__ += ["round"]

@@ -1,0 +1,281 @@
+"""Cross approximation of a tensor given as a function of its indices (a tensor you cannot store).
+
+:func:`tr_cross` asks ``f`` for a few thousand well-chosen entries instead of all of them:
+a one-site tensor-train cross with maxvol pivots (``trkit.decompose._tt_cross``), with ranks
+that follow the fibres' numerical ranks, an exact evaluation cache, and stopping on an error
+estimate. The train is then closed into a ring where a real closing bond lowers the parameter
+count (``trkit.decompose._close``): a tensor whose train ranks are products ``r_0 r_k``, e.g. a
+function with a cyclic coupling ``x_d <-> x_1``, becomes a ring of ranks ``r_k``; otherwise the
+train (``r_0 = 1``) is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trkit.decompose._blackbox import BlackBox, BudgetExhausted
+from trkit.decompose._close import close_ring, round_train
+from trkit.decompose._common import DecompositionInfo, check_tol, progress
+from trkit.decompose._tt_cross import TTCross, tt_distance, tt_entries
+from trkit.errors import InputError, InputTypeError
+from trkit.ring import TensorRing
+
+__all__ = ["tr_cross", "CrossInfo"]
+
+
+@dataclass
+class CrossInfo(DecompositionInfo):
+    """What :func:`tr_cross` did (the fields of :class:`DecompositionInfo`, plus the following).
+
+    Attributes:
+        n_evals: distinct entries ``f`` was asked for (held-out entries included).
+        n_cache_hits: entries the cross needed again and took from the cache.
+        heldout_error: relative error of the returned ring on the ``n_holdout`` random entries
+            (None when ``n_holdout=0``).
+        tt_ranks: bond ranks ``(1, R_1, ..., R_{d-1})`` of the train the cross built (after
+            dropping the directions below rounding noise, or below ``tol / 4``).
+        closed: whether the result closes with a real bond (``r_0 > 1``).
+        stop_reason: ``"tol"``, ``"converged"``, ``"max_iter"``, ``"max_evals"`` or ``"callback"``.
+    """
+
+    n_evals: int = 0
+    n_cache_hits: int = 0
+    heldout_error: float | None = None
+    tt_ranks: tuple = ()
+    closed: bool = False
+    stop_reason: str = ""
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)) or not isinstance(shape, (Sequence, np.ndarray, torch.Size)):
+        raise InputTypeError(f"shape must be a sequence of ints, got {type(shape).__name__}")
+    try:
+        out = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise InputTypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+    if len(out) < 2 or min(out) < 1:
+        raise InputError(f"shape needs >= 2 modes of size >= 1, got {out}")
+    return out
+
+
+def _rank_caps(rank, shape: tuple[int, ...], init: TensorRing | None) -> list[int]:
+    """``d + 1`` caps on the train's bonds: ``rank`` (one int or ``d - 1``), else the init's, else none."""
+    d = len(shape)
+    if rank is None and init is not None:
+        caps = [init.ranks[k] * init.ranks[0] for k in range(1, d)]
+    elif rank is None:
+        caps = [10**9] * (d - 1)
+    elif isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
+        caps = [int(rank)] * (d - 1)
+    elif isinstance(rank, (Sequence, np.ndarray)) and not isinstance(rank, str):
+        caps = [int(r) for r in rank]
+        if len(caps) != d - 1:
+            raise InputError(f"rank: give one int or {d - 1} ints (the train's inner bonds), got {len(caps)}")
+    else:
+        raise InputTypeError(f"rank must be an int or a sequence of ints, got {type(rank).__name__}")
+    if min(caps) < 1:
+        raise InputError(f"ranks must be >= 1, got {caps}")
+    # a bond cannot exceed the number of index tuples on either side of it
+    left = np.cumprod([float(n) for n in shape])
+    right = np.cumprod([float(n) for n in shape[::-1]])[::-1]
+    caps = [int(min(c, left[k], right[k + 1])) for k, c in enumerate(caps)]
+    return [1] + caps + [1]
+
+
+def _relative(pred: np.ndarray, vals: np.ndarray) -> float:
+    den = float(np.linalg.norm(vals))
+    num = float(np.linalg.norm(pred - vals))
+    return num / den if den > 0 else num
+
+
+def _to_ring(cores: list[np.ndarray], dtype, device) -> TensorRing:
+    return TensorRing([torch.from_numpy(np.ascontiguousarray(c)).to(dtype=dtype, device=device) for c in cores])
+
+
+def tr_cross(
+    f: Callable,
+    shape: Sequence[int],
+    rank: int | Sequence[int] | None = None,
+    *,
+    tol: float | None = None,
+    max_evals: int | None = None,
+    stop_tol: float = 1e-12,
+    max_iter: int = 12,
+    init: TensorRing | None = None,
+    ring: bool = True,
+    n_holdout: int | None = None,
+    index_type: str = "numpy",
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+    callback: Callable | None = None,
+    verbose: bool = False,
+    return_info: bool = False,
+):
+    """Tensor ring of a tensor given as a function of its indices, from a few of its entries.
+
+    Args:
+        f: the tensor as a function of an index batch: takes an ``(m, d)`` int64 array (numpy
+            by default, a torch tensor with ``index_type="torch"``) and returns ``m`` real values
+            (numpy, a torch tensor on any device, or a list). Called with batches only, never
+            twice for the same index (values are cached).
+        shape: ``(n_1, ..., n_d)``, ``d >= 2``.
+        rank: cap on the bond ranks of the train the cross builds (one int, or ``d - 1`` ints
+            for the inner bonds). Without ``tol`` the cross runs at these ranks (fixed-rank
+            mode; ranks only drop where the function's rank is lower); with ``tol`` it caps the
+            adaptive ranks.
+        tol: target relative error, checked on ``n_holdout`` random held-out entries. Ranks then
+            grow from 4 (by stages of x1.5, each bond only while its fibres are full-rank at
+            a share of ``tol``) until the held-out error is ``<= tol``.
+        max_evals: budget of distinct entries; the last complete pass is returned when the next
+            one would exceed it.
+        stop_tol: fixed-rank mode stops when a pass changes the train by less than this
+            (relative), when that change stops halving, or when a pass needs no new entry.
+        max_iter: maximum number of passes (one pass visits every core once, alternating
+            left-to-right and right-to-left).
+        init: a ``TensorRing`` of this shape to start from: its right interfaces give the first
+            pivots (maxvol, no evaluations) and, without ``rank``, its ranks ``r_k r_0`` the caps.
+        ring: close the result into a ring where that lowers the parameter count at equal
+            error; ``False`` always returns the tensor train (``r_0 = 1``).
+        n_holdout: random entries kept aside to measure the error (counted in ``n_evals``);
+            default 1000 with ``tol``, 0 without.
+        index_type: ``"numpy"`` or ``"torch"`` (the indices ``f`` receives; torch indices live on
+            ``device``, or the CPU).
+        seed: seed of the random first pivots and held-out entries (same seed, same result).
+        dtype: ``torch.float32`` or ``torch.float64`` for the returned ring (the cross itself
+            computes in float64).
+        device: device of the returned ring; default: where ``f``'s torch results lived, else CPU.
+        callback: ``callback(pass, rel_error, ring)`` after every pass; return ``True`` to stop.
+        verbose: tqdm bar over the passes.
+        return_info: also return a :class:`CrossInfo`.
+
+    Returns:
+        ``TensorRing`` with cores ``(r_k, n_k, r_{k+1})`` (and the info when asked).
+
+    Raises:
+        InputError / InputTypeError: bad arguments, or ``f`` raising, returning the wrong number
+        of values, NaN/Inf or non-numbers (the message names ``f`` and the batch size).
+    """
+    t0 = time.perf_counter()
+    if not callable(f):
+        raise InputTypeError(f"f must be callable (an index batch -> values), got {type(f).__name__}")
+    shape = _check_shape(shape)
+    d = len(shape)
+    if init is not None:
+        if not isinstance(init, TensorRing):
+            raise InputTypeError(f"init must be a TensorRing, got {type(init).__name__}")
+        if tuple(init.shape) != shape:
+            raise InputError(f"init has shape {tuple(init.shape)}, expected {shape}")
+    if rank is None and tol is None and init is None:
+        raise InputError("give rank (fixed-rank cross) or tol (target relative error)")
+    if tol is not None:
+        tol = check_tol(tol)
+    stop_tol = check_tol(stop_tol, "stop_tol")
+    if max_evals is not None and int(max_evals) < 1:
+        raise InputError(f"max_evals must be >= 1, got {max_evals}")
+    if int(max_iter) < 1:
+        raise InputError(f"max_iter must be >= 1, got {max_iter}")
+    if index_type not in ("numpy", "torch"):
+        raise InputError(f"index_type must be 'numpy' or 'torch', got {index_type!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise InputTypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    n_holdout = (1000 if tol is not None else 0) if n_holdout is None else int(n_holdout)
+    if n_holdout < 0:
+        raise InputError(f"n_holdout must be >= 0, got {n_holdout}")
+    caps = _rank_caps(rank, shape, init)
+    rng = np.random.default_rng(seed)
+    box = BlackBox(f, shape, index_type, device, None if max_evals is None else int(max_evals))
+
+    hold_idx = hold_val = None
+    if n_holdout:
+        hold_idx = np.unique(np.stack([rng.integers(0, n, n_holdout) for n in shape], 1), axis=0)
+        try:
+            hold_val, _ = box(hold_idx)
+        except BudgetExhausted:
+            raise InputError(f"max_evals={max_evals} is smaller than n_holdout={n_holdout}") from None
+
+    adaptive = tol is not None
+    # fixed rank keeps every direction a fibre shows (dropping near-dependent ones early loses
+    # pivots); with tol each fibre is truncated at a share of it
+    eng = TTCross(box, caps, tol / (10 * math.sqrt(d)) if adaptive else 0.0, rng=rng)
+    if init is not None:
+        eng.right_from_train([c.detach().cpu().double().numpy() for c in init.cores])
+    else:
+        eng.random_right(2 if adaptive else max(caps))
+
+    cores, history, stop_reason, change_prev, it = None, [], "max_iter", None, 0
+    with progress(int(max_iter), verbose, "TR cross") as bar:
+        for it in range(1, int(max_iter) + 1):
+            # random test indices on top of the last pivots. Fixed rank: 2 in the first pass, as
+            # in a randomised range finder, so the first pivots see each fibre's dominant column
+            # space. With tol: half the current rank, so a saturated bond grows by up to 50% a pass
+            if adaptive:
+                extra = max(2, (2 if cores is None else max(c.shape[2] for c in cores[:-1])) // 2)
+            else:
+                extra = 2 if cores is None and init is None else 0
+            try:
+                new = eng.sweep(left_to_right=it % 2 == 1, extra=extra)
+            except BudgetExhausted:
+                stop_reason = "max_evals"
+                break
+            # how far the pass moved the train: close to the error of the previous train
+            change = None if cores is None else tt_distance(cores, new)
+            cores = new
+            err = _relative(tt_entries(cores, hold_idx), hold_val) if n_holdout else change
+            history.append(err)
+            bar.update(1)
+            bar.set_postfix(evals=box.n_evals, rank=max(c.shape[2] for c in cores[:-1]), error=f"{err or 0:.2e}")
+            if callback is not None and callback(it, err, _to_ring(cores, dtype, "cpu")) is True:
+                stop_reason = "callback"
+                break
+            stalled = change is not None and change_prev is not None and change > 0.2 * change_prev
+            if adaptive:
+                if err <= tol:
+                    stop_reason = "tol"
+                    break
+                if stalled and eng.saturated == 0:
+                    eng.rank_tol /= 10  # no fibre is full-rank at this threshold, yet tol is not met
+            elif change is not None and (change <= stop_tol or stalled):
+                stop_reason = "converged"
+                break
+            change_prev = change
+    if cores is None:
+        raise InputError(f"max_evals={max_evals} does not cover one pass of the cross at ranks {caps[1:-1]}")
+
+    # the cross keeps noise-level directions at fixed rank: drop them (and, with tol, what tol allows)
+    cores = round_train(cores, tol / 4 if adaptive else 1e-15 * math.sqrt(d))
+    tt_ranks = tuple(c.shape[0] for c in cores)
+    closed = False
+    if ring:
+        budget = tol / 4 if adaptive else max((history[-1] or 0.0) / 4, 1e-13)
+        better = close_ring(cores, budget, seed=0 if seed is None else int(seed))
+        if better is not None:
+            cores, closed = better, True
+    out_device = device if device is not None else (box.value_device or "cpu")
+    result = _to_ring(cores, dtype, out_device)
+    if not return_info:
+        return result
+    heldout = None
+    if n_holdout:
+        heldout = _relative(result.entries(torch.from_numpy(hold_idx)).double().cpu().numpy(), hold_val)
+    info = CrossInfo(
+        rel_error=heldout if heldout is not None else (history[-1] if history else math.nan),
+        history=history,
+        ranks=result.ranks,
+        time_s=time.perf_counter() - t0,
+        n_iter=len(history),
+        converged=stop_reason in ("tol", "converged"),
+        n_evals=box.n_evals,
+        n_cache_hits=box.n_hits,
+        heldout_error=heldout,
+        tt_ranks=tt_ranks,
+        closed=closed,
+        stop_reason=stop_reason,
+    )
+    return result, info
