@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import trkit
 from trkit.decompose._blackbox import BlackBox
-from trkit.decompose._maxvol import maxvol, rect_maxvol
+from trkit.decompose._maxvol import maxvol
 from trkit.errors import InputError, InputTypeError
 
 
@@ -218,7 +218,7 @@ def test_bad_arguments(kwargs, exc, match):
         trkit.tr_cross(np.ones(3), (5,) * 4, rank=2)
 
 
-def test_maxvol_and_rect_maxvol_against_dense_references():
+def test_maxvol_against_determinants():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((60, 5))
     rows, coef = maxvol(a)
@@ -231,6 +231,3 @@ def test_maxvol_and_rect_maxvol_against_dense_references():
             trial = rows.copy()
             trial[j] = i
             assert abs(np.linalg.det(a[trial])) <= 1.05 * vol + 1e-12
-    rows, coef = rect_maxvol(a, 9)
-    assert len(set(rows.tolist())) == 9
-    np.testing.assert_allclose(coef, a @ np.linalg.pinv(a[rows]), atol=1e-10)

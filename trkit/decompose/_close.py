@@ -13,8 +13,9 @@ uses for its first core; here fed with ``Y`` at a sample of middle indices, comp
 train). With the change of basis ``K``, ``U K`` splits as ``(closing, bond m)``; carrying the
 closing index across both halves gives an exact ring of ranks ``r_0 R_k``, and TT-rounding of
 that ring opened at its closing bond brings every bond down to ``r_k``
-(:func:`trkit.rounding._sweep`). Where no split is found, or it does not lower the parameter
-count, the train is kept.
+(:func:`trkit.rounding._sweep`); one ALS sweep against the train
+(:func:`trkit.decompose.ring_als.als_against_ring`) polishes it. Where no split is found, or it
+does not lower the parameter count at the train's accuracy, the train is kept.
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ def close_ring(
     rng = np.random.default_rng(seed)
     idx = np.stack([rng.integers(0, c.shape[1], n_check) for c in cores], 1)
     ref = tt_entries(cores, idx)
+
+    def gap(ring: list[np.ndarray]) -> float:  # distance to the train on the sampled entries
+        return float(
+            np.linalg.norm(TensorRing(_torch(ring), validate=False).entries(torch.from_numpy(idx)).numpy() - ref)
+        )
+
     allowed = max(rel_tol, 1e-12) * max(float(np.linalg.norm(ref)), 1e-300)
     xnorm = tt_norm(cores)
     # cut where the train is widest; the middle modes must see every direction of the bond
@@ -161,19 +168,12 @@ def close_ring(
             if params >= best_params:
                 continue
             # the cap and the conditioning of K are not covered by the rounding's bound: measure
-            got = TensorRing(_torch(ring), validate=False).entries(torch.from_numpy(idx)).numpy()
-            if float(np.linalg.norm(got - ref)) <= allowed:
+            if gap(ring) <= allowed:
                 best, best_params = ring, params
     if best is None:
         return None
-    # the split is found from eigenvectors: one ALS sweep against the train (exact, in TR
-    # format, cheap at these ranks) take back what their conditioning cost
+    # the split comes from eigenvectors: one ALS sweep against the train (exact, in TR format,
+    # cheap at these ranks) takes back what their conditioning cost
     train = TensorRing(_torch(cores), validate=False)
-    polished = als_against_ring(train, TensorRing(_torch(best), validate=False), sweeps=1)
-    got = [
-        polished.entries(torch.from_numpy(idx)).numpy(),
-        TensorRing(_torch(best)).entries(torch.from_numpy(idx)).numpy(),
-    ]
-    if np.linalg.norm(got[0] - ref) <= np.linalg.norm(got[1] - ref):
-        best = [c.numpy() for c in polished.cores]
-    return best
+    polished = [c.numpy() for c in als_against_ring(train, TensorRing(_torch(best), validate=False), sweeps=1).cores]
+    return polished if gap(polished) <= gap(best) else best

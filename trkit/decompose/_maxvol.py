@@ -1,15 +1,10 @@
-"""Row selection for cross approximation: maxvol, rectangular maxvol, truncated fibre bases.
+"""Row selection for cross approximation: truncated fibre bases and maxvol rows.
 
 ``maxvol`` (Goreinov, Oseledets, Savostyanov, Tyrtyshnikov, Zamarashkin, "How to find a good
 submatrix", 2010) picks ``r`` rows of a tall ``n x r`` matrix ``A`` whose square submatrix has a
 locally maximal volume ``|det|``: every row of ``A`` is then a combination of the chosen rows with
-coefficients of modulus at most ``tol``. It starts from the pivot rows of an LU factorisation with partial pivoting
-and swaps one row at a time.
-
-``rect_maxvol`` (Mikhalev & Oseledets, "Rectangular maximum-volume submatrices and their
-applications", 2018) then adds rows greedily, each time the row the current selection represents
-worst (largest coefficient norm), and returns least-squares coefficients. Extra rows are how a
-cross grows its ranks: the next core sees more pivots than this one could resolve.
+coefficients of modulus at most ``tol``. It starts from the pivot rows of an LU factorisation
+with partial pivoting and swaps one row at a time.
 
 Everything here is numpy float64: the matrices are small (``r n x r``) and called many times,
 where numpy's per-call overhead is several times lower than torch's.
@@ -20,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["maxvol", "rect_maxvol", "truncated_basis"]
+__all__ = ["maxvol", "truncated_basis"]
 
 
 def maxvol(a: np.ndarray, tol: float = 1.05, max_swaps: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -44,42 +39,6 @@ def maxvol(a: np.ndarray, tol: float = 1.05, max_swaps: int = 200) -> tuple[np.n
         coef -= np.outer(coef[:, j], row_i / coef[i, j])
         rows[j] = i
     return rows, coef
-
-
-def rect_maxvol(a: np.ndarray, n_rows: int, tol: float = 1.05) -> tuple[np.ndarray, np.ndarray]:
-    """``n_rows >= r`` rows of ``a`` (``n x r``): maxvol, then greedily the worst-represented rows.
-
-    Returns:
-        ``rows`` and ``coef`` (``n x n_rows``) with ``a = coef @ a[rows]`` in the least-squares
-        sense (``coef = a @ pinv(a[rows])``). Stops early when every row is represented exactly.
-    """
-    rows, coef = maxvol(a, tol)
-    n, r = a.shape
-    n_rows = min(int(n_rows), n)
-    if n_rows <= r:
-        return rows, coef
-    full = np.zeros((n, n_rows))
-    full[:, :r] = coef
-    chosen = list(rows)
-    free = np.ones(n, dtype=bool)
-    free[chosen] = False
-    norms = np.where(free, (coef**2).sum(1), 0.0)
-    k = r
-    while k < n_rows:
-        i = int(norms.argmax())
-        if norms[i] <= 1e-12:  # every other row already lies in the span of the chosen ones
-            break
-        # adding row i to the least-squares fit: Sherman-Morrison update of pinv(a[rows])
-        v = full[:, :k] @ full[i, :k]
-        scale = 1.0 / (1.0 + v[i])
-        full[:, :k] -= scale * np.outer(v, full[i, :k])
-        full[:, k] = scale * v
-        norms = np.where(free, norms - scale * v * v, 0.0)
-        free[i] = False
-        norms[i] = 0.0
-        chosen.append(i)
-        k += 1
-    return np.asarray(chosen), full[:, :k]
 
 
 def truncated_basis(mat: np.ndarray, rank_tol: float, max_rank: int) -> tuple[np.ndarray, int]:

@@ -1,4 +1,4 @@
-"""The sweeps of a one-site tensor-train cross (Oseledets & Tyrtyshnikov 2010, Savostyanov 2014).
+"""The passes of a one-site tensor-train cross (Oseledets & Tyrtyshnikov 2010, Savostyanov 2014).
 
 State: nested multi-index sets. ``left[k]`` (``R_k x k``) are pivots on modes ``0..k-1``,
 each row of ``left[k+1]`` a row of ``left[k]`` extended by one index of mode ``k``;
@@ -6,11 +6,12 @@ each row of ``left[k+1]`` a row of ``left[k]`` extended by one index of mode ``k
 *fibre* ``X[left[k], :, right[k+1]]`` (``R_k x n_k x R'_{k+1}`` entries).
 
 A left-to-right pass turns each fibre's unfolding ``(R_k n_k) x R'_{k+1}`` into interpolation
-coefficients on its maxvol rows (``truncated_basis`` + ``rect_maxvol``), which become ``left[k+1]``; the last core is
-the fibre itself, so the train ``C_0 C_1 ... C_{d-2} F_{d-1}`` reproduces ``X`` on every pivot
-cross. A right-to-left pass mirrors it. Ranks follow the fibres' numerical ranks: a fibre that is
-full-rank in its ``q`` columns gets ``q + grow(q)`` rows (rectangular maxvol) so the next core
-can reveal more rank; one that is rank-deficient keeps only its rank.
+coefficients on the maxvol rows of its column basis, which become ``left[k+1]``; the last core
+is the fibre itself, so the train ``C_0 C_1 ... C_{d-2} F_{d-1}`` reproduces ``X`` on every pivot
+cross. A right-to-left pass mirrors it. The far side of each fibre (the previous pass's pivots)
+can get extra random multi-indices: the fibre then shows its dominant column space more
+faithfully, and up to that many more directions, which is how ranks grow. Ranks follow the
+fibres' numerical ranks, capped per bond.
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class TTCross:
         self.rng = rng
         self.left = [np.zeros((1, 0), np.int64)] + [None] * self.d
         self.right = [None] * self.d + [np.zeros((1, 0), np.int64)]
-        self.cores: list[np.ndarray] | None = None
         self.saturated = 0  # fibres of the last pass that were full-rank in their columns
 
     def random_right(self, size: int) -> None:
@@ -165,5 +165,4 @@ class TTCross:
                 self.right[k] = np.hstack([i[:, None], self.right[k + 1][beta]])
         last = d - 1 if left_to_right else 0
         cores[last] = self._fibre(last, self.left[last], self.right[last + 1])
-        self.cores = cores
         return cores

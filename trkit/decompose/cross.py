@@ -39,7 +39,7 @@ class CrossInfo(DecompositionInfo):
         heldout_error: relative error of the returned ring on the ``n_holdout`` random entries
             (None when ``n_holdout=0``).
         tt_ranks: bond ranks ``(1, R_1, ..., R_{d-1})`` of the train the cross built (after
-            dropping the directions below rounding noise, or below ``tol / 4``).
+            dropping the directions below rounding noise, or within what is left of ``tol``).
         closed: whether the result closes with a real bond (``r_0 > 1``).
         stop_reason: ``"tol"``, ``"converged"``, ``"max_iter"``, ``"max_evals"`` or ``"callback"``.
     """
@@ -248,13 +248,18 @@ def tr_cross(
     if cores is None:
         raise InputError(f"max_evals={max_evals} does not cover one pass of the cross at ranks {caps[1:-1]}")
 
-    # the cross keeps noise-level directions at fixed rank: drop them (and, with tol, what tol allows)
-    cores = round_train(cores, tol / 4 if adaptive else 1e-15 * math.sqrt(d))
+    # what is left of tol goes half to rounding, half to closing (so the result stays within tol);
+    # at fixed rank the rounding only drops the noise-level directions the cross keeps, and the
+    # ring may differ from the train by a quarter of the train's own error
+    round_tol, close_tol = 1e-15 * math.sqrt(d), max((history[-1] or 0.0) / 4, 1e-13)
+    if adaptive and stop_reason == "tol":
+        close_tol = (tol - history[-1]) / 2
+        round_tol = max(round_tol, close_tol)
+    cores = round_train(cores, round_tol)
     tt_ranks = tuple(c.shape[0] for c in cores)
     closed = False
     if ring:
-        budget = tol / 4 if adaptive else max((history[-1] or 0.0) / 4, 1e-13)
-        better = close_ring(cores, budget, seed=0 if seed is None else int(seed))
+        better = close_ring(cores, close_tol, seed=0 if seed is None else int(seed))
         if better is not None:
             cores, closed = better, True
     out_device = device if device is not None else (box.value_device or "cpu")
