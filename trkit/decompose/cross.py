@@ -136,7 +136,8 @@ def tr_cross(
         max_evals: budget of distinct entries; the last complete pass is returned when the next
             one would exceed it.
         stop_tol: fixed-rank mode stops when a pass changes the train by less than this
-            (relative), when that change stops halving, or when a pass needs no new entry.
+            (relative) or by more than a fifth of what the pass before changed (the pivots have
+            settled); ``0`` runs all ``max_iter`` passes.
         max_iter: maximum number of passes (one pass visits every core once, alternating
             left-to-right and right-to-left).
         init: a ``TensorRing`` of this shape to start from: its right interfaces give the first
@@ -176,7 +177,7 @@ def tr_cross(
         raise InputError("give rank (fixed-rank cross) or tol (target relative error)")
     if tol is not None:
         tol = check_tol(tol)
-    stop_tol = check_tol(stop_tol, "stop_tol")
+    stop_tol = 0.0 if stop_tol == 0 else check_tol(stop_tol, "stop_tol")
     if max_evals is not None and int(max_evals) < 1:
         raise InputError(f"max_evals must be >= 1, got {max_evals}")
     if int(max_iter) < 1:
@@ -241,7 +242,7 @@ def tr_cross(
                     break
                 if stalled and eng.saturated == 0:
                     eng.rank_tol /= 10  # no fibre is full-rank at this threshold, yet tol is not met
-            elif change is not None and (change <= stop_tol or stalled):
+            elif stop_tol > 0 and change is not None and (change <= stop_tol or stalled):
                 stop_reason = "converged"
                 break
             change_prev = change
