@@ -98,6 +98,52 @@ def _to_ring(cores: list[np.ndarray], dtype, device) -> TensorRing:
     return TensorRing([torch.from_numpy(np.ascontiguousarray(c)).to(dtype=dtype, device=device) for c in cores])
 
 
+def _passes(eng: TTCross, max_iter: int, tol, stop_tol: float, held, has_init: bool, callback, bar, dtype):
+    """Run passes until tol is met on the held-out entries (``tol``) or the train settles.
+
+    Returns the last complete train (None if the budget ran out in the first pass), the error
+    after each pass (held-out, else the change the pass made) and why it stopped.
+    """
+    hold_idx, hold_val = held
+    adaptive = tol is not None
+    cores, history, change_prev = None, [], None
+    for it in range(1, max_iter + 1):
+        # random test indices on top of the last pivots. Fixed rank: 2 in the first pass, as in
+        # a randomised range finder, so the first pivots see each fibre's dominant column space.
+        # With tol: half the current rank, so a bond whose fibres are full-rank grows by up to
+        # 50% a pass
+        if adaptive:
+            extra = max(2, (2 if cores is None else max(c.shape[2] for c in cores[:-1])) // 2)
+        else:
+            extra = 2 if cores is None and not has_init else 0
+        evals_before = eng.box.n_evals
+        try:
+            new = eng.sweep(left_to_right=it % 2 == 1, extra=extra)
+        except BudgetExhausted:
+            return cores, history, "max_evals"
+        # how far the pass moved the train: close to the error of the previous train
+        change = None if cores is None else tt_distance(cores, new)
+        cores = new
+        err = change if hold_idx is None else _relative(tt_entries(cores, hold_idx), hold_val)
+        history.append(err)
+        bar.update(1)
+        bar.set_postfix(evals=eng.box.n_evals, rank=max(c.shape[2] for c in cores[:-1]), error=f"{err or 0:.2e}")
+        if callback is not None and callback(it, err, _to_ring(cores, dtype, "cpu")) is True:
+            return cores, history, "callback"
+        settled = change is not None and (
+            eng.box.n_evals == evals_before or (change_prev is not None and change > 0.2 * change_prev)
+        )
+        if adaptive:
+            if err <= tol:
+                return cores, history, "tol"
+            if settled and eng.saturated == 0:
+                eng.rank_tol /= 10  # no fibre is full-rank at this threshold, yet tol is not met
+        elif stop_tol > 0 and change is not None and (change <= stop_tol or settled):
+            return cores, history, "converged"
+        change_prev = change
+    return cores, history, "max_iter"
+
+
 def tr_cross(
     f: Callable,
     shape: Sequence[int],
@@ -131,13 +177,13 @@ def tr_cross(
             mode; ranks only drop where the function's rank is lower); with ``tol`` it caps the
             adaptive ranks.
         tol: target relative error, checked on ``n_holdout`` random held-out entries. Ranks then
-            grow from 4 (by stages of x1.5, each bond only while its fibres are full-rank at
-            a share of ``tol``) until the held-out error is ``<= tol``.
+            start at 2 and each pass can add up to half the current rank to every bond whose
+            fibres are full-rank at a share of ``tol``, until the held-out error is ``<= tol``.
         max_evals: budget of distinct entries; the last complete pass is returned when the next
             one would exceed it.
         stop_tol: fixed-rank mode stops when a pass changes the train by less than this
-            (relative) or by more than a fifth of what the pass before changed (the pivots have
-            settled); ``0`` runs all ``max_iter`` passes.
+            (relative), or by more than a fifth of what the pass before changed, or not at all
+            (the pivots have settled); ``0`` runs all ``max_iter`` passes.
         max_iter: maximum number of passes (one pass visits every core once, alternating
             left-to-right and right-to-left).
         init: a ``TensorRing`` of this shape to start from: its right interfaces give the first
@@ -209,43 +255,10 @@ def tr_cross(
         eng.right_from_train([c.detach().cpu().double().numpy() for c in init.cores])
     else:
         eng.random_right(2 if adaptive else max(caps))
-
-    cores, history, stop_reason, change_prev, it = None, [], "max_iter", None, 0
     with progress(int(max_iter), verbose, "TR cross") as bar:
-        for it in range(1, int(max_iter) + 1):
-            # random test indices on top of the last pivots. Fixed rank: 2 in the first pass, as
-            # in a randomised range finder, so the first pivots see each fibre's dominant column
-            # space. With tol: half the current rank, so a saturated bond grows by up to 50% a pass
-            if adaptive:
-                extra = max(2, (2 if cores is None else max(c.shape[2] for c in cores[:-1])) // 2)
-            else:
-                extra = 2 if cores is None and init is None else 0
-            try:
-                new = eng.sweep(left_to_right=it % 2 == 1, extra=extra)
-            except BudgetExhausted:
-                stop_reason = "max_evals"
-                break
-            # how far the pass moved the train: close to the error of the previous train
-            change = None if cores is None else tt_distance(cores, new)
-            cores = new
-            err = _relative(tt_entries(cores, hold_idx), hold_val) if n_holdout else change
-            history.append(err)
-            bar.update(1)
-            bar.set_postfix(evals=box.n_evals, rank=max(c.shape[2] for c in cores[:-1]), error=f"{err or 0:.2e}")
-            if callback is not None and callback(it, err, _to_ring(cores, dtype, "cpu")) is True:
-                stop_reason = "callback"
-                break
-            stalled = change is not None and change_prev is not None and change > 0.2 * change_prev
-            if adaptive:
-                if err <= tol:
-                    stop_reason = "tol"
-                    break
-                if stalled and eng.saturated == 0:
-                    eng.rank_tol /= 10  # no fibre is full-rank at this threshold, yet tol is not met
-            elif stop_tol > 0 and change is not None and (change <= stop_tol or stalled):
-                stop_reason = "converged"
-                break
-            change_prev = change
+        cores, history, stop_reason = _passes(
+            eng, int(max_iter), tol, stop_tol, (hold_idx, hold_val), init is not None, callback, bar, dtype
+        )
     if cores is None:
         raise InputError(f"max_evals={max_evals} does not cover one pass of the cross at ranks {caps[1:-1]}")
 
@@ -253,7 +266,7 @@ def tr_cross(
     # at fixed rank the rounding only drops the noise-level directions the cross keeps, and the
     # ring may differ from the train by a quarter of the train's own error
     round_tol, close_tol = 1e-15 * math.sqrt(d), max((history[-1] or 0.0) / 4, 1e-13)
-    if adaptive and stop_reason == "tol":
+    if tol is not None and stop_reason == "tol":
         close_tol = (tol - history[-1]) / 2
         round_tol = max(round_tol, close_tol)
     cores = round_train(cores, round_tol)
