@@ -231,3 +231,14 @@ def test_maxvol_against_determinants():
             trial = rows.copy()
             trial[j] = i
             assert abs(np.linalg.det(a[trial])) <= 1.05 * vol + 1e-12
+    # started from a set that is already good, it keeps it (later passes reuse their pivots)
+    again, _ = maxvol(a, start=rows[::-1])
+    assert sorted(again.tolist()) == sorted(rows.tolist())
+
+
+def test_settled_pivots_cost_no_new_entries():
+    f = Counting(smooth)
+    _, info = trkit.tr_cross(f, (8,) * 6, rank=5, max_iter=12, stop_tol=0, return_info=True)
+    g = Counting(smooth)
+    _, info8 = trkit.tr_cross(g, (8,) * 6, rank=5, max_iter=8, stop_tol=0, return_info=True)
+    assert info.n_iter == 12 and info.n_evals == info8.n_evals  # passes 9-12 found every entry cached

@@ -18,16 +18,24 @@ import scipy.linalg
 __all__ = ["maxvol", "truncated_basis"]
 
 
-def maxvol(a: np.ndarray, tol: float = 1.05, max_swaps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def maxvol(
+    a: np.ndarray, tol: float = 1.05, max_swaps: int = 200, start: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``r`` rows of ``a`` (``n x r``, ``n >= r``, full column rank) of locally maximal volume.
+
+    Args:
+        start: ``r`` rows to start from (e.g. the pivots of the last pass, so rows only change
+            when that buys more than ``tol`` in volume); ignored when they are nearly singular.
 
     Returns:
         ``rows`` (``r`` distinct ints) and ``coef`` (``n x r``) with ``a = coef @ a[rows]``;
         ``|coef| <= tol`` everywhere on return unless ``max_swaps`` ran out.
     """
     n, r = a.shape
-    perm, _, _ = scipy.linalg.lu(a, check_finite=False)  # partial pivoting: a good starting set
-    rows = perm[:, :r].argmax(axis=0)
+    if start is None or len(start) != r or np.linalg.cond(a[start]) > 1e8:
+        perm, _, _ = scipy.linalg.lu(a, check_finite=False)  # partial pivoting: a good starting set
+        start = perm[:, :r].argmax(axis=0)
+    rows = np.array(start)
     coef = np.linalg.solve(a[rows].T, a.T).T
     for _ in range(max_swaps):
         i, j = divmod(int(np.abs(coef).argmax()), r)

@@ -60,6 +60,29 @@ def tt_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return tt_norm(diff) / den if den > 0 else tt_norm(diff)
 
 
+def _rows_of(previous: np.ndarray | None, base: np.ndarray, cut: int, count: int, pivot_first: bool):
+    """Positions of ``previous`` pivots among the candidate rows built from ``base``, or None.
+
+    Candidates are ``(alpha, i)`` (left pivots ``base[alpha]`` extended by ``i``, row
+    ``alpha * count + i``) or ``(i, beta)`` (``i`` then right pivots ``base[beta]``, row
+    ``i * count + beta``); ``cut`` splits a previous pivot into those two parts. Starting maxvol
+    there keeps pivots that are still good, so later passes reuse cached entries.
+    """
+    if previous is None or previous.shape[1] != base.shape[1] + 1:
+        return None
+    where = {row.tobytes(): j for j, row in enumerate(base)}
+    if pivot_first:
+        found = [where.get(p[:cut].tobytes()) for p in previous]
+        extra = previous[:, cut]
+    else:
+        found = [where.get(p[cut:].tobytes()) for p in previous]
+        extra = previous[:, 0]
+    if any(j is None for j in found):
+        return None
+    found = np.asarray(found)
+    return found * count + extra if pivot_first else extra * count + found
+
+
 class TTCross:
     """Pivot sets, cores and the two pass directions of a TT cross.
 
@@ -154,7 +177,11 @@ class TTCross:
             u, rho = truncated_basis(mat, self.rank_tol, cap)
             if rho == min(mat.shape) < cap:
                 self.saturated += 1  # full rank in what it was shown: more test indices may show more
-            rows, coef = maxvol(u)
+            if left_to_right:  # the pivots this bond had, as rows of this fibre's unfolding
+                start = _rows_of(self.left[k + 1], self.left[k], k, n, pivot_first=True)
+            else:
+                start = _rows_of(self.right[k], self.right[k + 1], 1, b, pivot_first=False)
+            rows, coef = maxvol(u, start=start)
             if left_to_right:
                 cores[k] = coef.reshape(a, n, -1)
                 alpha, i = np.divmod(rows, n)

@@ -28,6 +28,8 @@ from trkit.ring import TensorRing
 
 __all__ = ["tr_cross", "CrossInfo"]
 
+FIRST_PASS_EXTRA = 2  # random test columns beyond the rank in a fixed-rank cross's first pass
+
 
 @dataclass
 class CrossInfo(DecompositionInfo):
@@ -115,7 +117,7 @@ def _passes(eng: TTCross, max_iter: int, tol, stop_tol: float, held, has_init: b
         if adaptive:
             extra = max(2, (2 if cores is None else max(c.shape[2] for c in cores[:-1])) // 2)
         else:
-            extra = 2 if cores is None and not has_init else 0
+            extra = FIRST_PASS_EXTRA if cores is None and not has_init else 0
         evals_before = eng.box.n_evals
         try:
             new = eng.sweep(left_to_right=it % 2 == 1, extra=extra)
