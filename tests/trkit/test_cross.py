@@ -208,6 +208,7 @@ def test_bad_functions_are_named_in_the_error(f, exc, match):
         ({"dtype": torch.int64}, InputTypeError, "dtype"),
         ({"init": trkit.TensorRing.random((3, 3, 3, 3), 2)}, InputError, "init has shape"),
         ({"max_iter": 0}, InputError, "max_iter"),
+        ({"device": "nonsense"}, InputError, "device"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):

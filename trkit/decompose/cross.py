@@ -234,6 +234,13 @@ def tr_cross(
         raise InputError(f"index_type must be 'numpy' or 'torch', got {index_type!r}")
     if dtype not in (torch.float32, torch.float64):
         raise InputTypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {device} was asked for but CUDA is not available")
     n_holdout = (1000 if tol is not None else 0) if n_holdout is None else int(n_holdout)
     if n_holdout < 0:
         raise InputError(f"n_holdout must be >= 0, got {n_holdout}")
