@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import importlib.metadata  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import platform  # noqa: E402
@@ -276,10 +277,19 @@ def compare(case: Case, points: list[dict]) -> tuple[list[dict], dict]:
         "time_ratio": ours["time_s"] / t_time["time_s"],
         "error_met": ours["error"] <= level,
         "trkit_params": ours["params"],
-        "teneva_params_truncated": min(p["params_truncated"] for p in by["teneva"] if p["error"] <= level),
+        "teneva_params_truncated": int(min(p["params_truncated"] for p in by["teneva"] if p["error"] <= level)),
     }
     verdict["met"] = verdict["error_met"] and verdict["evals_ratio"] <= 1 and verdict["time_ratio"] <= 1
     return table, verdict
+
+
+def target_line(v: dict) -> str:
+    return (
+        f"{v['function']}: at teneva's best error {v['compared_at']:.1e}: trkit {v['trkit_error']:.1e} with "
+        f"{v['evals_ratio']:.2f}x teneva's evaluations and {v['time_ratio']:.2f}x its time -> "
+        f"{'met' if v['met'] else 'NOT met'}; parameters trkit {v['trkit_params']} vs teneva (truncated) "
+        f"{int(v['teneva_params_truncated'])}"
+    )
 
 
 def main(argv=None) -> int:
@@ -293,10 +303,8 @@ def main(argv=None) -> int:
     import teneva
 
     try:
-        import tntorch
-
-        tn_version = tntorch.__version__ if hasattr(tntorch, "__version__") else "installed"
-    except ImportError:
+        tn_version = importlib.metadata.version("tntorch")
+    except importlib.metadata.PackageNotFoundError:
         tn_version = None
     env = {
         "torch": torch.__version__,
@@ -338,15 +346,8 @@ def main(argv=None) -> int:
     for r in tables:
         print(f"{r['function']:12s} {r['method']:8s} {r['config']:30s} {r['evals']:9d} {r['time_s']:8.3f} "
               f"{r['heldout_error']:9.2e} {r['params']:8d}")  # fmt: skip
-    targets = []
-    for v in verdicts:
-        targets.append(
-            f"{v['function']}: at teneva's best error {v['compared_at']:.1e}: trkit {v['trkit_error']:.1e} with "
-            f"{v['evals_ratio']:.2f}x teneva's evaluations and {v['time_ratio']:.2f}x its time -> "
-            f"{'met' if v['met'] else 'NOT met'}; params trkit {v['trkit_params']} vs teneva (truncated) "
-            f"{v['teneva_params_truncated']}"
-        )
-        print(targets[-1])
+    targets = [target_line(v) for v in verdicts]
+    print("\n".join(targets))
     command = "python benchmarks/cross.py" + (" --quick" if args.quick else "")
     data = {
         "title": "Cross approximation (tr_cross vs teneva, tntorch)",
