@@ -35,6 +35,10 @@ FIRST_PASS_EXTRA = 2  # random test columns beyond the rank in a fixed-rank cros
 class CrossInfo(DecompositionInfo):
     """What :func:`tr_cross` did (the fields of :class:`DecompositionInfo`, plus the following).
 
+    ``rel_error`` and ``history`` are errors on the held-out entries; without any
+    (``n_holdout=0``) they hold the change made by the last pass that read new entries, roughly
+    the error of the train before that pass: a cheap, usually optimistic estimate.
+
     Attributes:
         n_evals: distinct entries ``f`` was asked for (held-out entries included).
         n_cache_hits: entries the cross needed again and took from the cache.
@@ -104,7 +108,8 @@ def _passes(eng: TTCross, max_iter: int, tol, stop_tol: float, held, has_init: b
     """Run passes until tol is met on the held-out entries (``tol``) or the train settles.
 
     Returns the last complete train (None if the budget ran out in the first pass), the error
-    after each pass (held-out, else the change the pass made) and why it stopped.
+    after each pass (held-out; else the change made by the last pass that read new entries, a
+    rough and optimistic estimate) and why it stopped.
     """
     hold_idx, hold_val = held
     adaptive = tol is not None
@@ -123,10 +128,15 @@ def _passes(eng: TTCross, max_iter: int, tol, stop_tol: float, held, has_init: b
             new = eng.sweep(left_to_right=it % 2 == 1, extra=extra)
         except BudgetExhausted:
             return cores, history, "max_evals"
-        # how far the pass moved the train: close to the error of the previous train
+        # how far the pass moved the train: close to the error of the previous train. A pass
+        # that read nothing new left the pivots where they were: its change says nothing, so the
+        # estimate stays that of the last pass that moved them
         change = None if cores is None else tt_distance(cores, new)
         cores = new
-        err = change if hold_idx is None else _relative(tt_entries(cores, hold_idx), hold_val)
+        if hold_idx is not None:
+            err = _relative(tt_entries(cores, hold_idx), hold_val)
+        else:
+            err = history[-1] if history and eng.box.n_evals == evals_before else change
         history.append(err)
         bar.update(1)
         bar.set_postfix(evals=eng.box.n_evals, rank=max(c.shape[2] for c in cores[:-1]), error=f"{err or 0:.2e}")

@@ -65,7 +65,7 @@ def tr_als_sampled(
     points, rank 8: ``tr_cross`` 16,838 entries, 0.05 s, held-out error 5.2e-9; this function
     with its defaults 9,610,000 entries, 4.8 s, 9.1e-5). Use this one when the entries are not
     yours to choose (a memory map read in blocks, random samples) or are noisy: least squares
-    averages noise that a cross would interpolate (5.7e-4 relative noise: 3.2e-4 here, 2.8e-3
+    averages noise that a cross would interpolate (5.7e-4 relative noise: 3.2e-4 here, 3.2e-3
     with ``tr_cross``).
 
     Args:
