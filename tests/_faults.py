@@ -7,6 +7,8 @@ in the middle of a write, and memory limits.
   not allowed (not root, no mount namespace rights).
 - :func:`start_writer_that_hangs` starts a child process that begins an atomic write and stops
   half way, so the test can ``SIGKILL`` it at a known point.
+- :func:`kill_at` is Python source for a child that makes it ``SIGKILL`` itself at the n-th
+  call of a chosen function (``os.replace`` onto a checkpoint, say), before or after the call.
 - :func:`run_limited` calls a command line's ``main`` in a child, each call under ``RLIMIT_AS``
   = the child's size just before the call plus a budget, and returns exit codes and stderr.
 """
@@ -128,6 +130,31 @@ def start_writer_that_hangs(target: Path, write_code: str, after_bytes: int = 10
             raise AssertionError(f"the writer child did not reach the write (exit code {proc.poll()})")
         time.sleep(0.05)
     return proc, flag
+
+
+def kill_at(target: str, nth: int = 1, *, match: str = "", after: bool = False) -> str:
+    """Python source that, run first in a child, makes it SIGKILL itself at the ``nth`` call of
+    ``target`` (``"module.function"``, e.g. ``"os.replace"``) whose arguments, as text, contain
+    ``match``: just before the call, or just after it when ``after``. Fault points for kill tests."""
+    module, attr = target.rsplit(".", 1)
+    return textwrap.dedent(
+        f"""
+        import importlib as _il, os as _os, signal as _sig
+        _mod = _il.import_module({module!r})
+        _real, _seen = getattr(_mod, {attr!r}), [0]
+        def _killing(*args, **kwargs):
+            hit = {match!r} in repr(args) + repr(kwargs)
+            if hit:
+                _seen[0] += 1
+            if hit and _seen[0] == {nth} and not {after}:
+                _os.kill(_os.getpid(), _sig.SIGKILL)
+            out = _real(*args, **kwargs)
+            if hit and _seen[0] == {nth} and {after}:
+                _os.kill(_os.getpid(), _sig.SIGKILL)
+            return out
+        setattr(_mod, {attr!r}, _killing)
+        """
+    )
 
 
 _LIMITED_CHILD = """
