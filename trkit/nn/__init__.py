@@ -6,12 +6,15 @@
   plus per-layer slices).
 - :func:`dense_weights_cache`: reconstruct dense weights once per forward pass.
 - :func:`count_params`, :func:`compression_ratio`; :mod:`trkit.nn.init` for variance-preserving init.
+- :class:`RingPreconditioner` (:mod:`trkit.nn.precondition`): core gradients rewritten so a step on
+  the cores moves the weight like a dense step.
 """
 
-from trkit.nn import init
+from trkit.nn import init, precondition
 from trkit.nn.cache import dense_weights_cache
 from trkit.nn.cross_layer import CrossLayerTR
 from trkit.nn.linear import TRLinear
+from trkit.nn.precondition import RingPreconditioner
 from trkit.nn.utils import balanced_factors, compression_ratio, count_params
 
 __all__ = [
@@ -22,4 +25,6 @@ __all__ = [
     "compression_ratio",
     "balanced_factors",
     "init",
+    "RingPreconditioner",
+    "precondition",
 ]
