@@ -25,7 +25,12 @@ the cores with the gradient clipped at norm 1 (the quickstart's recipe: the frac
 steps is reported), plain SGD unclipped, ScaledGD and Gauss-Newton; final loss relative to the
 initial one.
 
+With ``--timing``: the time of one preconditioner call per ring (Gauss-Newton and ScaledGD, float32
+cores) next to one forward + backward of the same ``CrossLayerTR`` over all 8 layers with
+16 x 197 tokens a layer (a ViT-B/16 image tower batch of 16), interleaved, median of 7 rounds.
+
     python benchmarks/tr_precondition.py [--quick]   # writes benchmarks/results/tr_precondition.json
+    python benchmarks/tr_precondition.py --timing    # writes benchmarks/results/tr_precondition_timing.json
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -44,6 +51,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import cpu_model, write_json  # noqa: E402
 
+import trkit.nn as tn  # noqa: E402
 from trkit.nn.precondition import core_grams, precondition_ring_grads, tangent_projection  # noqa: E402
 from trkit.ring import TensorRing  # noqa: E402
 
@@ -196,10 +204,59 @@ CASES = {
 }
 
 
+def timing() -> None:
+    rows = []
+    for name, (kind, d_in, d_out, n_layers, ranks, _) in CASES.items():
+        if kind != "cross":
+            continue
+        torch.manual_seed(0)
+        m = tn.CrossLayerTR(d_in, d_out, n_layers, ranks)
+        x = torch.randn(n_layers, 16 * 197, d_in)
+
+        def fwd_bwd():
+            m.zero_grad()
+            m.forward_all(x).square().mean().backward()
+
+        fwd_bwd()
+        grads = [c.grad.clone() for c in m.cores]
+        info: dict = {}
+        calls = {
+            "forward+backward": fwd_bwd,
+            "gauss_newton": lambda: precondition_ring_grads(m.cores, grads, info=info),
+            "scaled_gd": lambda: precondition_ring_grads(m.cores, grads, "scaled_gd"),
+        }
+        times: dict = {k: [] for k in calls}
+        for _ in range(7):
+            for k, f in calls.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"case": name, "tokens per layer": 16 * 197, "cg iterations": info.get("iterations")}
+        row.update({f"{k} ms": 1e3 * v for k, v in med.items()})
+        row["gauss_newton / fwd+bwd"] = med["gauss_newton"] / med["forward+backward"]
+        row["scaled_gd / fwd+bwd"] = med["scaled_gd"] / med["forward+backward"]
+        rows.append(row)
+        print(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    out = RESULTS / "tr_precondition_timing.json"
+    write_json(
+        out,
+        {
+            "title": "Tensor-ring preconditioning: cost of one call next to the ring's forward + backward",
+            "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model()},
+            "timing": rows,
+        },
+    )
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one case, fewer training steps")
+    ap.add_argument("--timing", action="store_true", help="only time the preconditioner")
     args = ap.parse_args()
+    if args.timing:
+        return timing()
     cases = dict(list(CASES.items())[1:2]) if args.quick else CASES
     steps = 30 if args.quick else 100
     step_rows, train_rows = [], []
