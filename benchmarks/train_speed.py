@@ -1,4 +1,4 @@
-"""Training epoch time with and without the frozen-prefix cache (trkit_vlm.prefix_cache), same run,
+"""Training epoch time with and without the frozen-prefix cache (trkit_vlm.training.prefix_cache), same run,
 and how close the cache gets to the best speed-up any cache could give (an Amdahl bound).
 
 Usage: python benchmarks/train_speed.py [--quick]
@@ -72,10 +72,17 @@ def make_dataset(root: Path, n_classes: int, n_train: int, size: int = 256) -> P
 
 def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     """A training run of ``case`` with ``prefix_cache=cache``, set up as ``train()`` does it."""
-    from trkit_vlm.config import RunConfig
-    from trkit_vlm.distributed import init_distributed
-    from trkit_vlm.train import amp_dtype, build_model, fingerprint, prepare_data, seed_everything, view_transform
-    from trkit_vlm.train_loop import Trainer
+    from trkit_vlm.training.config import RunConfig
+    from trkit_vlm.training.distributed import init_distributed
+    from trkit_vlm.training.loop import Trainer
+    from trkit_vlm.training.train import (
+        amp_dtype,
+        build_model,
+        fingerprint,
+        prepare_data,
+        seed_everything,
+        view_transform,
+    )
 
     cfg = RunConfig(
         model=case["model"],
@@ -168,7 +175,7 @@ class LayerTimer:
     """
 
     def __init__(self, trainer_on, trainer_off, start: int, consistency: bool):
-        from trkit_vlm import prefix_cache as pc
+        from trkit_vlm.training import prefix_cache as pc
 
         self.model, self.k, self.consistency = trainer_on.model, start - 1, consistency
         b = trainer_on.local_bs
@@ -184,8 +191,8 @@ class LayerTimer:
 
     def sample(self) -> None:
         """One timing of every block this case needs."""
-        from trkit_vlm import prefix_cache as pc
         from trkit_vlm.adapters import adapter_parameters, adapters_disabled
+        from trkit_vlm.training import prefix_cache as pc
 
         m = self.model
         for name, x in self.inputs.items():

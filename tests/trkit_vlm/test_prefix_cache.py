@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import make_coop_dataset, register_tiny, tiny_config
+from _helpers import make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
-from trkit_vlm import prefix_cache as pc
 from trkit_vlm.adapters import AdaRingConfig, MMAConfig, adapter_parameters, add_adapters, get_adapters
 from trkit_vlm.models import load_clip
-from trkit_vlm.train import train
+from trkit_vlm.training import prefix_cache as pc
+from trkit_vlm.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 
@@ -212,9 +212,9 @@ def test_pooled_length_keeps_full_context_without_causal_mask():
 
 
 def _trainer(tmp_path, root, cache: str):
-    from trkit_vlm.distributed import init_distributed
-    from trkit_vlm.train import build_model, fingerprint, prepare_data, seed_everything, view_transform
-    from trkit_vlm.train_loop import Trainer
+    from trkit_vlm.training.distributed import init_distributed
+    from trkit_vlm.training.loop import Trainer
+    from trkit_vlm.training.train import build_model, fingerprint, prepare_data, seed_everything, view_transform
 
     register_tiny()
     cfg = tiny_config(

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from trkit_vlm import quickstart as q
-from trkit_vlm import small_clip as sc
-from trkit_vlm import tasks
 from trkit_vlm.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES
+from trkit_vlm.demo import quickstart as q
+from trkit_vlm.demo import small_clip as sc
+from trkit_vlm.demo import tasks
 
 HAVE_DATA = (sc.Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file()
 needs_data = pytest.mark.skipif(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from trkit_vlm import small_clip as sc
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from trkit_vlm.demo import small_clip as sc
 
 
 def _write_idx(path, arr: np.ndarray, compress: bool = True) -> None:

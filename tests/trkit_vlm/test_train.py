@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
+from _helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
 from trkit_vlm.data import ClassificationData
-from trkit_vlm.train import train
+from trkit_vlm.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 

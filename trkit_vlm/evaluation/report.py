@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from trkit.errors import InputError
-from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
-from trkit_vlm.evaluate import harmonic_mean
+from trkit_vlm.evaluation.evaluate import harmonic_mean
+from trkit_vlm.training.checkpoint import atomic_write_bytes, atomic_write_text
 
 METRICS = ("base", "novel", "hm", "all")
 

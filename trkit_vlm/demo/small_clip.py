@@ -312,7 +312,7 @@ def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
     from trkit.io import atomic_write
-    from trkit_vlm.checkpoint import atomic_write_text
+    from trkit_vlm.training.checkpoint import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -1,24 +1,12 @@
-"""``trkit-vlm eval``: evaluate a trained run (base / novel / HM / all), on its dataset or another one."""
+"""Evaluate a run folder (base / novel / HM / all), on its own dataset or another one (``trkit-vlm eval``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from trkit.errors import InputError
-
-EXAMPLES = """examples:
-  # base / novel / HM / all-class accuracy of a finished run
-  trkit-vlm eval output/caltech101/adaring/shots_16/seed1
-
-  # cross-dataset: the same adapters on another dataset (all its classes)
-  trkit-vlm eval output/imagenet/adaring/shots_16/seed1 --dataset oxford_pets --root data
-
-  # zero-shot CLIP (no adapters) as a reference
-  trkit-vlm eval --zero-shot --model ViT-B-16 --pretrained ViT-B-16.pt --dataset dtd --root data
-"""
 
 
 def evaluate_run(
@@ -33,11 +21,11 @@ def evaluate_run(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Accuracy of a run's adapters (or zero-shot CLIP) on its own or another dataset."""
-    from trkit_vlm.config import RunConfig, config_from_dict
     from trkit_vlm.data import load_dataset
-    from trkit_vlm.distributed import resolve_device
-    from trkit_vlm.evaluate import evaluate_base_novel
+    from trkit_vlm.evaluation.evaluate import evaluate_base_novel
     from trkit_vlm.models import load_clip
+    from trkit_vlm.training.config import RunConfig, config_from_dict
+    from trkit_vlm.training.distributed import resolve_device
 
     if run_dir is not None:
         cfg_path = Path(run_dir) / "config.json"
@@ -56,7 +44,7 @@ def evaluate_run(
 
         register_model_config(cfg.model, cfg.model_config)
     # train() seeds before building the model, so a random-weight backbone is rebuilt identically here.
-    from trkit_vlm.train import seed_everything
+    from trkit_vlm.training.train import seed_everything
 
     seed_everything(cfg.seed)
     bundle = load_clip(name, weights, device=str(dev))
@@ -92,48 +80,10 @@ def evaluate_run(
         **acc,
     }
     if run_dir is not None:
-        from trkit_vlm.checkpoint import atomic_write_text
+        from trkit_vlm.training.checkpoint import atomic_write_text
 
         atomic_write_text(
             Path(run_dir) / f"eval_{data.name}_{split}{'_zeroshot' if zero_shot else ''}.json",
             json.dumps(result, indent=2),
         )
     return result
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a trained run (base / novel / HM / all, cross-dataset)",
-        description="Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
-        "and all-class accuracy; --dataset for cross-dataset transfer.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("run_dir", nargs="?", help="run folder (holding config.json and adapters.safetensors)")
-    p.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
-    p.add_argument("--root", help="data root for --dataset")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
-    p.add_argument("--zero-shot", action="store_true", help="no adapters: plain CLIP")
-    p.add_argument("--model", help="open_clip model name (default: the run's)")
-    p.add_argument("--pretrained", help="checkpoint file (default: the run's)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    res = evaluate_run(
-        args.run_dir,
-        args.dataset,
-        args.root,
-        args.split,
-        args.zero_shot,
-        args.model,
-        args.pretrained,
-        args.batch_size,
-        args.device,
-    )
-    print(json.dumps(res, indent=2))
-    return 0

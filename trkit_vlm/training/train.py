@@ -6,15 +6,12 @@ epoch (atomically, with optimiser, scheduler, scaler and RNG state) and ``resume
 the same final numbers. Under ``torchrun`` it trains data-parallel (DDP).
 
 Run folder ``output_dir/<dataset>/<method>/shots_<K>/seed<S>/``: ``config.json``, ``log.jsonl``,
-``checkpoint.pt``, ``adapters.safetensors`` (+ ``.json``), ``metrics.json``.
+``checkpoint.pt``, ``adapters.safetensors`` (the adapter config in its metadata), ``metrics.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 from typing import Any
 
 import numpy as np
@@ -22,8 +19,6 @@ import torch
 from torch import nn
 
 from trkit.errors import InputError
-from trkit_vlm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from trkit_vlm.config import RunConfig, save_config
 from trkit_vlm.data import (
     ClassificationData,
     check_usable,
@@ -33,8 +28,10 @@ from trkit_vlm.data import (
     subsample_classes,
 )
 from trkit_vlm.data.transforms import build_transforms, check_files, load_image
-from trkit_vlm.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
-from trkit_vlm.train_loop import Trainer
+from trkit_vlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trkit_vlm.training.config import RunConfig, save_config
+from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from trkit_vlm.training.loop import Trainer
 
 # Config fields that do not change the numbers: a checkpoint written under other values still resumes.
 _NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every")
@@ -139,7 +136,7 @@ def train(
     """Train adapters on ``cfg`` and evaluate them.
 
     Args:
-        cfg: the run (see :class:`trkit_vlm.config.RunConfig`).
+        cfg: the run (see :class:`trkit_vlm.training.config.RunConfig`).
         bundle: an already-loaded :class:`~trkit_vlm.models.ClipBundle` (without adapters); its model
             gets adapters for the run and has them removed again at the end, so it can be reused.
         data: in-memory :class:`ClassificationData` (all classes) instead of ``cfg.data.dataset``.
@@ -189,74 +186,3 @@ def train(
             if get_adapters(model) is not None:
                 remove_adapters(model)
         shutdown(info)
-
-
-def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The options of ``trkit-vlm train`` / ``python -m trkit_vlm.train``."""
-    parser = parser or argparse.ArgumentParser(prog="python -m trkit_vlm.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "-c", help="YAML or JSON run config (defaults: MMA's ViT-B/16 recipe)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=0.002 (repeatable)",
-    )
-    parser.add_argument("--method", help="mma or adaring (same as --set method=...)")
-    parser.add_argument("--dataset", help="dataset name (same as --set data.dataset=...)")
-    parser.add_argument("--root", help="data root (same as --set data.root=...)")
-    parser.add_argument("--model", help="open_clip model name")
-    parser.add_argument("--pretrained", help="local CLIP checkpoint file")
-    parser.add_argument("--shots", type=int, help="images per class")
-    parser.add_argument("--seed", type=int, help="seed (few-shot sample, adapter init, order)")
-    parser.add_argument(
-        "--output-dir", "-o", help="results root (run folder is <root>/<dataset>/<method>/shots_K/seedS)"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
-    parser.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (simulates preemption)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from trkit_vlm.config import apply_overrides, load_config
-
-    cfg = load_config(args.config) if args.config else RunConfig()
-    flags = {
-        "method": args.method,
-        "data.dataset": args.dataset,
-        "data.root": args.root,
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "data.shots": args.shots,
-        "seed": args.seed,
-        "output_dir": args.output_dir,
-    }
-    sets = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    return apply_overrides(cfg, sets + list(args.overrides)).validate()
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    metrics = train(cfg, progress=not args.no_progress, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    try:
-        return run_from_args(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,16 @@
-"""The ``trkit-vlm`` command line. Each subcommand lives in ``trkit_vlm/commands/<name>.py`` and
+"""The ``trkit-vlm`` command line. Each subcommand lives in ``trkit_vlm/cli/<name>.py`` and
 exposes ``register(subparsers)``, which adds its parser and sets ``func``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from trkit_vlm._version import __version__
 
-# Subcommand name -> (module under trkit_vlm.commands, one-line help shown when it cannot be imported).
+# Subcommand name -> (module under trkit_vlm.cli, one-line help shown when it cannot be imported).
 COMMANDS = {
     "train": ("train", "train adapters few-shot (base-to-novel protocol)"),
     "eval": ("evaluate", "evaluate a trained run"),
@@ -34,6 +35,19 @@ def _missing_extra(name: str, help_: str, missing: str, subparsers) -> None:
     sub.set_defaults(func=run)
 
 
+def _missing_vlm_modules() -> list[str]:
+    """The modules of the `vlm` extra that are not installed, found without importing them (fast)."""
+    missing = []
+    for name in sorted(VLM_EXTRA):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (tests)
+            found = sys.modules.get(name) is not None
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trkit-vlm",
@@ -41,14 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trkit-vlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    missing = _missing_vlm_modules()
     for name, (module, help_) in COMMANDS.items():
-        try:  # some commands import their dependencies inside register()
-            importlib.import_module(f"trkit_vlm.commands.{module}").register(subparsers)
-        except ModuleNotFoundError as err:
-            if (err.name or "").split(".")[0] not in VLM_EXTRA:
-                raise
-            subparsers._name_parser_map.pop(name, None)  # a half-registered parser, if any
-            _missing_extra(name, help_, err.name, subparsers)
+        if missing:
+            _missing_extra(name, help_, missing[0], subparsers)
+        else:
+            importlib.import_module(f"trkit_vlm.cli.{module}").register(subparsers)
     return parser
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     n = setup_threads(args.threads)
     import dataclasses
 
-    from trkit_vlm.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
+    from trkit_vlm.demo.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
 
     recipe = PretrainRecipe()
     if args.steps is not None:

@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trkit_vlm.report import write_report
+    from trkit_vlm.evaluation.report import write_report
 
     paths = write_report(args.results_dir, args.out, plot=not args.no_plot)
     print(paths["markdown"].read_text())

@@ -46,7 +46,7 @@ def make_coop_dataset(
 
 def tiny_config(tmp: Path, data_root: Path, method: str = "mma", **overrides):
     """A RunConfig for the tiny model on the tiny dataset (1 epoch, no augmentation, batch 4)."""
-    from trkit_vlm.config import RunConfig, apply_overrides
+    from trkit_vlm.training.config import RunConfig, apply_overrides
 
     cfg = RunConfig(model=TINY, method=method, output_dir=str(tmp / "out"), seed=1)
     cfg.data.dataset, cfg.data.root, cfg.data.shots = "coop", str(data_root), 2

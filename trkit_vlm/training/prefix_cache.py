@@ -248,7 +248,7 @@ def build_image_cache(
     from pathlib import Path
 
     from trkit_vlm.adapters import adapters_disabled
-    from trkit_vlm.checkpoint import atomic_torch_save
+    from trkit_vlm.training.checkpoint import atomic_torch_save
 
     path = None
     if disk_dir is not None:

@@ -60,8 +60,8 @@ def _read_source(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from trkit_vlm.checkpoint import atomic_write_text
     from trkit_vlm.compress import compress_mma
+    from trkit_vlm.training.checkpoint import atomic_write_text
 
     budget = 0.1 if args.budget is None and args.tol is None else args.budget
     res = compress_mma(_read_source(args.checkpoint), budget=budget, tol=args.tol, model_name=args.model)

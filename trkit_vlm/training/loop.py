@@ -1,4 +1,4 @@
-"""The epoch loop behind :func:`trkit_vlm.train.train`: batches (images or cached prefix tokens),
+"""The epoch loop behind :func:`trkit_vlm.training.train.train`: batches (images or cached prefix tokens),
 the DDP-wrapped forward, optimiser / cosine schedule / AMP, JSONL logging, checkpoints, evaluation."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trkit.errors import InputError
-from trkit_vlm import prefix_cache as pc
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
-from trkit_vlm.distributed import DistInfo, all_reduce_sum, barrier
-from trkit_vlm.evaluate import evaluate_base_novel
+from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+from trkit_vlm.training import prefix_cache as pc
+from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
 
 
 class _Forward(nn.Module):
@@ -393,7 +393,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "run_dir": str(self.run_dir),
             }
-            from trkit_vlm.checkpoint import atomic_write_text
+            from trkit_vlm.training.checkpoint import atomic_write_text
 
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         barrier(self.info)

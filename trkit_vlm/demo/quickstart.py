@@ -1,7 +1,7 @@
 """The AdaRing quickstart: base-to-novel few-shot adaptation of the project's small CLIP, end to end.
 
-``run_quickstart()`` pre-trains (or reuses) the small Fashion-MNIST CLIP (``trkit_vlm.small_clip``),
-builds the contrast-shifted task (``trkit_vlm.tasks``), and trains with ``trkit_vlm.train.train``:
+``run_quickstart()`` pre-trains (or reuses) the small Fashion-MNIST CLIP (``trkit_vlm.demo.small_clip``),
+builds the contrast-shifted task (``trkit_vlm.demo.tasks``), and trains with ``trkit_vlm.training.train.train``:
 MMA, AdaRing, and two AdaRing ablations, 16 shots of the 5 base classes, seeds 1-3. It writes
 ``results.json``, ``results.md`` and ``results.png`` and prints the table.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
+from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH
 
 # Each method's SGD recipe, chosen on the validation split by benchmarks/small_clip_sweep.py --tune
 # (benchmarks/results/small_clip_quickstart_tuning.json), never on test. Batch 16, momentum 0.9, weight
@@ -74,7 +74,7 @@ def _slug(label: str) -> str:
 
 def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> RunConfig:  # noqa: F821
     """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
-    from trkit_vlm.config import DataConfig, LossConfig, OptimConfig, RunConfig
+    from trkit_vlm.training.config import DataConfig, LossConfig, OptimConfig, RunConfig
 
     method, adapter, loss, *rest = qc.variants[label]
     optim = qc.optim if qc.optim is not None else (rest[0] if rest else OPTIM)
@@ -107,10 +107,10 @@ def run_quickstart(
     Returns:
         ``{"rows": per-variant aggregates, "runs": per-run metrics, "paths": written files, ...}``.
     """
-    from trkit_vlm.evaluate import evaluate_base_novel
-    from trkit_vlm.small_clip import load_small_clip, pretrain_info
-    from trkit_vlm.tasks import shifted_data
-    from trkit_vlm.train import train
+    from trkit_vlm.demo.small_clip import load_small_clip, pretrain_info
+    from trkit_vlm.demo.tasks import shifted_data
+    from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+    from trkit_vlm.training.train import train
 
     qc = qc or QuickstartConfig()
     t_all = time.perf_counter()
@@ -167,8 +167,8 @@ def run_quickstart(
 
 def aggregate_runs(runs: list[dict]) -> list[dict]:
     """Per method: base/novel mean ± sample std over seeds, HM of the means (± std of per-seed HM),
-    trainable parameters, mean train time per run. Same conventions as ``trkit_vlm.report``."""
-    from trkit_vlm.evaluate import harmonic_mean
+    trainable parameters, mean train time per run. Same conventions as ``trkit_vlm.evaluation.report``."""
+    from trkit_vlm.evaluation.evaluate import harmonic_mean
 
     out = []
     for label in dict.fromkeys(r["method"] for r in runs):
@@ -234,7 +234,7 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
 
 def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md`` and ``results.png`` under ``out_dir`` (atomic writes)."""
-    from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
+    from trkit_vlm.training.checkpoint import atomic_write_bytes, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

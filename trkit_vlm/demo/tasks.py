@@ -1,6 +1,6 @@
 """The quickstart's downstream task: few-shot base-to-novel on Fashion-MNIST under a fixed contrast shift.
 
-On the images it was pre-trained on, the small CLIP (``trkit_vlm.small_clip``) is already good, and an
+On the images it was pre-trained on, the small CLIP (``trkit_vlm.demo.small_clip``) is already good, and an
 adapter gains nothing there. Under a milder picture quality - lower contrast, lifted black level -
 its zero-shot accuracy drops but stays well above chance, and 16 labelled pictures per class show the
 model what the new domain looks like. That leaves real room for adaptation on both the base classes
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from trkit.errors import InputError
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from trkit_vlm.small_clip import PretrainRecipe, images_to_tensor, split_train_val
+from trkit_vlm.demo.small_clip import PretrainRecipe, images_to_tensor, split_train_val
 
 # Chosen on the validation split by shift_sweep (benchmarks/results/small_clip_shift_sweep.json).
 DEFAULT_SHIFT_STRENGTH = 0.6
@@ -148,7 +148,7 @@ def shifted_data(
     data=None,
     eval_seed: int = 0,
 ):
-    """The task as a ``ClassificationData`` for ``trkit_vlm.train.train`` (all 10 classes, shifted).
+    """The task as a ``ClassificationData`` for ``trkit_vlm.training.train.train`` (all 10 classes, shifted).
 
     ``train``: the pre-training images (few-shot sampling draws from them); ``test``: the test images
     (``eval_split="test"``) or the held-out validation images (``"val"``), optionally a fixed subset of
@@ -214,7 +214,7 @@ def shift_sweep(
     Returns:
         ``{"rows": [per-strength dict], "chosen_strength": s, ...}`` (JSON-serialisable).
     """
-    from trkit_vlm.small_clip import PRETRAIN_TEMPLATES
+    from trkit_vlm.demo.small_clip import PRETRAIN_TEMPLATES
 
     model, tok = bundle.model.eval(), bundle.tokenizer
     recipe = recipe or PretrainRecipe()

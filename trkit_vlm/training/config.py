@@ -209,6 +209,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write the config as JSON (atomically)."""
-    from trkit_vlm.checkpoint import atomic_write_text
+    from trkit_vlm.training.checkpoint import atomic_write_text
 
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from trkit_vlm.commands.pretrain_small import setup_threads
+from trkit_vlm.cli.pretrain_small import setup_threads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     n = setup_threads(args.threads)
-    from trkit_vlm.quickstart import QuickstartConfig, markdown_table, run_quickstart
+    from trkit_vlm.demo.quickstart import QuickstartConfig, markdown_table, run_quickstart
 
     try:
         seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
