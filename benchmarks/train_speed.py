@@ -198,12 +198,12 @@ class LayerTimer:
         for name, x in self.inputs.items():
             tower = "image" if name == "image" else "text"
             tr = m.visual.transformer if tower == "image" else m.transformer
-            mask = None if tower == "image" else pc._causal_mask(m, x.shape[1])
+            mask = None if tower == "image" else pc.causal_mask(m, x.shape[1])
             rec = self.samples[name]
-            for i, blk in enumerate(tr.resblocks):
+            for i in range(len(tr.resblocks)):
 
-                def run(inp, b=blk, t=tr, msk=mask):
-                    return pc._run_blocks(t, inp, [b], attn_mask=msk)
+                def run(inp, i=i, tower=tower, msk=mask):
+                    return pc.run_blocks(m, tower, inp, i, i + 1, attn_mask=msk)
 
                 if i < self.k and name != "text_cut":
                     with torch.no_grad():

@@ -19,7 +19,7 @@ from torch import nn
 from trkit.errors import InputError
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, AdaRingConfig
-from trkit_vlm.adapters.io import _load_into, mma_config_from_state_dict, read_mma_state_dict
+from trkit_vlm.adapters.io import add_adapters_with_weights, mma_config_from_state_dict, read_mma_state_dict
 from trkit_vlm.adapters.mma.config import mma_param_count
 from trkit_vlm.adapters.mma.layer import shared_key
 
@@ -76,7 +76,7 @@ class CompressionResult:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Add the compressed AdaRing adapters to ``model`` (a backbone without adapters)."""
-        _load_into(model, self.config, self.state_dict, "compressed adapters")
+        add_adapters_with_weights(model, self.config, self.state_dict, "compressed adapters")
         return model
 
     def adapter_set(self):

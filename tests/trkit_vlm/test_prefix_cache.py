@@ -66,10 +66,11 @@ def test_split_forward_equals_open_clip(config):
 
 def test_no_adapters_means_whole_tower_is_prefix():
     bundle = load_clip(register_tiny())
-    assert pc.first_adapted_layer(bundle.model, "image") == 4
+    depth = len(bundle.model.visual.transformer.resblocks)
+    assert pc.first_adapted_layer(bundle.model, "image") == depth + 1
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(
-        pc.image_suffix(bundle.model, pc.image_prefix(bundle.model, x, 3), 3),
+        pc.image_suffix(bundle.model, pc.image_prefix(bundle.model, x, depth), depth),
         bundle.model.encode_image(x, normalize=True),
         rtol=0,
         atol=1e-6,
@@ -272,8 +273,8 @@ def test_no_frozen_work_left_per_step(tmp_path, cache):
     tr.train_epoch(0)
     steps = tr.micro_per_epoch
     assert steps == 2  # base classes (2) x 2 shots, batch 2
-    if cache == "memory":
-        assert calls == {**{f"{t}{i}": steps for t in ("image", "text") for i in (2, 3)}}
+    if cache == "memory":  # adapters on layers 2-3 of 4: layer 4 runs too, as part of the adapted suffix
+        assert calls == {**{f"{t}{i}": steps for t in ("image", "text") for i in (2, 3, 4)}}
     else:  # frozen image pass + adapted pass per step; the whole text tower every step
         assert calls["patch_embed"] == 2 * steps and calls["image1"] == calls["image2"] == 2 * steps
         assert calls["text1"] == calls["text3"] == calls["token_embed"] == steps

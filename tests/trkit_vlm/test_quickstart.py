@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import TINY_SMALL_CLIP_CONFIG
 
 from trkit_vlm.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES
 from trkit_vlm.demo import quickstart as q
@@ -162,12 +163,6 @@ def test_cli_says_how_to_get_missing_data(tmp_path, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------------------ end to end
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
-}
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -177,7 +172,9 @@ def tiny(tmp_path_factory):
     x, y, xt, yt = load_fashion_mnist()
     idx = np.random.default_rng(0).choice(len(y), 6000, replace=False)
     data = (x[idx], y[idx], xt, yt)
-    recipe = sc.PretrainRecipe(model_config=TINY, steps=60, batch_size=64, warmup_steps=5, lr=2e-3, val_per_class=60)
+    recipe = sc.PretrainRecipe(
+        model_config=TINY_SMALL_CLIP_CONFIG, steps=60, batch_size=64, warmup_steps=5, lr=2e-3, val_per_class=60
+    )
     cache = tmp_path_factory.mktemp("cache")
     sc.pretrain_small(recipe, cache_dir=cache, progress=False, data=data[:2])
     bundle = sc.load_small_clip(recipe, cache, train_if_missing=False)

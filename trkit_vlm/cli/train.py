@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from trkit_vlm.adapters.registry import available_methods, get_method
+
 EXAMPLES = """examples:
   # AdaRing on Caltech101 (CoOp layout under ./data), 16 shots, seed 1, real ViT-B/16 weights from a file
   trkit-vlm train --method adaring --dataset caltech101 --root data --pretrained ViT-B-16.pt
@@ -25,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train adapters few-shot (base-to-novel protocol)",
-        description="Train MMA or AdaRing adapters on K shots per class and evaluate base / novel / HM accuracy.",
+        description="Train adapters on K shots per class and evaluate base / novel / HM accuracy.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -45,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set optim.lr=0.002 (repeatable)",
     )
-    parser.add_argument("--method", help="mma or adaring (same as --set method=...)")
+    methods = available_methods()
+    parser.add_argument(
+        "--method",
+        choices=methods,
+        help="adapter method (same as --set method=...): "
+        + "; ".join(f"{m}: {get_method(m).summary}" for m in methods),
+    )
     parser.add_argument("--dataset", help="dataset name (same as --set data.dataset=...)")
     parser.add_argument("--root", help="data root (same as --set data.root=...)")
     parser.add_argument("--model", help="open_clip model name")

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trkit.errors import InputError
-
-METHODS = ("mma", "adaring")
+from trkit_vlm.adapters.registry import adapter_config_from_dict, available_methods
 
 
 @dataclass
@@ -69,8 +68,8 @@ class RunConfig:
     model: str = "ViT-B-16"
     pretrained: str | None = None  # local checkpoint file; None = random weights (warned)
     model_config: dict[str, Any] | None = None  # open_clip config registered under `model` (custom models)
-    method: str = "adaring"  # "mma" or "adaring"
-    adapter: dict[str, Any] = field(default_factory=dict)  # fields of MMAConfig / AdaRingConfig
+    method: str = "adaring"  # a registered adapter method: trkit_vlm.adapters.available_methods()
+    adapter: dict[str, Any] = field(default_factory=dict)  # fields of that method's config (MMAConfig, ...)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -102,9 +101,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> RunConfig:
-        """Clear ValueErrors for values the run cannot use."""
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        """Clear InputErrors for values the run cannot use."""
+        if self.method not in available_methods():
+            raise InputError(f"unknown method {self.method!r}; expected one of {available_methods()}")
+        if not isinstance(self.adapter, dict):
+            raise InputError(f"adapter must be a mapping of {self.method} config fields, got {self.adapter!r}")
+        adapter_config_from_dict({"method": self.method, **self.adapter})  # field errors now, not mid-run
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
