@@ -19,7 +19,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import write_json  # noqa: E402
+from _common import env_info, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -132,7 +132,6 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    from trkit_vlm.demo.quickstart import _env
     from trkit_vlm.demo.small_clip import load_small_clip
 
     bundle = load_small_clip()
@@ -140,7 +139,7 @@ def main() -> None:
     strength = a.strength
     if a.shift:
         res = shift(bundle, a.quick)
-        res["env"] = _env()
+        res["env"] = env_info()
         name = "small_clip_shift_sweep" + ("_quick" if a.quick else "")
         write_json(RESULTS / f"{name}.json", res, indent=2)
         strength = res["chosen_strength"] if strength is None else strength
@@ -149,7 +148,7 @@ def main() -> None:
         from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH
 
         res = tune(bundle, DEFAULT_SHIFT_STRENGTH if strength is None else strength, a.quick, "/tmp/trkit_tuning")
-        res["env"] = _env()
+        res["env"] = env_info()
         name = "small_clip_quickstart_tuning" + ("_quick" if a.quick else "")
         write_json(RESULTS / f"{name}.json", res, indent=2)
 

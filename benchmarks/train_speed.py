@@ -75,14 +75,8 @@ def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     from trkit_vlm.training.config import RunConfig
     from trkit_vlm.training.distributed import init_distributed
     from trkit_vlm.training.loop import Trainer
-    from trkit_vlm.training.train import (
-        amp_dtype,
-        build_model,
-        fingerprint,
-        prepare_data,
-        seed_everything,
-        view_transform,
-    )
+    from trkit_vlm.training.seeding import seed_everything
+    from trkit_vlm.training.train import build_model, prepare_data
 
     cfg = RunConfig(
         model=case["model"],
@@ -105,19 +99,7 @@ def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     bundle, model, _ = build_model(cfg, None, info.device)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(
-        cfg,
-        bundle,
-        model,
-        train_data,
-        fs,
-        info,
-        run_dir,
-        progress=False,
-        view_fn=view_transform,
-        fingerprint=fingerprint(cfg),
-        amp=amp_dtype(cfg, info.device),
-    )
+    return Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=False)
 
 
 def run_pair(case: dict, data_root: Path, out: Path) -> dict:

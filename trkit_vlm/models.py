@@ -38,6 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# open_clip is imported inside the functions that build models or read their configs: importing it
+# takes seconds (torchvision, hub clients), and the adapters only need a model that already exists.
+
 # A 4-layer, narrow CLIP (text width 48, image width 64) for tests and examples; random weights only.
 TINY_CONFIG: dict = {
     "embed_dim": 32,

@@ -215,7 +215,8 @@ def test_pooled_length_keeps_full_context_without_causal_mask():
 def _trainer(tmp_path, root, cache: str):
     from trkit_vlm.training.distributed import init_distributed
     from trkit_vlm.training.loop import Trainer
-    from trkit_vlm.training.train import build_model, fingerprint, prepare_data, seed_everything, view_transform
+    from trkit_vlm.training.seeding import seed_everything
+    from trkit_vlm.training.train import build_model, prepare_data
 
     register_tiny()
     cfg = tiny_config(
@@ -233,19 +234,7 @@ def _trainer(tmp_path, root, cache: str):
     fs, data = prepare_data(cfg, None, info)
     bundle, model, _ = build_model(cfg, None, info.device)
     cfg.run_dir().mkdir(parents=True, exist_ok=True)
-    return Trainer(
-        cfg,
-        bundle,
-        model,
-        data,
-        fs,
-        info,
-        cfg.run_dir(),
-        progress=False,
-        view_fn=view_transform,
-        fingerprint=fingerprint(cfg),
-        amp=None,
-    )
+    return Trainer(cfg, bundle, model, data, fs, info, cfg.run_dir(), progress=False)
 
 
 @pytest.mark.parametrize("cache", ["memory", "off"])

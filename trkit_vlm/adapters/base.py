@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from trkit.errors import InputError, InputTypeError
 from trkit_vlm.adapters.config import AdapterConfig
+from trkit_vlm.adapters.registry import available_methods, get_method
 from trkit_vlm.models import ClipBundle, clip_towers, tower_info
 
 __all__ = [
@@ -170,8 +171,6 @@ def add_adapters(model: nn.Module | ClipBundle, config: AdapterConfig) -> nn.Mod
     """
     model = _model_of(model)
     if not isinstance(config, AdapterConfig):
-        from trkit_vlm.adapters.registry import available_methods, get_method
-
         kinds = ", ".join(f"{get_method(m).config_class.__name__} ({m})" for m in available_methods())
         raise InputTypeError(f"config must be an adapter config ({kinds}), got {type(config).__name__}")
     if get_adapters(model) is not None:

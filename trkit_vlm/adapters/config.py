@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from trkit.errors import InputError
+from trkit_vlm.typecheck import check_field_types
 
 if TYPE_CHECKING:
     from trkit_vlm.adapters.base import AdapterSet
@@ -83,6 +84,9 @@ class AdapterConfig:
 
     method: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict with the ``method`` name; ``adapter_config_from_dict`` inverts it."""
         return {**dataclasses.asdict(self), "method": self.method}
@@ -113,7 +117,8 @@ class PairedAdapterConfig(AdapterConfig):
     def __post_init__(self) -> None:
         self.text_layers = normalise_layer_spec(self.text_layers, "text_layers")
         self.image_layers = normalise_layer_spec(self.image_layers, "image_layers")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise InputError(f"hidden must be an integer >= 1, got {self.hidden!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or self.scale < 0:
-            raise InputError(f"scale must be a number >= 0, got {self.scale!r}")
+        super().__post_init__()
+        if self.hidden < 1:
+            raise InputError(f"hidden must be >= 1, got {self.hidden}")
+        if self.scale < 0:
+            raise InputError(f"scale must be >= 0, got {self.scale}")

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from trkit.errors import InputError, InputTypeError
@@ -41,8 +43,6 @@ _MMA_KEY = re.compile(r"^(text_adapter|visual_adapter|shared_adapter)\.(\d+)\.(.
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the model's adapters (tensors + config) to ``path`` atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
     aset = get_adapters(model)
     if aset is None:
         raise InputError("model has no trkit adapters to save")
@@ -60,8 +60,6 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def read_adapter_file(path: str | os.PathLike):
     """``(config, towers, tensors)`` of an adapter file, without touching any model."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")

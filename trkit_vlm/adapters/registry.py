@@ -1,14 +1,7 @@
 """Adapter methods by name, in the spirit of peft's ``register_peft_method``.
 
-Each method package registers itself from its own ``__init__.py``::
-
-    register_adapter_method(
-        "mma",
-        MMAConfig,
-        adapter_set="trkit_vlm.adapters.mma.layer:MMAAdapterSet",
-        summary="MMA's dense per-layer bottleneck adapters (the baseline)",
-        test_config={"hidden": 8, "scale": 0.5},
-    )
+Each method package registers itself from its own ``__init__.py`` (see ``adapters/mma/__init__.py``):
+its name, config class, adapter set class, a one-line summary and small fields for the tests.
 
 Config parsing (:func:`adapter_config_from_dict`), ``RunConfig.validate``, the CLI's ``--method``
 choices and every "unknown method" message read this registry, so a new method is a new package plus

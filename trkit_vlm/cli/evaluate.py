@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+NAME = "eval"
+HELP = "evaluate a trained run (base / novel / HM / all, cross-dataset)"
+DESCRIPTION = (
+    "Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
+    "and all-class accuracy; --dataset for cross-dataset transfer."
+)
 EXAMPLES = """examples:
   # base / novel / HM / all-class accuracy of a finished run
   trkit-vlm eval output/caltech101/adaring/shots_16/seed1
@@ -17,15 +23,7 @@ EXAMPLES = """examples:
 """
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a trained run (base / novel / HM / all, cross-dataset)",
-        description="Evaluate a run folder's adapters: base, novel, HM = 2BN/(B+N) "
-        "and all-class accuracy; --dataset for cross-dataset transfer.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", nargs="?", help="run folder (holding config.json and adapters.safetensors)")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
     p.add_argument("--root", help="data root for --dataset")
@@ -35,8 +33,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="checkpoint file (default: the run's)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,9 @@ import os
 
 from trkit_vlm.adapters.registry import available_methods, get_method
 
+NAME = "train"
+HELP = "train adapters few-shot (base-to-novel protocol)"
+DESCRIPTION = "Train adapters on K shots per class and evaluate base / novel / HM accuracy."
 EXAMPLES = """examples:
   # AdaRing on Caltech101 (CoOp layout under ./data), 16 shots, seed 1, real ViT-B/16 weights from a file
   trkit-vlm train --method adaring --dataset caltech101 --root data --pretrained ViT-B-16.pt
@@ -21,19 +24,6 @@ EXAMPLES = """examples:
   # 4 processes (DDP: nccl on GPUs, gloo on CPU)
   torchrun --nproc_per_node 4 -m trkit_vlm train -c configs/mma_vitb16.yaml
 """
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "train",
-        help="train adapters few-shot (base-to-novel protocol)",
-        description="Train adapters on K shots per class and evaluate base / novel / HM accuracy.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
-    return p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from trkit.errors import InputError
+from trkit_vlm.adapters import load_adapters
+from trkit_vlm.data import load_dataset
+from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+from trkit_vlm.files import atomic_write_text
+from trkit_vlm.models import load_clip, register_model_config
+from trkit_vlm.training.config import RunConfig, config_from_dict
+from trkit_vlm.training.distributed import resolve_device
+from trkit_vlm.training.seeding import seed_everything
 
 
 def evaluate_run(
@@ -21,12 +29,6 @@ def evaluate_run(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Accuracy of a run's adapters (or zero-shot CLIP) on its own or another dataset."""
-    from trkit_vlm.data import load_dataset
-    from trkit_vlm.evaluation.evaluate import evaluate_base_novel
-    from trkit_vlm.models import load_clip
-    from trkit_vlm.training.config import RunConfig, config_from_dict
-    from trkit_vlm.training.distributed import resolve_device
-
     if run_dir is not None:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
@@ -40,17 +42,11 @@ def evaluate_run(
     weights = pretrained if pretrained is not None else cfg.pretrained
     dev = resolve_device(device)
     if cfg.model_config is not None:
-        from trkit_vlm.models import register_model_config
-
         register_model_config(cfg.model, cfg.model_config)
     # train() seeds before building the model, so a random-weight backbone is rebuilt identically here.
-    from trkit_vlm.training.train import seed_everything
-
     seed_everything(cfg.seed)
     bundle = load_clip(name, weights, device=str(dev))
     if not zero_shot:
-        from trkit_vlm.adapters import load_adapters
-
         path = Path(run_dir) / "adapters.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the run has not finished")
@@ -80,8 +76,6 @@ def evaluate_run(
         **acc,
     }
     if run_dir is not None:
-        from trkit_vlm.training.checkpoint import atomic_write_text
-
         atomic_write_text(
             Path(run_dir) / f"eval_{data.name}_{split}{'_zeroshot' if zero_shot else ''}.json",
             json.dumps(result, indent=2),

@@ -14,14 +14,23 @@ token + positional embedding, blocks with the causal mask, ``ln_final``, EOT poo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from torch import nn
 
-from trkit_vlm.adapters import get_adapters
+from trkit_vlm.adapters import adapters_disabled, get_adapters
+from trkit_vlm.data.transforms import build_transforms, load_image
+from trkit_vlm.files import atomic_torch_save
 from trkit_vlm.models import clip_towers
+from trkit_vlm.training.config import RunConfig
 
 
 def first_adapted_layer(model: nn.Module, tower: str) -> int:
@@ -180,8 +189,6 @@ def text_suffix(
     ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``, also
     for ``t`` cut to :func:`pooled_length` columns.
     """
-    from open_clip.transformer import text_global_pool
-
     depth = len(model.transformer.resblocks)
     x = run_blocks(model, "text", states, n_layers, depth, attn_mask=causal_mask(model, states.shape[1]))
     x = model.ln_final(x)
@@ -194,10 +201,24 @@ def text_suffix(
 # ------------------------------------------------------------------ token store for fixed image views
 
 
+def view_transform(cfg: RunConfig, model: nn.Module, records: list) -> tuple[Callable, int, str]:
+    """``(f(index, view) -> tensor, views per image, description)`` for the prefix cache: the eval view,
+    or ``data.cached_views`` seeded augmented views."""
+    train_tf, eval_tf = build_transforms(model, augment=cfg.data.augment)
+    if not cfg.data.augment:
+        return (lambda i, v: eval_tf(load_image(records[i][0]))), 1, "eval"
+    n = max(1, cfg.data.cached_views)
+
+    def f(i: int, v: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((cfg.seed * 1_000_003 + i) * 997 + v)
+            return train_tf(load_image(records[i][0]))
+
+    return f, n, f"aug{n}-seed{cfg.seed}"
+
+
 def _weights_digest(model: nn.Module, n_layers: int) -> str:
     """Hash of every weight the image prefix uses (random-weight models differ per seed)."""
-    import hashlib
-
     visual = model.visual
     h = hashlib.sha256()
     mods = [m for name, m in visual.named_children() if name not in ("transformer", "ln_post", "attn_pool")]
@@ -213,11 +234,6 @@ def _weights_digest(model: nn.Module, n_layers: int) -> str:
 
 
 def _source_digest(records: list) -> str:
-    import hashlib
-    import os
-
-    import numpy as np
-
     h = hashlib.sha256()
     for src, label in records:
         if isinstance(src, (str, os.PathLike)):
@@ -258,13 +274,6 @@ def build_image_cache(
     Returns:
         ``{"tokens": (N, V, T, W)}`` on CPU (+ ``"frozen": (N, V, D)``).
     """
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from trkit_vlm.adapters import adapters_disabled
-    from trkit_vlm.training.checkpoint import atomic_torch_save
-
     path = None
     if disk_dir is not None:
         key = hashlib.sha256(

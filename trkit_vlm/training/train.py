@@ -11,14 +11,12 @@ Run folder ``output_dir/<dataset>/<method>/shots_<K>/seed<S>/``: ``config.json``
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from trkit.errors import InputError
+from trkit_vlm.adapters import AdapterConfig, adapter_config_from_dict, add_adapters, get_adapters, remove_adapters
 from trkit_vlm.data import (
     ClassificationData,
     check_usable,
@@ -27,38 +25,14 @@ from trkit_vlm.data import (
     load_dataset,
     subsample_classes,
 )
-from trkit_vlm.data.transforms import build_transforms, check_files, load_image
-from trkit_vlm.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trkit_vlm.data.transforms import check_files
+from trkit_vlm.models import ClipBundle, load_clip, register_model_config
 from trkit_vlm.training.config import RunConfig, save_config
 from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from trkit_vlm.training.loop import Trainer
+from trkit_vlm.training.seeding import seed_everything
 
-# Config fields that do not change the numbers: a checkpoint written under other values still resumes.
-_NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every")
-
-
-def fingerprint(cfg: RunConfig) -> dict:
-    """The config minus fields that do not affect the result."""
-    d = cfg.to_dict()
-    for k in _NOT_IN_FINGERPRINT:
-        d.pop(k, None)
-    d["data"].pop("num_workers", None)
-    return d
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA; None (fp32) on CPU whatever the config says."""
-    if device.type != "cuda" or cfg.amp == "off":
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if cfg.amp == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
+__all__ = ["train", "prepare_data", "build_model"]
 
 
 def prepare_data(
@@ -91,15 +65,12 @@ def prepare_data(
     return fs, train_data
 
 
-def build_model(cfg: RunConfig, bundle, device: torch.device):
+def build_model(
+    cfg: RunConfig, bundle: ClipBundle | None, device: torch.device
+) -> tuple[ClipBundle, torch.nn.Module, AdapterConfig]:
     """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed)."""
-    from trkit_vlm.adapters import adapter_config_from_dict, add_adapters, get_adapters
-    from trkit_vlm.models import load_clip
-
     if bundle is None:
         if cfg.model_config is not None:
-            from trkit_vlm.models import register_model_config
-
             register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
     elif get_adapters(bundle.model) is not None:
@@ -110,24 +81,9 @@ def build_model(cfg: RunConfig, bundle, device: torch.device):
     return bundle, model, adapter_cfg
 
 
-def view_transform(cfg: RunConfig, model: nn.Module, records: list):
-    """``f(index, view) -> tensor`` for the prefix cache: the eval view, or seeded augmented views."""
-    train_tf, eval_tf = build_transforms(model, augment=cfg.data.augment)
-    if not cfg.data.augment:
-        return (lambda i, v: eval_tf(load_image(records[i][0]))), 1, "eval"
-    n = max(1, cfg.data.cached_views)
-
-    def f(i: int, v: int) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((cfg.seed * 1_000_003 + i) * 997 + v)
-            return train_tf(load_image(records[i][0]))
-
-    return f, n, f"aug{n}-seed{cfg.seed}"
-
-
 def train(
     cfg: RunConfig,
-    bundle=None,
+    bundle: ClipBundle | None = None,
     data: ClassificationData | None = None,
     progress: bool = True,
     resume: bool = False,
@@ -160,29 +116,15 @@ def train(
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.json")
-        trainer = Trainer(
-            cfg,
-            bundle,
-            model,
-            train_data,
-            fs,
-            info,
-            run_dir,
-            progress=progress,
-            view_fn=view_transform,
-            fingerprint=fingerprint(cfg),
-            amp=amp_dtype(cfg, info.device),
-        )
+        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress)
         if resume:
-            trainer.try_resume(load_checkpoint, set_rng_state)
+            trainer.try_resume()
         elif info.is_main and (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh run starts a fresh log
-        result = trainer.fit(stop_after_epoch, save_checkpoint, rng_state)
+        result = trainer.fit(stop_after_epoch)
         return broadcast_object(result, info)
     finally:
         if model is not None and not own_bundle:
-            from trkit_vlm.adapters import get_adapters, remove_adapters
-
             if get_adapters(model) is not None:
                 remove_adapters(model)
         shutdown(info)

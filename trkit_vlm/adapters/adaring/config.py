@@ -62,11 +62,12 @@ class AdaRingConfig(PairedAdapterConfig):
     method: ClassVar[str] = "adaring"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if isinstance(self.ranks, (int, dict)):
             self.ranks = [self.ranks]
-        # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
-        self.ranks = [_jsonable(r) for r in self.ranks]
+        if isinstance(self.ranks, (list, tuple)):
+            # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
+            self.ranks = [_jsonable(r) for r in self.ranks]
+        super().__post_init__()
         if not self.ranks:
             raise InputError("ranks must list at least one branch")
         for b in range(len(self.ranks)):
