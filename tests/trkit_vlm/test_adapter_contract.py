@@ -232,6 +232,9 @@ def test_split_forward_equals_full_forward_and_announces_each_pass(method, batch
 
 def test_registry_lists_methods_and_rejects_unknown_ones():
     assert {"mma", "adaring"} <= set(available_methods())
+    # Every package under trkit_vlm/adapters/ is a method that registered itself.
+    registered = {get_method(m).config_class.__module__.rsplit(".", 1)[0] for m in available_methods()}
+    assert set(registry_module.builtin_method_packages()) <= registered
     assert TINY  # the tiny model the contract runs on is registered
     with pytest.raises(ValueError, match=r"unknown adapter method 'nope'; expected one of \['adaring', 'mma'"):
         get_method("nope")

@@ -5,15 +5,18 @@ its name, config class, adapter set class, a one-line summary and small fields f
 
 Config parsing (:func:`adapter_config_from_dict`), ``RunConfig.validate``, the CLI's ``--method``
 choices and every "unknown method" message read this registry, so a new method is a new package plus
-that one call. The built-in packages are imported once, on the first lookup. Nothing here imports
-torch: the adapter set class is named as ``"module:Class"`` and imported when a model is built.
+that one call. Every package under ``trkit_vlm/adapters/`` is a method and is imported once, on the
+first lookup (a method from elsewhere registers when its own package is imported). Nothing here
+imports torch: the adapter set class is named as ``"module:Class"`` and imported when a model is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trkit.errors import InputError, InputTypeError
@@ -23,9 +26,6 @@ if TYPE_CHECKING:
     from trkit_vlm.adapters.base import AdapterSet
 
 __all__ = ["AdapterMethod", "register_adapter_method", "get_method", "available_methods", "adapter_config_from_dict"]
-
-# The packages of the methods that ship with trkit_vlm; each registers itself when imported.
-BUILTIN_METHOD_PACKAGES = ("trkit_vlm.adapters.mma", "trkit_vlm.adapters.adaring")
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,17 @@ def register_adapter_method(
     return method
 
 
+def builtin_method_packages() -> list[str]:
+    """The method packages that ship with trkit_vlm: every package under ``trkit_vlm/adapters/``."""
+    here = Path(__file__).parent
+    return [m.name for m in pkgutil.iter_modules([str(here)], "trkit_vlm.adapters.") if m.ispkg]
+
+
 def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        for package in BUILTIN_METHOD_PACKAGES:
+        for package in builtin_method_packages():
             importlib.import_module(package)  # registers the method (it imports this module: a cycle)
 
 
