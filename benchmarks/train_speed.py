@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """Issue 8's target (>= 3x faster epochs with the cache, no augmentation), per default-placement row."""
+    """The target of >= 3x faster epochs with the cache (no augmentation), per default-placement row."""
     out = []
     for r in rows:
         if r["adapters"] != "5-12" or r["classes"] != 4:

@@ -137,7 +137,7 @@ def test_disk_store_keyed_by_weights(tmp_path):
 
 def test_split_forward_builds_adaring_weights_once_per_pass(monkeypatch):
     # The split forward calls blocks one by one, past the tower hooks; it must still announce the pass,
-    # or AdaRing contracts its cores again in every layer (the slow path behind issue 8's small gain).
+    # or AdaRing contracts its cores again in every layer (the slow path).
     from trkit.nn import CrossLayerTR
 
     bundle, model = _adapted(AdaRingConfig(image_layers=(2, 3), text_layers=(2, 3), scale=0.5))
