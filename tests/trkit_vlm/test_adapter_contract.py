@@ -203,31 +203,53 @@ def test_bundle_is_accepted_where_a_model_is(method):
     assert get_adapters(bundle.model) is None
 
 
+def _same_values_and_gradients(model, split, full):
+    """``split()`` equals ``full()`` in value and in the gradient of the adapter parameters (float64)."""
+    params = adapter_parameters(model)
+    ref, got = full(), split()
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    assert got.requires_grad == ref.requires_grad
+    if not ref.requires_grad:  # no adapter acts on this tower
+        return
+    weights = torch.arange(ref.shape[1], dtype=ref.dtype)  # a loss that sees every feature differently
+    g_ref = torch.autograd.grad((ref * weights).sum(), params, allow_unused=True)
+    g_got = torch.autograd.grad((got * weights).sum(), params, allow_unused=True)
+    for a, b in zip(g_ref, g_got):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
 def test_split_forward_equals_full_forward_and_announces_each_pass(method, batch, monkeypatch):
-    """The prefix cache's split forward (blocks run one by one) gives what the model gives, and tells
-    the adapters about each pass exactly once, or the method says why it cannot be split."""
+    """The prefix cache's split forward (prefix under no_grad, then the adapted blocks one by one)
+    gives what the model gives, values and gradients, and tells the adapters about each pass exactly
+    once; or the method says why it cannot be split."""
     model = _adapted(method).double()
     aset = get_adapters(model)
     passes = []
     real = type(aset).tower_pre_forward
     monkeypatch.setattr(aset, "tower_pre_forward", lambda tower: (passes.append(tower), real(aset, tower)))
     images, ids = batch[0].double(), batch[1]
-    reason = aset.split_forward_reason("image")
-    if reason is not None:
-        assert pc.image_prefix_supported(model) == reason
+    if aset.split_forward_reason("image") is not None:
+        assert pc.image_prefix_supported(model) == aset.split_forward_reason("image")
     else:
         n = pc.first_adapted_layer(model, "image") - 1
-        ref = model.encode_image(images, normalize=True)
+        with torch.no_grad():
+            tokens = pc.image_prefix(model, images, n)
         passes.clear()
-        got = pc.image_suffix(model, pc.image_prefix(model, images, n), n)
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
-        assert passes == (["image"] if aset.adapted_layers("image") else [])
+        _same_values_and_gradients(
+            model, lambda: pc.image_suffix(model, tokens, n), lambda: model.encode_image(images, normalize=True)
+        )
+        # The model's own pass is announced by its hooks; the split pass by run_blocks, when it adapts blocks.
+        assert passes == ["image"] + (["image"] if aset.adapted_layers("image") else [])
     n = pc.first_adapted_layer(model, "text") - 1
-    ref = model.encode_text(ids, normalize=True)
+    with torch.no_grad():
+        states = pc.text_prefix(model, ids, n)
     passes.clear()
-    got = pc.text_suffix(model, pc.text_prefix(model, ids, n), ids, n)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
-    assert passes == (["text"] if aset.adapted_layers("text") else [])
+    _same_values_and_gradients(
+        model, lambda: pc.text_suffix(model, states, ids, n), lambda: model.encode_text(ids, normalize=True)
+    )
+    assert passes == ["text"] + (["text"] if aset.adapted_layers("text") else [])
 
 
 def test_registry_lists_methods_and_rejects_unknown_ones():
