@@ -1,4 +1,4 @@
-"""User story 2: compress a trained MMA adapter set into an AdaRing adapter under a parameter budget.
+"""Compress a trained MMA adapter set into an AdaRing adapter under a parameter budget.
 
 Each of MMA's five projections (text down, image down, shared, text up, image up) is stacked over the
 adapted layers into a ``(L, d_in, d_out)`` tensor and fitted by ``CrossLayerTR.from_matrices`` (TR-SVD).
