@@ -25,6 +25,7 @@ import numpy as np
 
 from trkit._cli_input import CLIError, available_memory, check_values, exact_in_float32, load_array
 from trkit._version import __version__
+from trkit.cli_runner import run_cli
 from trkit.files import check_output_path, format_bytes
 
 __all__ = ["main", "build_parser", "load_array", "CLIError"]
@@ -316,24 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Optional packages a command may need, with the line that says how to get them.
+OPTIONAL_PACKAGES = {
+    "PIL": "this needs the optional package 'pillow': pip install pillow",
+    "matplotlib": "this needs the optional package 'matplotlib': pip install matplotlib",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"trkit: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as exc:  # bad options caught by the library's own checks
-        print(f"trkit: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:  # optional: matplotlib for --plot, pillow for image files
-        package = {"PIL": "pillow"}.get((exc.name or "").split(".")[0], exc.name)
-        print(f"trkit: error: this needs the optional package '{package}': pip install {package}", file=sys.stderr)
-        return 2
+    """The ``trkit`` command; errors follow ``trkit.cli_runner`` (one line and exit 2 for bad input)."""
+    return run_cli(build_parser(), argv, OPTIONAL_PACKAGES)
 
 
 if __name__ == "__main__":

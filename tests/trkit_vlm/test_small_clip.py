@@ -9,9 +9,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from _helpers import TINY_SMALL_CLIP_CONFIG as TINY_CONFIG
 
-from trkit_vlm import small_clip as sc
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from trkit_vlm.demo import small_clip as sc
 
 
 def _write_idx(path, arr: np.ndarray, compress: bool = True) -> None:
@@ -116,13 +117,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert sc._lr_at(10, r) == pytest.approx(1.0)
     assert sc._lr_at(99, r) == pytest.approx(0.1, abs=1e-3)
     assert all(sc._lr_at(s, r) >= sc._lr_at(s + 1, r) for s in range(10, 99))
-
-
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 def _tiny_recipe(**kw):

@@ -2,7 +2,7 @@
 
 Real images that install from a registry: 70,000 grey 28x28 pictures of 10 kinds of clothing
 (MIT licence, Zalando Research). The project pre-trains its small CLIP on the training split and
-builds the quickstart's few-shot task from it (see ``trkit_vlm.small_clip`` and ``trkit_vlm.tasks``).
+builds the quickstart's few-shot task from it (see ``trkit_vlm.demo.small_clip`` and ``trkit_vlm.demo.tasks``).
 """
 
 from __future__ import annotations

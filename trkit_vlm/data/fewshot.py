@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from trkit.errors import InputError
-from trkit_vlm.checkpoint import atomic_write_text
 from trkit_vlm.data.datasets import ClassificationData, Record, display_path
+from trkit_vlm.files import atomic_write_text
 
 SUBSETS = ("all", "base", "novel")
 

@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from trkit.errors import InputError
+from trkit.io import atomic_write
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from trkit_vlm.files import atomic_write_text
+from trkit_vlm.models import ClipBundle, load_clip, quiet_random_init, register_model_config
 
 SMALL_CLIP_NAME = "trkit-small-clip-28"
 
@@ -108,8 +114,6 @@ def weights_path(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathL
 
 def register_small_clip(config: dict | None = None, name: str = SMALL_CLIP_NAME) -> str:
     """Make ``name`` a known open_clip model config (idempotent); returns the name."""
-    from trkit_vlm.models import register_model_config
-
     register_model_config(name, config or SMALL_CLIP_CONFIG)
     return name
 
@@ -124,11 +128,7 @@ def _model_name_for(config: dict) -> str:
 
 def create_small_clip(config: dict | None = None) -> torch.nn.Module:
     """An open_clip CLIP of the small config with random weights (for training or tests)."""
-    import open_clip
-
     config = config or SMALL_CLIP_CONFIG
-    from trkit_vlm.models import quiet_random_init
-
     name = register_small_clip(config, _model_name_for(config))
     with quiet_random_init():
         return open_clip.create_model(name, pretrained=None)
@@ -248,9 +248,6 @@ def train_small_clip(
     ``recipe.val_per_class`` images per class are held out (never trained on) and scored zero-shot at
     the end. Returns ``(model, metrics)``; ``log`` (if given) receives ``(step, loss, lr)`` tuples.
     """
-    import open_clip
-    from tqdm.auto import tqdm
-
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     model = create_small_clip(recipe.model_config)
@@ -309,11 +306,6 @@ def train_small_clip(
 
 def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
     """Weights (safetensors) and the recipe/metrics JSON beside them, each via temp file + os.replace."""
-    from safetensors.torch import save_file
-
-    from trkit.io import atomic_write
-    from trkit_vlm.checkpoint import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"trkit_recipe": json.dumps(meta)}))
@@ -378,7 +370,7 @@ def load_small_clip(
     train_if_missing: bool = True,
     progress: bool = True,
     device: str = "cpu",
-):
+) -> ClipBundle:
     """The pre-trained small CLIP as a ``ClipBundle`` (pre-training it first if it is not cached).
 
     Raises:
@@ -391,6 +383,4 @@ def load_small_clip(
             raise FileNotFoundError(f"small CLIP weights not found at {path}; run 'trkit-vlm pretrain-small'")
         pretrain_small(recipe, cache_dir, progress=progress)
     name = register_small_clip(recipe.model_config, _model_name_for(recipe.model_config))
-    from trkit_vlm.models import load_clip
-
     return load_clip(name, pretrained=str(path), device=device)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import time
 
-from trkit_vlm.commands.pretrain_small import setup_threads
+from trkit_vlm.cli.common import parse_seeds, setup_threads
+
+NAME = "quickstart"
+HELP = "the AdaRing quickstart on the project's small Fashion-MNIST CLIP"
+DESCRIPTION = (
+    "Pre-train the small CLIP (once, cached), then train MMA, AdaRing and two AdaRing ablations "
+    "on 16 shots of 5 base classes of a contrast-shifted Fashion-MNIST task, seeds 1-3, and "
+    "report base / novel / HM accuracy, trainable parameters and time. About 15 minutes on 2 "
+    "CPU cores from a fresh clone; later runs reuse the pre-trained model. The model is NOT "
+    "OpenAI CLIP; its numbers are not comparable with published ones."
+)
+EXAMPLES = None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "quickstart",
-        help="the AdaRing quickstart on the project's small Fashion-MNIST CLIP",
-        description="Pre-train the small CLIP (once, cached), then train MMA, AdaRing and two AdaRing ablations "
-        "on 16 shots of 5 base classes of a contrast-shifted Fashion-MNIST task, seeds 1-3, and "
-        "report base / novel / HM accuracy, trainable parameters and time. About 15 minutes on 2 "
-        "CPU cores from a fresh clone; later runs reuse the pre-trained model. The model is NOT "
-        "OpenAI CLIP; its numbers are not comparable with published ones.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="output/quickstart", help="results folder (default output/quickstart)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated few-shot seeds (default 1,2,3)")
     p.add_argument("--shots", type=int, default=16)
@@ -31,19 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="small-CLIP cache root (default $TRKIT_CACHE or ~/.cache/trkit)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(cores, 4))")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds)
     n = setup_threads(args.threads)
-    from trkit_vlm.quickstart import QuickstartConfig, markdown_table, run_quickstart
+    from trkit_vlm.demo.quickstart import QuickstartConfig, markdown_table, run_quickstart
 
-    try:
-        seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
-    except ValueError:
-        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not seeds:
-        raise SystemExit("--seeds is empty")
     qc = QuickstartConfig(
         output_dir=args.output_dir,
         seeds=seeds[:1] if args.quick else seeds,
@@ -56,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    try:
-        res = run_quickstart(qc, progress=not args.no_progress)
-    except FileNotFoundError as err:  # the data is missing: say so plainly, no traceback
-        print(f"error: {err}")
-        return 2
+    res = run_quickstart(qc, progress=not args.no_progress)
     print()
     print(markdown_table(res["rows"]))
     print(f"total {time.perf_counter() - t0:.0f} s. Written: " + ", ".join(res["paths"].values()))

@@ -14,21 +14,30 @@ token + positional embedding, blocks with the causal mask, ``ln_final``, EOT poo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from torch import nn
 
-from trkit_vlm.adapters import get_adapters
+from trkit_vlm.adapters import adapters_disabled, get_adapters
+from trkit_vlm.data.transforms import build_transforms, load_image
+from trkit_vlm.files import atomic_torch_save
 from trkit_vlm.models import clip_towers
+from trkit_vlm.training.config import RunConfig
 
 
 def first_adapted_layer(model: nn.Module, tower: str) -> int:
     """1-based index of the first layer of ``tower`` ("text"/"image") with an adapter; depth+1 if none."""
     depth = len(clip_towers(model)[tower].resblocks)
     aset = get_adapters(model)
-    layers = aset.layers(tower) if aset is not None else []
+    layers = aset.adapted_layers(tower) if aset is not None else []
     return min(layers) if layers else depth + 1
 
 
@@ -37,28 +46,45 @@ def tower_pass(model: nn.Module, tower: str) -> Iterator[None]:
     """One pass of ``tower`` ("text"/"image") as the adapters see it when blocks are called one by one.
 
     ``add_adapters`` hooks the tower's ``Transformer`` module so an adapter set can prepare per-pass
-    state (AdaRing builds every layer's dense weights once per pass). The split forward calls the
-    blocks directly, bypassing those hooks, so it announces the pass here; without it AdaRing falls
-    back to contracting its cores again in every layer (slower, and a different rounding order).
+    state (AdaRing builds every layer's dense weights once per pass). Code that calls the blocks
+    directly bypasses those hooks, so it announces the pass here; without it AdaRing falls back to
+    contracting its cores again in every layer (slower, and a different rounding order). Use
+    :func:`run_blocks`, which does this itself; an enclosing ``tower_pass`` makes the inner ones no-ops
+    (one announcement per pass, e.g. when timing blocks one at a time).
     """
     aset = get_adapters(model)
-    if aset is not None and aset.enabled:
+    if aset is None or tower in aset.passes_in_progress:
+        yield
+        return
+    aset.passes_in_progress.add(tower)
+    if aset.enabled:
         aset.tower_pre_forward(tower)
     try:
         yield
     finally:
-        if aset is not None:
-            aset.tower_post_forward(tower)
+        aset.passes_in_progress.discard(tower)
+        aset.tower_post_forward(tower)
 
 
-def _run_blocks(transformer: nn.Module, x: torch.Tensor, blocks, attn_mask=None) -> torch.Tensor:
-    # open_clip's Transformer.forward with a slice of its blocks (x is batch-first on entry and exit).
-    if not transformer.batch_first:
-        x = x.transpose(0, 1).contiguous()
-    for blk in blocks:
-        x = blk(x, attn_mask=attn_mask)
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)
+def run_blocks(
+    model: nn.Module, tower: str, x: torch.Tensor, start: int, stop: int, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Blocks ``start+1 .. stop`` (1-based; ``resblocks[start:stop]``) of ``tower`` on batch-first tokens ``x``.
+
+    open_clip's ``Transformer.forward`` on a slice of its blocks, with the pass announced to the
+    adapters (:func:`tower_pass`) when the slice holds an adapted block: the one way code outside
+    open_clip runs CLIP blocks. ``x``: ``(B, T, width)``; returns the same shape.
+    """
+    transformer = clip_towers(model)[tower]
+    aset = get_adapters(model)
+    adapted = aset is not None and any(start < layer <= stop for layer in aset.adapted_layers(tower))
+    with tower_pass(model, tower) if adapted else contextlib.nullcontext():
+        if not transformer.batch_first:
+            x = x.transpose(0, 1).contiguous()
+        for blk in transformer.resblocks[start:stop]:
+            x = blk(x, attn_mask=attn_mask)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
     return x
 
 
@@ -72,7 +98,7 @@ def image_prefix_supported(model: nn.Module) -> str | None:
         return "patch dropout makes the prefix random"
     if getattr(visual.transformer, "grad_checkpointing", False):
         return "gradient checkpointing is on"
-    return None
+    return _adapters_reason(model, "image")
 
 
 def image_prefix(model: nn.Module, images: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -83,9 +109,7 @@ def image_prefix(model: nn.Module, images: torch.Tensor, n_layers: int) -> torch
     Returns:
         ``(B, 1 + grid**2, width)`` batch-first tokens.
     """
-    visual = model.visual
-    x = visual._embeds(images)
-    return _run_blocks(visual.transformer, x, visual.transformer.resblocks[:n_layers])
+    return run_blocks(model, "image", model.visual._embeds(images), 0, n_layers)
 
 
 def image_suffix(model: nn.Module, tokens: torch.Tensor, n_layers: int, normalize: bool = True) -> torch.Tensor:
@@ -95,8 +119,7 @@ def image_suffix(model: nn.Module, tokens: torch.Tensor, n_layers: int, normaliz
     Returns ``(B, embed_dim)``.
     """
     visual = model.visual
-    with tower_pass(model, "image"):
-        x = _run_blocks(visual.transformer, tokens, visual.transformer.resblocks[n_layers:])
+    x = run_blocks(model, "image", tokens, n_layers, len(visual.transformer.resblocks))
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
@@ -110,7 +133,12 @@ def text_prefix_supported(model: nn.Module) -> str | None:
             return f"the text tower has no {attr} (not an open_clip CLIP text tower)"
     if getattr(model.transformer, "grad_checkpointing", False):
         return "gradient checkpointing is on"
-    return None
+    return _adapters_reason(model, "text")
+
+
+def _adapters_reason(model: nn.Module, tower: str) -> str | None:
+    aset = get_adapters(model)
+    return None if aset is None else aset.split_forward_reason(tower)
 
 
 def pooled_length(model: nn.Module, text: torch.Tensor) -> int:
@@ -134,7 +162,8 @@ def pooled_length(model: nn.Module, text: torch.Tensor) -> int:
     return int(idx.max()) + 1
 
 
-def _causal_mask(model: nn.Module, n: int) -> torch.Tensor | None:
+def causal_mask(model: nn.Module, n: int) -> torch.Tensor | None:
+    """The text tower's causal attention mask cut to ``n`` positions (None for a bidirectional tower)."""
     mask = model.attn_mask
     return mask if mask is None or mask.shape[-1] == n else mask[..., :n, :n]
 
@@ -149,7 +178,7 @@ def text_prefix(model: nn.Module, text: torch.Tensor, n_layers: int) -> torch.Te
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast_dtype)
     x = x + model.positional_embedding[:n].to(cast_dtype)
-    return _run_blocks(model.transformer, x, model.transformer.resblocks[:n_layers], attn_mask=_causal_mask(model, n))
+    return run_blocks(model, "text", x, 0, n_layers, attn_mask=causal_mask(model, n))
 
 
 def text_suffix(
@@ -160,15 +189,8 @@ def text_suffix(
     ``text_suffix(m, text_prefix(m, t, n), t, n)`` equals ``m.encode_text(t, normalize=True)``, also
     for ``t`` cut to :func:`pooled_length` columns.
     """
-    from open_clip.transformer import text_global_pool
-
-    with tower_pass(model, "text"):
-        x = _run_blocks(
-            model.transformer,
-            states,
-            model.transformer.resblocks[n_layers:],
-            attn_mask=_causal_mask(model, states.shape[1]),
-        )
+    depth = len(model.transformer.resblocks)
+    x = run_blocks(model, "text", states, n_layers, depth, attn_mask=causal_mask(model, states.shape[1]))
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
@@ -179,10 +201,24 @@ def text_suffix(
 # ------------------------------------------------------------------ token store for fixed image views
 
 
+def view_transform(cfg: RunConfig, model: nn.Module, records: list) -> tuple[Callable, int, str]:
+    """``(f(index, view) -> tensor, views per image, description)`` for the prefix cache: the eval view,
+    or ``data.cached_views`` seeded augmented views."""
+    train_tf, eval_tf = build_transforms(model, augment=cfg.data.augment)
+    if not cfg.data.augment:
+        return (lambda i, v: eval_tf(load_image(records[i][0]))), 1, "eval"
+    n = max(1, cfg.data.cached_views)
+
+    def f(i: int, v: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((cfg.seed * 1_000_003 + i) * 997 + v)
+            return train_tf(load_image(records[i][0]))
+
+    return f, n, f"aug{n}-seed{cfg.seed}"
+
+
 def _weights_digest(model: nn.Module, n_layers: int) -> str:
     """Hash of every weight the image prefix uses (random-weight models differ per seed)."""
-    import hashlib
-
     visual = model.visual
     h = hashlib.sha256()
     mods = [m for name, m in visual.named_children() if name not in ("transformer", "ln_post", "attn_pool")]
@@ -198,11 +234,6 @@ def _weights_digest(model: nn.Module, n_layers: int) -> str:
 
 
 def _source_digest(records: list) -> str:
-    import hashlib
-    import os
-
-    import numpy as np
-
     h = hashlib.sha256()
     for src, label in records:
         if isinstance(src, (str, os.PathLike)):
@@ -243,13 +274,6 @@ def build_image_cache(
     Returns:
         ``{"tokens": (N, V, T, W)}`` on CPU (+ ``"frozen": (N, V, D)``).
     """
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from trkit_vlm.adapters import adapters_disabled
-    from trkit_vlm.checkpoint import atomic_torch_save
-
     path = None
     if disk_dir is not None:
         key = hashlib.sha256(

@@ -1,7 +1,7 @@
 """The AdaRing quickstart: base-to-novel few-shot adaptation of the project's small CLIP, end to end.
 
-``run_quickstart()`` pre-trains (or reuses) the small Fashion-MNIST CLIP (``trkit_vlm.small_clip``),
-builds the contrast-shifted task (``trkit_vlm.tasks``), and trains with ``trkit_vlm.train.train``:
+``run_quickstart()`` pre-trains (or reuses) the small Fashion-MNIST CLIP (``trkit_vlm.demo.small_clip``),
+builds the contrast-shifted task (``trkit_vlm.demo.tasks``), and trains with ``trkit_vlm.training.train.train``:
 MMA, AdaRing, and two AdaRing ablations, 16 shots of the 5 base classes, seeds 1-3. It writes
 ``results.json``, ``results.md`` and ``results.png`` and prints the table.
 
@@ -18,11 +18,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
+from trkit.env import env_info
+from trkit_vlm.demo.small_clip import PretrainRecipe, load_small_clip, pretrain_info
+from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH, shifted_data
+from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+from trkit_vlm.evaluation.report import aggregate
+from trkit_vlm.files import atomic_write_bytes, atomic_write_text
+from trkit_vlm.models import ClipBundle
+from trkit_vlm.training.config import DataConfig, LossConfig, OptimConfig, RunConfig
+from trkit_vlm.training.train import train
 
 # Each method's SGD recipe, chosen on the validation split by benchmarks/small_clip_sweep.py --tune
 # (benchmarks/results/small_clip_quickstart_tuning.json), never on test. Batch 16, momentum 0.9, weight
@@ -64,7 +71,7 @@ class QuickstartConfig:
     variants: dict = field(default_factory=lambda: copy.deepcopy(VARIANTS))
     optim: dict | None = None  # overrides every variant's own recipe when set (tests, sweeps)
     data: dict = field(default_factory=lambda: dict(DATA))
-    recipe: Any = None  # small_clip.PretrainRecipe (None = default)
+    recipe: PretrainRecipe | None = None  # None = the default recipe
     cache_dir: str | None = None  # small-CLIP cache root (None = $TRKIT_CACHE or ~/.cache/trkit)
 
 
@@ -72,10 +79,8 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def run_config(qc: QuickstartConfig, label: str, seed: int, bundle) -> RunConfig:  # noqa: F821
+def run_config(qc: QuickstartConfig, label: str, seed: int, bundle: ClipBundle) -> RunConfig:
     """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
-    from trkit_vlm.config import DataConfig, LossConfig, OptimConfig, RunConfig
-
     method, adapter, loss, *rest = qc.variants[label]
     optim = qc.optim if qc.optim is not None else (rest[0] if rest else OPTIM)
     return RunConfig(
@@ -107,11 +112,6 @@ def run_quickstart(
     Returns:
         ``{"rows": per-variant aggregates, "runs": per-run metrics, "paths": written files, ...}``.
     """
-    from trkit_vlm.evaluate import evaluate_base_novel
-    from trkit_vlm.small_clip import load_small_clip, pretrain_info
-    from trkit_vlm.tasks import shifted_data
-    from trkit_vlm.train import train
-
     qc = qc or QuickstartConfig()
     t_all = time.perf_counter()
     if bundle is None:
@@ -159,27 +159,16 @@ def run_quickstart(
         "weights": bundle.pretrained,
         "pretraining": (info or {}).get("metrics"),
         "n_test": {"base": zs.get("n_base"), "novel": zs.get("n_novel")},
-        "env": _env(),
+        "env": env_info(),
     }
     result["paths"] = write_results(result, qc.output_dir)
     return result
 
 
 def aggregate_runs(runs: list[dict]) -> list[dict]:
-    """Per method: base/novel mean ± sample std over seeds, HM of the means (± std of per-seed HM),
-    trainable parameters, mean train time per run. Same conventions as ``trkit_vlm.report``."""
-    from trkit_vlm.evaluate import harmonic_mean
-
-    out = []
-    for label in dict.fromkeys(r["method"] for r in runs):
-        rs = [r for r in runs if r["method"] == label]
-        row: dict[str, Any] = {"method": label, "n_seeds": len(rs), "n_trainable": rs[0]["n_trainable"]}
-        for k in ("base", "novel", "hm", "all"):
-            v = np.array([r[k] for r in rs], dtype=float)
-            row[f"{k}_mean"], row[f"{k}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        row["hm_mean"] = harmonic_mean(row["base_mean"], row["novel_mean"])
-        row["train_time_s"] = float(np.mean([r["train_time_s"] for r in rs]))
-        out.append(row)
+    """Per method (in run order): the statistics of ``trkit_vlm.evaluation.report.aggregate`` and
+    ``params_vs_mma``, the trainable parameters as a fraction of MMA's."""
+    out = aggregate(runs, by=("method",), sort=False)
     mma = next((r for r in out if r["method"] == "MMA"), None)
     for r in out:
         r["params_vs_mma"] = (r["n_trainable"] / mma["n_trainable"]) if mma and mma["n_trainable"] else None
@@ -205,7 +194,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot_png(rows: list[dict], title: str = "") -> bytes:
     """Bars of Base, Novel and HM per method with the seed std as error bars (matplotlib Agg)."""
-    import matplotlib
+    import matplotlib  # imported when a chart is drawn: slow to import, and Agg must be chosen first
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -234,8 +223,6 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
 
 def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md`` and ``results.png`` under ``out_dir`` (atomic writes)."""
-    from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "png": out / "results.png"}
@@ -264,24 +251,3 @@ def _jsonable(qc: QuickstartConfig) -> dict:
     d = {f.name: getattr(qc, f.name) for f in dataclasses.fields(qc) if f.name != "recipe"}
     d["recipe_key"] = qc.recipe.key() if qc.recipe is not None else None
     return json.loads(json.dumps(d, default=list))
-
-
-def _env() -> dict:
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-    }

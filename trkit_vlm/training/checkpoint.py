@@ -1,4 +1,4 @@
-"""Atomic file writes, RNG state as tensors, and training checkpoints that load with ``weights_only=True``.
+"""Training checkpoints that load with ``weights_only=True``, and the fingerprint a checkpoint must match.
 
 A checkpoint is written to a temporary file in the same folder and renamed over the old one, so a
 crash while saving leaves the previous checkpoint intact; the one before is kept as ``*.prev.pt``.
@@ -8,72 +8,28 @@ from __future__ import annotations
 
 import io
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from trkit.errors import InputError
-from trkit.io import atomic_write
+from trkit_vlm.files import atomic_write_bytes
+from trkit_vlm.training.config import RunConfig
+
+__all__ = ["fingerprint", "save_checkpoint", "load_checkpoint"]
+
+# Config fields that do not change the numbers: a checkpoint written under other values still resumes.
+_NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`trkit.io.atomic_write`), fsynced, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomic text write (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    """Python, numpy, torch (CPU and CUDA) RNG states, all as tensors (loadable with weights_only=True)."""
-    version, internal, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": torch.tensor([version, *internal], dtype=torch.int64),
-        "python_gauss": torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64),
-        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-        "numpy_meta": torch.tensor([np_pos, np_has_gauss], dtype=torch.int64),
-        "numpy_gauss": torch.tensor([np_gauss], dtype=torch.float64),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    py = state["python"].tolist()
-    g = float(state["python_gauss"][0])
-    random.setstate((int(py[0]), tuple(int(v) for v in py[1:]), None if g != g else g))
-    pos, has_gauss = (int(v) for v in state["numpy_meta"].tolist())
-    np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, float(state["numpy_gauss"][0]))
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+def fingerprint(cfg: RunConfig) -> dict:
+    """The config minus fields that do not affect the result (what a checkpoint must match to resume)."""
+    d = cfg.to_dict()
+    for k in _NOT_IN_FINGERPRINT:
+        d.pop(k, None)
+    d["data"].pop("num_workers", None)
+    return d
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -1,6 +1,6 @@
 """The quickstart's downstream task: few-shot base-to-novel on Fashion-MNIST under a fixed contrast shift.
 
-On the images it was pre-trained on, the small CLIP (``trkit_vlm.small_clip``) is already good, and an
+On the images it was pre-trained on, the small CLIP (``trkit_vlm.demo.small_clip``) is already good, and an
 adapter gains nothing there. Under a milder picture quality - lower contrast, lifted black level -
 its zero-shot accuracy drops but stays well above chance, and 16 labelled pictures per class show the
 model what the new domain looks like. That leaves real room for adaptation on both the base classes
@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trkit.errors import InputError
+from trkit_vlm.data.datasets import ClassificationData
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from trkit_vlm.small_clip import PretrainRecipe, images_to_tensor, split_train_val
+from trkit_vlm.demo.small_clip import PRETRAIN_TEMPLATES, PretrainRecipe, images_to_tensor, split_train_val
 
 # Chosen on the validation split by shift_sweep (benchmarks/results/small_clip_shift_sweep.json).
 DEFAULT_SHIFT_STRENGTH = 0.6
@@ -95,49 +97,59 @@ def _subset(images, labels, classes, per_class, rng) -> Split:
     return Split(images[idx], np.array([local[int(y)] for y in labels[idx]], dtype=np.int64), list(classes))
 
 
-def make_task(
-    shots: int = 16,
-    seed: int = 1,
-    strength: float = DEFAULT_SHIFT_STRENGTH,
-    eval_split: str = "test",
-    eval_per_class: int | None = None,
-    recipe: PretrainRecipe | None = None,
-    data=None,
-    eval_seed: int = 0,
-) -> FewShotTask:
-    """Build the shifted few-shot task.
+class ImagePools(NamedTuple):
+    """Unshifted Fashion-MNIST images: the pre-training ones (shots are drawn from them) and the ones
+    evaluated on (the test set, or the validation images held out from pre-training)."""
 
-    Args:
-        shots: K images per base class for training, drawn with ``seed`` from the pre-training images.
-        seed: few-shot sampling seed (1, 2, 3 in the quickstart).
-        strength: contrast-shift strength (see :func:`apply_shift`).
-        eval_split: "test" (official test images) or "val" (the held-out part of the training images,
-            for choices such as the shift strength; never trained on).
-        eval_per_class: evaluate on a fixed random subset of this many images per class (None = all).
-        recipe: pre-training recipe whose validation hold-out is respected (default recipe).
-        data: ``load_fashion_mnist()``'s 4-tuple (loaded when None).
-        eval_seed: seed of the evaluation subset (fixed so every method sees the same images).
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    eval_images: np.ndarray
+    eval_labels: np.ndarray
+    eval_split: str
+
+
+def image_pools(eval_split: str = "test", recipe: PretrainRecipe | None = None, data=None) -> ImagePools:
+    """The image pools for ``eval_split`` ("test" or "val"), respecting ``recipe``'s validation hold-out.
+
+    ``data``: ``load_fashion_mnist()``'s 4-tuple (loaded when None).
     """
     if eval_split not in ("test", "val"):
         raise InputError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
-    if shots < 1:
-        raise InputError(f"shots must be >= 1, got {shots}")
     recipe = recipe or PretrainRecipe()
     x_tr, y_tr, x_te, y_te = data if data is not None else load_fashion_mnist()
     train_idx, val_idx = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)
+    x_ev, y_ev = (x_te, y_te) if eval_split == "test" else (x_tr[val_idx], y_tr[val_idx])
+    return ImagePools(x_tr[train_idx], y_tr[train_idx], x_ev, y_ev, eval_split)
+
+
+def make_task(
+    pools: ImagePools,
+    shots: int = 16,
+    seed: int = 1,
+    strength: float = DEFAULT_SHIFT_STRENGTH,
+    eval_per_class: int | None = None,
+    eval_seed: int = 0,
+) -> FewShotTask:
+    """Build the shifted few-shot task from :func:`image_pools`.
+
+    Args:
+        pools: the images (pre-training ones for the shots; test or validation ones for evaluation).
+        shots: K images per base class for training, drawn with ``seed`` from the pre-training images.
+        seed: few-shot sampling seed (1, 2, 3 in the quickstart).
+        strength: contrast-shift strength (see :func:`apply_shift`).
+        eval_per_class: evaluate on a fixed random subset of this many images per class (None = all).
+        eval_seed: seed of the evaluation subset (fixed so every method sees the same images).
+    """
+    if shots < 1:
+        raise InputError(f"shots must be >= 1, got {shots}")
     base, novel = base_novel_classes()
-    rng = np.random.default_rng(seed)
-    shot_split = _subset(x_tr[train_idx], y_tr[train_idx], base, shots, rng)
-    if eval_split == "test":
-        x_ev, y_ev = x_te, y_te
-    else:
-        x_ev, y_ev = x_tr[val_idx], y_tr[val_idx]
+    shot_split = _subset(pools.train_images, pools.train_labels, base, shots, np.random.default_rng(seed))
     ev_rng = np.random.default_rng(10_000 + eval_seed)
-    eval_base = _subset(x_ev, y_ev, base, eval_per_class, ev_rng)
-    eval_novel = _subset(x_ev, y_ev, novel, eval_per_class, ev_rng)
+    eval_base = _subset(pools.eval_images, pools.eval_labels, base, eval_per_class, ev_rng)
+    eval_novel = _subset(pools.eval_images, pools.eval_labels, novel, eval_per_class, ev_rng)
     for s in (shot_split, eval_base, eval_novel):
         s.images = apply_shift(s.images, strength)
-    return FewShotTask(shot_split, eval_base, eval_novel, strength, seed, eval_split)
+    return FewShotTask(shot_split, eval_base, eval_novel, strength, seed, pools.eval_split)
 
 
 def shifted_data(
@@ -147,27 +159,21 @@ def shifted_data(
     recipe: PretrainRecipe | None = None,
     data=None,
     eval_seed: int = 0,
-):
-    """The task as a ``ClassificationData`` for ``trkit_vlm.train.train`` (all 10 classes, shifted).
+) -> ClassificationData:
+    """The task as a ``ClassificationData`` for ``trkit_vlm.training.train.train`` (all 10 classes, shifted).
 
     ``train``: the pre-training images (few-shot sampling draws from them); ``test``: the test images
     (``eval_split="test"``) or the held-out validation images (``"val"``), optionally a fixed subset of
     ``eval_per_class`` per class; ``val`` is empty. Records are ``(uint8 (28, 28) array, label)``.
     """
-    from trkit_vlm.data.datasets import ClassificationData
-
-    if eval_split not in ("test", "val"):
-        raise InputError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
-    recipe = recipe or PretrainRecipe()
-    x_tr, y_tr, x_te, y_te = data if data is not None else load_fashion_mnist()
-    train_idx, val_idx = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)
-    x_ev, y_ev = (x_te, y_te) if eval_split == "test" else (x_tr[val_idx], y_tr[val_idx])
+    pools = image_pools(eval_split, recipe, data)
+    every_class = list(range(len(FASHION_MNIST_CLASSES)))
     ev = _subset(
-        x_ev, y_ev, list(range(len(FASHION_MNIST_CLASSES))), eval_per_class, np.random.default_rng(10_000 + eval_seed)
+        pools.eval_images, pools.eval_labels, every_class, eval_per_class, np.random.default_rng(10_000 + eval_seed)
     )
-    x_train = apply_shift(x_tr[train_idx], strength)
+    x_train = apply_shift(pools.train_images, strength)
     x_eval = apply_shift(ev.images, strength)
-    train = [(x_train[i], int(y)) for i, y in enumerate(y_tr[train_idx])]
+    train = [(x_train[i], int(y)) for i, y in enumerate(pools.train_labels)]
     test = [(x_eval[i], int(y)) for i, y in enumerate(ev.labels)]
     return ClassificationData("fashion_mnist", list(FASHION_MNIST_CLASSES), train=train, val=[], test=test)
 
@@ -214,15 +220,13 @@ def shift_sweep(
     Returns:
         ``{"rows": [per-strength dict], "chosen_strength": s, ...}`` (JSON-serialisable).
     """
-    from trkit_vlm.small_clip import PRETRAIN_TEMPLATES
-
     model, tok = bundle.model.eval(), bundle.tokenizer
     recipe = recipe or PretrainRecipe()
-    data = data if data is not None else load_fashion_mnist()
-    clean = make_task(shots, seeds[0], 0.0, "val", eval_per_class, recipe, data)
+    pools = image_pools("val", recipe, data)
+    clean = make_task(pools, shots, seeds[0], 0.0, eval_per_class)
     rows = []
     for s in strengths:
-        task = make_task(shots, seeds[0], s, "val", eval_per_class, recipe, data)
+        task = make_task(pools, shots, seeds[0], s, eval_per_class)
         row = {"strength": s, "contrast": round(1 - s, 4), "offset": round(s / 2, 4)}
         for group in ("base", "novel"):
             ev = getattr(task, f"eval_{group}")
@@ -236,7 +240,7 @@ def shift_sweep(
             row[f"zs_clean_{group}"] = _acc(f_clean @ text.t(), y)
             probes = []
             for seed in seeds:
-                sx, sy = _group_shots(ev.classes, shots, seed, s, recipe, data).tensors()
+                sx, sy = _group_shots(pools, ev.classes, shots, seed, s).tensors()
                 probes.append(_linear_probe(_features(model, sx), sy, f, y, len(ev.classes)))
             row[f"probe_{group}"] = float(np.mean(probes))
             ceiling = max(row[f"probe_{group}"], row[f"zs_clean_{group}"])
@@ -268,10 +272,8 @@ def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def _group_shots(classes: list[int], shots: int, seed: int, strength: float, recipe: PretrainRecipe, data) -> Split:
+def _group_shots(pools: ImagePools, classes: list[int], shots: int, seed: int, strength: float) -> Split:
     """K shifted shots of each class in ``classes`` from the pre-training images (probe reference)."""
-    x_tr, y_tr = data[0], data[1]
-    train_idx, _ = split_train_val(y_tr, recipe.val_per_class, seed=recipe.seed)
-    sp = _subset(x_tr[train_idx], y_tr[train_idx], classes, shots, np.random.default_rng(seed))
+    sp = _subset(pools.train_images, pools.train_labels, classes, shots, np.random.default_rng(seed))
     sp.images = apply_shift(sp.images, strength)
     return sp

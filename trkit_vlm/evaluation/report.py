@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from trkit.errors import InputError
-from trkit_vlm.checkpoint import atomic_write_bytes, atomic_write_text
-from trkit_vlm.evaluate import harmonic_mean
+from trkit_vlm.evaluation.evaluate import harmonic_mean
+from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 
 METRICS = ("base", "novel", "hm", "all")
 
@@ -50,18 +50,26 @@ def _std(v: list[float]) -> float:
     return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, method, shots, subsample) with ``<metric>_mean``, ``<metric>_std``, ``n_seeds``."""
+RUN_KEY = ("dataset", "method", "shots", "subsample")
+
+
+def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...] = RUN_KEY, sort: bool = True) -> list[dict[str, Any]]:
+    """One row per group of runs (``by``: the keys that name a group; seeds are what varies inside one).
+
+    Each row has the ``by`` keys, ``n_seeds``, ``seeds``, ``n_trainable``, ``<metric>_mean`` and
+    ``<metric>_std`` (sample std over seeds) for base / novel / hm / all, ``hm_mean`` = HM of the mean
+    Base and Novel, and ``train_time_s`` (mean per run) when the runs record it. Groups are sorted by
+    their key, or kept in order of first appearance with ``sort=False``. A run without ``subsample``
+    counts as "base".
+    """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["method"], r.get("shots"), r.get("subsample", "base"))].append(r)
+        groups[tuple(r.get(k, "base") if k == "subsample" else r.get(k) for k in by)].append(r)
+    items = sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))) if sort else groups.items()
     out = []
-    for (dataset, method, shots, subsample), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for key, rs in items:
         row: dict[str, Any] = {
-            "dataset": dataset,
-            "method": method,
-            "shots": shots,
-            "subsample": subsample,
+            **dict(zip(by, key)),
             "n_seeds": len(rs),
             "seeds": sorted(r["seed"] for r in rs),
             "n_trainable": rs[0].get("n_trainable"),
@@ -72,6 +80,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"{k}_mean"], row[f"{k}_std"] = float(np.mean(vals)), _std(vals)
         if "base_mean" in row and "novel_mean" in row:
             row["hm_mean"] = harmonic_mean(row["base_mean"], row["novel_mean"])
+        if all(r.get("train_time_s") is not None for r in rs):
+            row["train_time_s"] = float(np.mean([r["train_time_s"] for r in rs]))
         out.append(row)
     return out
 
@@ -152,7 +162,7 @@ def csv_text(agg: list[dict[str, Any]]) -> str:
 
 def plot_png(agg: list[dict[str, Any]]) -> bytes:
     """Grouped bars of Base, Novel and HM per dataset, one colour per method (error bars: seed std)."""
-    import matplotlib
+    import matplotlib  # imported when a chart is drawn: slow to import, and Agg must be chosen first
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
+from trkit_vlm.cli.common import setup_threads
 
-def setup_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (default ``min(cores, 4)``) and say whether waiting is passive.
-
-    ``OMP_WAIT_POLICY=PASSIVE`` keeps CPU runs 5-30x steadier when the cores are shared
-    (docs/benchmarks.md), but OpenMP reads it once, when torch loads - before any command code runs
-    (importing ``trkit_vlm`` imports torch). ``make quickstart`` exports it; when calling ``trkit-vlm``
-    directly, export it in the shell. Returns the number of threads set.
-    """
-    import torch
-
-    n = threads or min(os.cpu_count() or 1, 4)
-    torch.set_num_threads(n)
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        print(
-            "note: OMP_WAIT_POLICY is not PASSIVE; on a machine whose cores are shared, "
-            "'export OMP_WAIT_POLICY=PASSIVE' before running can make this several times faster"
-        )
-    return n
+NAME = "pretrain-small"
+HELP = "pre-train the small Fashion-MNIST CLIP (cached; not OpenAI CLIP)"
+DESCRIPTION = (
+    "Pre-train the project's small CLIP on Fashion-MNIST (runs once; the weights are cached "
+    "under $TRKIT_CACHE or ~/.cache/trkit, keyed by a hash of the recipe)."
+)
+EXAMPLES = None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pretrain-small",
-        help="pre-train the small Fashion-MNIST CLIP (cached; not OpenAI CLIP)",
-        description="Pre-train the project's small CLIP on Fashion-MNIST (runs once; the weights are cached "
-        "under $TRKIT_CACHE or ~/.cache/trkit, keyed by a hash of the recipe).",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--cache-dir", default=None, help="cache root (default $TRKIT_CACHE or ~/.cache/trkit)")
     p.add_argument(
@@ -44,14 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(cores, 4))")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     n = setup_threads(args.threads)
-    import dataclasses
-
-    from trkit_vlm.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
+    from trkit_vlm.demo.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
 
     recipe = PretrainRecipe()
     if args.steps is not None:

@@ -1,28 +1,53 @@
-"""Shared fixtures for the training tests: a tiny open_clip config and a tiny CoOp-layout dataset on disk."""
+"""Shared test fixtures: the tiny CLIP every trkit_vlm test uses, a tiny CoOp-layout dataset on disk,
+and a tiny run config; and the tiny small-CLIP recipe config of the Fashion-MNIST demo tests."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-TINY = "trkit-test-train-tiny"
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
-}
+from trkit_vlm.models import TINY_CONFIG
+
+TINY = "trkit-test-tiny"
 CLASSES = ["red_thing", "green_thing", "blue_thing", "grey_thing"]
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128)]
 
+# The small CLIP's architecture at 28x28 (Fashion-MNIST), shrunk so a few pre-training steps run in seconds.
+TINY_SMALL_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
+}
+
 
 def register_tiny() -> str:
+    """Register ``trkit_vlm.models.TINY_CONFIG`` (4 layers, 32x32 images) as ``TINY``; returns the name."""
     from trkit_vlm.models import register_model_config
 
     register_model_config(TINY, TINY_CONFIG)
     return TINY
+
+
+def tiny_bundle(name: str | None = None, seed: int = 0):
+    """A ``ClipBundle`` of the tiny CLIP (or model ``name``) with random weights drawn from ``seed``, quietly."""
+    import torch
+
+    from trkit_vlm.models import load_clip
+
+    name = name or register_tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "RANDOM weights" warning is expected here
+        torch.manual_seed(seed)
+        return load_clip(name)
+
+
+def tiny_model(name: str | None = None, seed: int = 0):
+    """The CLIP module of :func:`tiny_bundle`."""
+    return tiny_bundle(name, seed).model
 
 
 def make_coop_dataset(
@@ -45,10 +70,10 @@ def make_coop_dataset(
 
 
 def tiny_config(tmp: Path, data_root: Path, method: str = "mma", **overrides):
-    """A RunConfig for the tiny model on the tiny dataset (1 epoch, no augmentation, batch 4)."""
-    from trkit_vlm.config import RunConfig, apply_overrides
+    """A RunConfig for the tiny model on the tiny dataset (1 epoch, no augmentation, batch 2)."""
+    from trkit_vlm.training.config import RunConfig, apply_overrides
 
-    cfg = RunConfig(model=TINY, method=method, output_dir=str(tmp / "out"), seed=1)
+    cfg = RunConfig(model=register_tiny(), method=method, output_dir=str(tmp / "out"), seed=1)
     cfg.data.dataset, cfg.data.root, cfg.data.shots = "coop", str(data_root), 2
     cfg.data.augment = False
     cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.eval_batch_size = 1, 2, 0.01, 16

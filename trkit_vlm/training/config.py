@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trkit.errors import InputError
+import yaml
 
-METHODS = ("mma", "adaring")
+from trkit.errors import InputError
+from trkit_vlm.adapters.registry import adapter_config_from_dict, available_methods
+from trkit_vlm.data.datasets import canonical_name
+from trkit_vlm.files import atomic_write_text
+from trkit_vlm.typecheck import check_field_types
 
 
 @dataclass
@@ -69,8 +73,8 @@ class RunConfig:
     model: str = "ViT-B-16"
     pretrained: str | None = None  # local checkpoint file; None = random weights (warned)
     model_config: dict[str, Any] | None = None  # open_clip config registered under `model` (custom models)
-    method: str = "adaring"  # "mma" or "adaring"
-    adapter: dict[str, Any] = field(default_factory=dict)  # fields of MMAConfig / AdaRingConfig
+    method: str = "adaring"  # a registered adapter method: trkit_vlm.adapters.available_methods()
+    adapter: dict[str, Any] = field(default_factory=dict)  # fields of that method's config (MMAConfig, ...)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -91,8 +95,6 @@ class RunConfig:
 
     def dataset_key(self) -> str:
         """The dataset's folder name under ``output_dir`` (a user folder's own name for "folder"/"coop")."""
-        from trkit_vlm.data.datasets import canonical_name
-
         name = canonical_name(self.data.dataset)
         if name in ("folder", "coop") and self.data.root:
             name = Path(self.data.root).name
@@ -102,9 +104,18 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> RunConfig:
-        """Clear ValueErrors for values the run cannot use."""
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        """Clear InputErrors for values the run cannot use (wrong types first, then wrong values)."""
+        check_field_types(self)
+        for name in _SECTIONS:
+            check_field_types(getattr(self, name), f"{name}.")
+        if self.method not in available_methods():
+            raise InputError(f"unknown method {self.method!r}; expected one of {available_methods()}")
+        if not isinstance(self.adapter, dict):
+            raise InputError(f"adapter must be a mapping of {self.method} config fields, got {self.adapter!r}")
+        try:  # field errors now, not mid-run
+            adapter_config_from_dict({"method": self.method, **self.adapter})
+        except InputError as err:
+            raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -131,27 +142,32 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
 
 
+def _check_keys(d: dict, cls: type, prefix: str = "") -> None:
+    """InputError listing the keys of ``d`` that are not fields of dataclass ``cls`` (typos, old names)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(known)}")
+
+
 def config_from_dict(d: dict) -> RunConfig:
     """Build a RunConfig from a nested dict; unknown keys are errors (typos should not pass silently)."""
     if not isinstance(d, dict):
         raise InputError(f"a run config is a mapping, got {type(d).__name__}")
-    top = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(d) - top)
-    if unknown:
-        raise InputError(f"unknown config key(s) {unknown}; known: {sorted(top)}")
+    _check_keys(d, RunConfig)
     kwargs = dict(d)
     for name, cls in _SECTIONS.items():
         sub = kwargs.get(name) or {}
         if isinstance(sub, cls):
             continue
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(sub) - known)
-        if bad:
-            raise InputError(f"unknown config key(s) {[f'{name}.{b}' for b in bad]}; known: {sorted(known)}")
-        if "betas" in sub:
+        if not isinstance(sub, dict):
+            raise InputError(f"config section {name!r} must be a mapping, got {sub!r}")
+        _check_keys(sub, cls, f"{name}.")
+        if isinstance(sub.get("betas"), list):
             sub = {**sub, "betas": tuple(sub["betas"])}
         kwargs[name] = cls(**sub)
-    kwargs["adapter"] = dict(kwargs.get("adapter") or {})
+    adapter = kwargs.get("adapter") or {}
+    kwargs["adapter"] = dict(adapter) if isinstance(adapter, dict) else adapter  # else: validate() says so
     return RunConfig(**kwargs)
 
 
@@ -162,8 +178,6 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             d = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -177,8 +191,6 @@ def load_config(path: str | os.PathLike) -> RunConfig:
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -209,6 +221,4 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write the config as JSON (atomically)."""
-    from trkit_vlm.checkpoint import atomic_write_text
-
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))

@@ -1,6 +1,6 @@
 """Multi-process training under ``torchrun``: process-group set-up, rank-0 helpers, reductions.
 
-``torchrun --nproc_per_node N -m trkit_vlm.train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+``torchrun --nproc_per_node N -m trkit_vlm train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 we then use DistributedDataParallel with the ``nccl`` backend on CUDA and ``gloo`` on CPU.
 """
 

@@ -1,4 +1,4 @@
-"""The epoch loop behind :func:`trkit_vlm.train.train`: batches (images or cached prefix tokens),
+"""The epoch loop behind :func:`trkit_vlm.training.train.train`: batches (images or cached prefix tokens),
 the DDP-wrapped forward, optimiser / cosine schedule / AMP, JSONL logging, checkpoints, evaluation."""
 
 from __future__ import annotations
@@ -6,22 +6,37 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
 
 from trkit.errors import InputError
-from trkit_vlm import prefix_cache as pc
+from trkit_vlm.adapters import (
+    adapter_parameters,
+    adapter_regularization,
+    adapters_disabled,
+    count_trainable,
+    get_adapters,
+    save_adapters,
+)
+from trkit_vlm.data import ClassificationData
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
-from trkit_vlm.distributed import DistInfo, all_reduce_sum, barrier
-from trkit_vlm.evaluate import evaluate_base_novel
+from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+from trkit_vlm.files import atomic_write_text
+from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features
+from trkit_vlm.models import ClipBundle
+from trkit_vlm.training import prefix_cache as pc
+from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from trkit_vlm.training.config import RunConfig
+from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
+from trkit_vlm.training.seeding import rng_state, seed_everything, set_rng_state
 
 
 class _Forward(nn.Module):
@@ -53,6 +68,15 @@ class _Forward(nn.Module):
         return m.logit_scale.exp() * img @ txt.t(), img, txt
 
 
+def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on CUDA; None (fp32) on CPU whatever the config says."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    return torch.bfloat16 if cfg.amp == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
+
+
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over ``warmup_steps``, then cosine from 1 to 0 at ``total_steps``."""
 
@@ -70,23 +94,18 @@ class Trainer:
 
     def __init__(
         self,
-        cfg,
-        bundle,
+        cfg: RunConfig,
+        bundle: ClipBundle,
         model: nn.Module,
-        train_data,
-        eval_data,
+        train_data: ClassificationData,
+        eval_data: ClassificationData,
         info: DistInfo,
         run_dir: Path,
-        progress: bool,
-        view_fn: Callable,
-        fingerprint: dict,
-        amp: torch.dtype | None,
+        progress: bool = True,
     ):
-        from trkit_vlm.adapters import adapter_parameters
-        from trkit_vlm.losses import GeneralizationAwareLoss
-
         self.cfg, self.bundle, self.model, self.info, self.run_dir = cfg, bundle, model, info, run_dir
-        self.train_data, self.eval_data, self.amp, self.fp = train_data, eval_data, amp, fingerprint
+        self.train_data, self.eval_data = train_data, eval_data
+        self.amp, self.fp = amp_dtype(cfg, info.device), fingerprint(cfg)
         self.progress = progress and info.is_main
         dev = info.device
         records = train_data.train
@@ -107,8 +126,6 @@ class Trainer:
         n_text = pc.first_adapted_layer(model, "text") - 1
         self.text_frozen = None
         if cfg.loss.lambda_text > 0:
-            from trkit_vlm.adapters import adapters_disabled
-
             with torch.no_grad(), adapters_disabled(model):
                 self.text_frozen = model.encode_text(text_ids, normalize=True).float()
         text_states = None
@@ -133,7 +150,7 @@ class Trainer:
         self.cached = use_cache and fixed and reason is None and self.n_image > 0
         self.store = None
         if self.cached:
-            fn, n_views, desc = view_fn(cfg, model, records)
+            fn, n_views, desc = pc.view_transform(cfg, model, records)
             disk = None
             if cfg.prefix_cache == "disk":
                 disk = cfg.cache_dir or str(Path(cfg.output_dir) / "cache")
@@ -173,13 +190,11 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch))
         )
-        self.scaler = torch.amp.GradScaler(dev.type, enabled=(amp == torch.float16))
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=(self.amp == torch.float16))
         self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.ddp = DDP(
+            self.ddp = DistributedDataParallel(
                 self.forward, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False
             )
         self.start_epoch, self.step = 0, 0
@@ -214,8 +229,6 @@ class Trainer:
             x = x.to(dev, non_blocking=True)
             frozen = None
             if self.cfg.loss.lambda_image > 0:
-                from trkit_vlm.losses import frozen_image_features
-
                 with self._autocast():
                     frozen = frozen_image_features(self.model, x).float()
             yield x, y.to(dev), frozen
@@ -231,14 +244,12 @@ class Trainer:
             with open(self.run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def try_resume(self, load_checkpoint: Callable, set_rng_state: Callable) -> None:
+    def try_resume(self) -> None:
         """Load ``checkpoint.pt`` when present and continue after its epoch."""
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             return
         state = load_checkpoint(path, self.fp)
-        from trkit_vlm.adapters import get_adapters
-
         get_adapters(self.model).load_state_dict(state["adapters"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -252,11 +263,9 @@ class Trainer:
             (self.run_dir / "log.jsonl").write_text("".join(ln + "\n" for ln in keep))
         barrier(self.info)
 
-    def _checkpoint(self, epoch: int, save_checkpoint: Callable, rng_state: Callable) -> None:
+    def _checkpoint(self, epoch: int) -> None:
         if not self.info.is_main:
             return
-        from trkit_vlm.adapters import get_adapters
-
         state = {
             "fingerprint": self.fp,
             "epoch": epoch,
@@ -270,15 +279,8 @@ class Trainer:
         save_checkpoint(state, self.run_dir / "checkpoint.pt")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
-        from trkit_vlm.adapters import adapter_parameters, adapter_regularization
-
         cfg, accum = self.cfg, self.cfg.optim.grad_accum
-        s = self._epoch_seed(epoch)
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.manual_seed(s)
+        seed_everything(self._epoch_seed(epoch))
         fwd = self.ddp or self.forward
         self.model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
@@ -339,9 +341,8 @@ class Trainer:
             amp_dtype=self.amp,
         )
 
-    def fit(self, stop_after_epoch: int | None, save_checkpoint: Callable, rng_state: Callable) -> dict[str, Any]:
-        from trkit_vlm.adapters import count_trainable
-
+    def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
+        """Train the remaining epochs (checkpoint after each), then save the adapters and evaluate."""
         cfg = self.cfg
         t_start = time.perf_counter()
         epoch_times = []
@@ -354,15 +355,13 @@ class Trainer:
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.optim.epochs:
                 rec["eval"] = self.evaluate() if self.info.is_main else None
             self._log(rec)
-            self._checkpoint(epoch + 1, save_checkpoint, rng_state)
+            self._checkpoint(epoch + 1)
             barrier(self.info)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
                 return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
         train_time = time.perf_counter() - t_start
         metrics: dict[str, Any] = {}
         if self.info.is_main:
-            from trkit_vlm.adapters import save_adapters
-
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
             t0 = time.perf_counter()
             acc = self.evaluate()
@@ -393,8 +392,6 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "run_dir": str(self.run_dir),
             }
-            from trkit_vlm.checkpoint import atomic_write_text
-
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         barrier(self.info)
         return metrics
