@@ -156,10 +156,11 @@ def load_array(path: str, key: str | None = None) -> np.ndarray:
 
 def _blocks(arr: np.ndarray):
     """The values of ``arr`` in C order, a block at a time (memory-mapped files are read, not mapped)."""
-    if isinstance(arr, np.memmap) and arr.flags.c_contiguous and getattr(arr, "filename", None):
+    filename = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    if filename and arr.flags.c_contiguous:
         # plain reads leave the pages in the page cache instead of this process's resident set
-        with open(arr.filename, "rb") as f:
-            f.seek(arr.offset)
+        with open(filename, "rb") as f:
+            f.seek(getattr(arr, "offset", 0))
             left = arr.size
             while left:
                 block = np.fromfile(f, dtype=arr.dtype, count=min(_SCAN_BLOCK, left))
