@@ -88,6 +88,12 @@ def registered_model_configs() -> list[str]:
     return sorted(_CUSTOM_CONFIGS)
 
 
+def registered_model_config(name: str) -> dict | None:
+    """A copy of the config registered under ``name`` with :func:`register_model_config` (None if none)."""
+    config = _CUSTOM_CONFIGS.get(name)
+    return copy.deepcopy(config) if config is not None else None
+
+
 def _sync_configs() -> None:
     import open_clip.factory as f
 

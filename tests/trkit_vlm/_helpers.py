@@ -3,7 +3,9 @@ and a tiny run config; and the tiny small-CLIP recipe config of the Fashion-MNIS
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 import warnings
 from pathlib import Path
 
@@ -79,3 +81,28 @@ def tiny_config(tmp: Path, data_root: Path, method: str = "mma", **overrides):
     cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.eval_batch_size = 1, 2, 0.01, 16
     cfg.adapter = {"hidden": 8} if method == "mma" else {}
     return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def write_idx(path, arr: np.ndarray, compress: bool = True) -> None:
+    """Hand-written idx encoder (independent of the reader): magic 0x0000 0x08 ndim, big-endian dims."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    payload = header + arr.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def fake_fashion_mnist(root: Path, n_train: int = 40, n_test: int = 20, seed: int = 0):
+    """Random 28x28 images with cycling labels as Fashion-MNIST idx files in ``root``; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    xtr = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    ytr = np.arange(n_train, dtype=np.uint8) % 10
+    xte = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
+    yte = np.arange(n_test, dtype=np.uint8)[::-1] % 10
+    write_idx(root / "train-images-idx3-ubyte.gz", xtr)
+    write_idx(root / "train-labels-idx1-ubyte.gz", ytr)
+    write_idx(root / "t10k-images-idx3-ubyte", xte, compress=False)  # plain files are read too
+    write_idx(root / "t10k-labels-idx1-ubyte", yte, compress=False)
+    return xtr, ytr, xte, yte

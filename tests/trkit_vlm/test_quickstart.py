@@ -9,6 +9,7 @@ import pytest
 import torch
 from _helpers import TINY_SMALL_CLIP_CONFIG
 
+from trkit_vlm.data import tasks as data_tasks
 from trkit_vlm.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES
 from trkit_vlm.demo import quickstart as q
 from trkit_vlm.demo import small_clip as sc
@@ -22,15 +23,15 @@ needs_data = pytest.mark.skipif(
 
 def test_apply_shift_closed_form():
     x = np.array([[[0, 255, 128]]], dtype=np.uint8)
-    got = tasks.apply_shift(x, 0.3)
+    got = data_tasks.contrast_shift(x, 0.3)
     want = np.rint(255 * (0.7 * x / 255.0 + 0.15)).astype(np.uint8)
     np.testing.assert_array_equal(got, want)
     assert got.min() == 38 and got.max() == 217  # contrast 0.7, mid-grey kept
-    np.testing.assert_array_equal(tasks.apply_shift(x, 0.0), x)
+    np.testing.assert_array_equal(data_tasks.contrast_shift(x, 0.0), x)
     with pytest.raises(ValueError, match="strength"):
-        tasks.apply_shift(x, 1.0)
+        data_tasks.contrast_shift(x, 1.0)
     with pytest.raises(ValueError, match="uint8"):
-        tasks.apply_shift(x.astype(np.float32), 0.1)
+        data_tasks.apply_shift(x.astype(np.float32), "contrast", {"strength": 0.1})
 
 
 def test_base_novel_split_is_coop_rule():
@@ -58,7 +59,7 @@ def test_make_task_uses_train_for_shots_and_keeps_validation_apart():
     t = tasks.make_task(val, shots=4, seed=1, strength=0.0)
     assert t.shots.images.shape == (20, 28, 28) and np.all(np.bincount(t.shots.labels) == 4)
     assert t.shots.classes == [0, 1, 2, 3, 4] and t.eval_novel.classes == [5, 6, 7, 8, 9]
-    train_idx, val_idx = sc.split_train_val(data[1], 5, seed=recipe.seed)
+    train_idx, val_idx = data_tasks.split_train_val(data[1], 5, seed=recipe.seed)
     val_images = {data[0][i].tobytes() for i in val_idx}
     assert not any(im.tobytes() in val_images for im in t.shots.images)  # shots never from validation
     assert all(im.tobytes() in val_images for im in t.eval_base.images)  # eval = validation images
@@ -66,7 +67,7 @@ def test_make_task_uses_train_for_shots_and_keeps_validation_apart():
     t2 = tasks.make_task(val, shots=4, seed=2, strength=0.0)
     assert not np.array_equal(t.shots.images, t2.shots.images)  # the seed changes the shots
     ts = tasks.make_task(tasks.image_pools("test", recipe, data), shots=4, seed=1, strength=0.5, eval_per_class=3)
-    np.testing.assert_array_equal(ts.shots.images, tasks.apply_shift(t.shots.images, 0.5))
+    np.testing.assert_array_equal(ts.shots.images, data_tasks.contrast_shift(t.shots.images, 0.5))
     assert len(ts.eval_base.labels) == 15
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from trkit.env import env_info
+from trkit_vlm.data.fashion_mnist import fashion_mnist_data
+from trkit_vlm.data.tasks import TaskSpec, apply_task
 from trkit_vlm.demo.small_clip import PretrainRecipe, load_small_clip, pretrain_info
-from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH, shifted_data
+from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH, contrast_task
 from trkit_vlm.evaluation.evaluate import evaluate_base_novel
 from trkit_vlm.evaluation.report import aggregate
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
@@ -79,6 +81,11 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
+def task_spec(qc: QuickstartConfig) -> TaskSpec:
+    """The quickstart's task: Fashion-MNIST under the contrast shift, scored on ``qc.eval_split``."""
+    return contrast_task(qc.strength, qc.eval_split, qc.eval_per_class, qc.recipe)
+
+
 def run_config(qc: QuickstartConfig, label: str, seed: int, bundle: ClipBundle) -> RunConfig:
     """The ``RunConfig`` of one (variant, seed) run on the quickstart's model and task."""
     method, adapter, loss, *rest = qc.variants[label]
@@ -88,7 +95,14 @@ def run_config(qc: QuickstartConfig, label: str, seed: int, bundle: ClipBundle) 
         pretrained=bundle.pretrained,
         method=method,
         adapter=dict(adapter),
-        data=DataConfig(dataset="fashion_mnist", root=None, shots=qc.shots, subsample="base", **qc.data),
+        data=DataConfig(
+            dataset="fashion_mnist",
+            root=None,
+            shots=qc.shots,
+            subsample="base",
+            task=task_spec(qc).to_dict(),
+            **qc.data,
+        ),
         optim=OptimConfig(**optim),
         loss=LossConfig(**loss),
         seed=seed,
@@ -106,7 +120,8 @@ def run_quickstart(
         qc: what to run (default :class:`QuickstartConfig`).
         progress: progress bars for pre-training; one line per run either way.
         bundle: a ready ``ClipBundle`` (default: the cached small CLIP, pre-trained if missing).
-        data: a ready ``ClassificationData`` (default: ``tasks.shifted_data(qc.strength, ...)``).
+        data: a ready ``ClassificationData`` (default: :func:`task_spec` applied to Fashion-MNIST); it
+            must be that task (the run folders record the task, and ``trkit-vlm eval`` rebuilds it).
         log: where the progress lines go.
 
     Returns:
@@ -119,7 +134,7 @@ def run_quickstart(
         bundle = load_small_clip(qc.recipe, qc.cache_dir, progress=progress)
         log(f"small CLIP ready ({time.perf_counter() - t0:.0f} s): {bundle.pretrained}")
     if data is None:
-        data = shifted_data(qc.strength, qc.eval_split, qc.eval_per_class, qc.recipe)
+        data = apply_task(fashion_mnist_data(), task_spec(qc))
     runs: list[dict] = []
     t0 = time.perf_counter()
     zs = evaluate_base_novel(bundle.model, bundle.tokenizer, data, "a photo of a {}.")

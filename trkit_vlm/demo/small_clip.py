@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from trkit.errors import InputError
 from trkit.io import atomic_write
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from trkit_vlm.data.tasks import split_train_val
 from trkit_vlm.files import atomic_write_text
 from trkit_vlm.models import ClipBundle, load_clip, quiet_random_init, register_model_config
 
@@ -147,25 +148,6 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def split_train_val(labels: np.ndarray, val_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, val)`` into the Fashion-MNIST training set; ``val_per_class`` per class held out.
-
-    The validation part is never used for pre-training; the shift sweep and method choices use it, and
-    the test set is left alone until the final numbers.
-    """
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        if val_per_class > len(idx):
-            raise InputError(f"val_per_class={val_per_class} exceeds the {len(idx)} images of class {c}")
-        val.append(rng.choice(idx, size=val_per_class, replace=False))
-    val_idx = np.sort(np.concatenate(val))
-    train_mask = np.ones(len(labels), dtype=bool)
-    train_mask[val_idx] = False
-    return np.flatnonzero(train_mask), val_idx
 
 
 def _tokenize_captions(tokenizer, templates, classnames) -> tuple[torch.Tensor, torch.Tensor]:

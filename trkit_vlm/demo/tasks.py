@@ -28,26 +28,33 @@ import torch.nn.functional as F
 
 from trkit.errors import InputError
 from trkit_vlm.data.datasets import ClassificationData
-from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from trkit_vlm.demo.small_clip import PRETRAIN_TEMPLATES, PretrainRecipe, images_to_tensor, split_train_val
+from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_data, load_fashion_mnist
+from trkit_vlm.data.tasks import TaskSpec, apply_task, contrast_shift, split_train_val, subset_per_class
+from trkit_vlm.demo.small_clip import PRETRAIN_TEMPLATES, PretrainRecipe, images_to_tensor
 
 # Chosen on the validation split by shift_sweep (benchmarks/results/small_clip_shift_sweep.json).
 DEFAULT_SHIFT_STRENGTH = 0.6
 
 
-def apply_shift(images: np.ndarray, strength: float) -> np.ndarray:
-    """Contrast shift of uint8 grey images ``(N, H, W)``: ``x' = (1 - s) x + s/2`` on [0, 1], re-quantised.
-
-    Raises:
-        ValueError: strength outside [0, 1) or images not uint8.
-    """
-    if not 0.0 <= strength < 1.0:
-        raise InputError(f"shift strength must be in [0, 1), got {strength}")
-    if images.dtype != np.uint8:
-        raise InputError(f"apply_shift expects uint8 images, got {images.dtype}")
-    x = images.astype(np.float32) / 255.0
-    x = (1.0 - strength) * x + strength / 2.0
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+def contrast_task(
+    strength: float = DEFAULT_SHIFT_STRENGTH,
+    eval_split: str = "test",
+    eval_per_class: int | None = None,
+    recipe: PretrainRecipe | None = None,
+    eval_seed: int = 0,
+) -> TaskSpec:
+    """The quickstart task as a :class:`~trkit_vlm.data.tasks.TaskSpec`: the contrast shift of ``strength``,
+    shots drawn outside ``recipe``'s pre-training hold-out, evaluation on ``eval_split``."""
+    recipe = recipe or PretrainRecipe()
+    return TaskSpec(
+        shift="contrast",
+        params={"strength": float(strength)},
+        holdout_per_class=recipe.val_per_class,
+        holdout_seed=recipe.seed,
+        eval_split=eval_split,
+        eval_per_class=eval_per_class,
+        eval_seed=eval_seed,
+    )
 
 
 def base_novel_classes(n_classes: int = len(FASHION_MNIST_CLASSES)) -> tuple[list[int], list[int]]:
@@ -86,13 +93,7 @@ class FewShotTask:
 
 
 def _subset(images, labels, classes, per_class, rng) -> Split:
-    idx = []
-    for c in classes:
-        pool = np.flatnonzero(labels == c)
-        if per_class is not None and per_class < len(pool):
-            pool = np.sort(rng.choice(pool, size=per_class, replace=False))
-        idx.append(pool)
-    idx = np.concatenate(idx)
+    idx = subset_per_class(labels, classes, per_class, rng)
     local = {c: i for i, c in enumerate(classes)}
     return Split(images[idx], np.array([local[int(y)] for y in labels[idx]], dtype=np.int64), list(classes))
 
@@ -148,7 +149,7 @@ def make_task(
     eval_base = _subset(pools.eval_images, pools.eval_labels, base, eval_per_class, ev_rng)
     eval_novel = _subset(pools.eval_images, pools.eval_labels, novel, eval_per_class, ev_rng)
     for s in (shot_split, eval_base, eval_novel):
-        s.images = apply_shift(s.images, strength)
+        s.images = contrast_shift(s.images, strength)
     return FewShotTask(shot_split, eval_base, eval_novel, strength, seed, pools.eval_split)
 
 
@@ -160,22 +161,16 @@ def shifted_data(
     data=None,
     eval_seed: int = 0,
 ) -> ClassificationData:
-    """The task as a ``ClassificationData`` for ``trkit_vlm.training.train.train`` (all 10 classes, shifted).
+    """The task as a ``ClassificationData`` for ``trkit_vlm.training.train.train`` (all 10 classes, shifted):
+    :func:`contrast_task` applied to Fashion-MNIST (``data``: ``load_fashion_mnist()``'s 4-tuple, loaded
+    when None).
 
     ``train``: the pre-training images (few-shot sampling draws from them); ``test``: the test images
     (``eval_split="test"``) or the held-out validation images (``"val"``), optionally a fixed subset of
     ``eval_per_class`` per class; ``val`` is empty. Records are ``(uint8 (28, 28) array, label)``.
     """
-    pools = image_pools(eval_split, recipe, data)
-    every_class = list(range(len(FASHION_MNIST_CLASSES)))
-    ev = _subset(
-        pools.eval_images, pools.eval_labels, every_class, eval_per_class, np.random.default_rng(10_000 + eval_seed)
-    )
-    x_train = apply_shift(pools.train_images, strength)
-    x_eval = apply_shift(ev.images, strength)
-    train = [(x_train[i], int(y)) for i, y in enumerate(pools.train_labels)]
-    test = [(x_eval[i], int(y)) for i, y in enumerate(ev.labels)]
-    return ClassificationData("fashion_mnist", list(FASHION_MNIST_CLASSES), train=train, val=[], test=test)
+    spec = contrast_task(strength, eval_split, eval_per_class, recipe, eval_seed)
+    return apply_task(fashion_mnist_data(data), spec)
 
 
 @torch.no_grad()
@@ -275,5 +270,5 @@ def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def _group_shots(pools: ImagePools, classes: list[int], shots: int, seed: int, strength: float) -> Split:
     """K shifted shots of each class in ``classes`` from the pre-training images (probe reference)."""
     sp = _subset(pools.train_images, pools.train_labels, classes, shots, np.random.default_rng(seed))
-    sp.images = apply_shift(sp.images, strength)
+    sp.images = contrast_shift(sp.images, strength)
     return sp

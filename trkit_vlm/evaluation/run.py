@@ -15,6 +15,7 @@ from trkit_vlm.models import load_clip, register_model_config
 from trkit_vlm.training.config import RunConfig, config_from_dict
 from trkit_vlm.training.distributed import resolve_device
 from trkit_vlm.training.seeding import seed_everything
+from trkit_vlm.training.train import load_run_data
 
 
 def evaluate_run(
@@ -51,13 +52,12 @@ def evaluate_run(
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the run has not finished")
         load_adapters(bundle.model, path)
-    ds = dataset or cfg.data.dataset
-    data = load_dataset(
-        ds,
-        root if root is not None else cfg.data.root,
-        split_file=None if dataset else cfg.data.split_file,
-        image_dir=None if dataset else cfg.data.image_dir,
-    )
+    if dataset is None:  # the run's own data, its task (shift, hold-out, scored images) included
+        if root is not None:
+            cfg.data.root = root
+        data = load_run_data(cfg)
+    else:
+        data = load_dataset(dataset, root if root is not None else cfg.data.root)
     acc = evaluate_base_novel(
         bundle.model,
         bundle.tokenizer,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import yaml
 from trkit.errors import InputError
 from trkit_vlm.adapters.registry import adapter_config_from_dict, available_methods
 from trkit_vlm.data.datasets import canonical_name
+from trkit_vlm.data.tasks import TaskSpec
 from trkit_vlm.files import atomic_write_text
 from trkit_vlm.typecheck import check_field_types
 
@@ -39,6 +41,7 @@ class DataConfig:
     augment: bool = True  # random resized crop + flip (CoOp); False = fixed eval view
     cached_views: int = 0  # > 0: that many fixed augmented views per image (prefix-cacheable)
     num_workers: int = 0
+    task: dict[str, Any] | None = None  # a TaskSpec as a dict (trkit_vlm.data.tasks): shift, hold-out, eval images
 
 
 @dataclass
@@ -100,6 +103,14 @@ class RunConfig:
             name = Path(self.data.root).name
         return name
 
+    def fewshot_key(self) -> str:
+        """The folder of the few-shot draws under ``output_dir``: the dataset's key, plus a hash of the task
+        when there is one (its hold-out changes which images can be drawn)."""
+        if self.data.task is None:
+            return self.dataset_key()
+        blob = json.dumps(TaskSpec.from_dict(self.data.task).to_dict(), sort_keys=True)
+        return f"{self.dataset_key()}-task-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -112,6 +123,8 @@ class RunConfig:
             raise InputError(f"unknown method {self.method!r}; expected one of {available_methods()}")
         if not isinstance(self.adapter, dict):
             raise InputError(f"adapter must be a mapping of {self.method} config fields, got {self.adapter!r}")
+        if self.data.task is not None:
+            TaskSpec.from_dict(self.data.task)
         try:  # field errors now, not mid-run
             adapter_config_from_dict({"method": self.method, **self.adapter})
         except InputError as err:

@@ -25,8 +25,9 @@ from trkit_vlm.data import (
     load_dataset,
     subsample_classes,
 )
+from trkit_vlm.data.tasks import apply_task
 from trkit_vlm.data.transforms import check_files
-from trkit_vlm.models import ClipBundle, load_clip, register_model_config
+from trkit_vlm.models import ClipBundle, load_clip, register_model_config, registered_model_config
 from trkit_vlm.training.config import RunConfig, save_config
 from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from trkit_vlm.training.loop import Trainer
@@ -35,23 +36,32 @@ from trkit_vlm.training.seeding import seed_everything
 __all__ = ["train", "prepare_data", "build_model"]
 
 
+def load_run_data(cfg: RunConfig) -> ClassificationData:
+    """The data a run trains and is scored on: ``cfg.data.dataset`` with ``cfg.data.task`` applied."""
+    data = load_dataset(
+        cfg.data.dataset,
+        cfg.data.root,
+        split_file=cfg.data.split_file,
+        image_dir=cfg.data.image_dir,
+        classnames=cfg.data.classnames,
+    )
+    return apply_task(data, cfg.data.task) if cfg.data.task is not None else data
+
+
 def prepare_data(
     cfg: RunConfig, data: ClassificationData | None, info: DistInfo
 ) -> tuple[ClassificationData, ClassificationData]:
-    """(few-shot data with all classes, the training subset). Rank 0 samples and caches the shots."""
+    """(few-shot data with all classes, the training subset). Rank 0 samples and caches the shots.
+
+    ``data`` (all classes) replaces loading ``cfg.data``; it must already be the task ``cfg.data.task``
+    describes (callers that train many runs on one task build it once with :func:`load_run_data`)."""
     if data is None:  # load_dataset checks the splits itself
-        data = load_dataset(
-            cfg.data.dataset,
-            cfg.data.root,
-            split_file=cfg.data.split_file,
-            image_dir=cfg.data.image_dir,
-            classnames=cfg.data.classnames,
-        )
+        data = load_run_data(cfg)
     elif cfg.data.classnames is not None and list(cfg.data.classnames) != list(data.classnames):
         raise InputError("class-name mismatch between the data passed in and data.classnames in the config")
     else:
         check_usable(data)
-    cache = fewshot_cache_path(cfg.output_dir, cfg.dataset_key(), cfg.data.shots, cfg.seed)
+    cache = fewshot_cache_path(cfg.output_dir, cfg.fewshot_key(), cfg.data.shots, cfg.seed)
     if info.is_main:
         fs = few_shot_data(data, cfg.data.shots, cfg.seed, cache)
     barrier(info)
@@ -113,6 +123,8 @@ def train(
         run_dir = cfg.run_dir()
         fs, train_data = prepare_data(cfg, data, info)
         bundle, model, adapter_cfg = build_model(cfg, bundle, info.device)
+        if cfg.model_config is None:  # a custom model: its config goes into the run folder, to rebuild it
+            cfg.model_config = registered_model_config(cfg.model)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.json")
