@@ -218,11 +218,9 @@ def _tree_path(d: int, tree) -> tuple:
 
 def _inner_equation(d: int) -> str:
     """Einsum for <a, b> with operands a_1..a_d, b_1..b_d (the order one would write by hand)."""
-    import string
+    from trkit._kernels import einsum_letters
 
-    letters = string.ascii_letters
-    if 3 * d > len(letters):
-        raise InputError(f"order {d} is too large for a single inner-product equation")
+    letters = einsum_letters(3 * d)
     ab, bb, m = letters[:d], letters[d : 2 * d], letters[2 * d : 3 * d]
     ta = [ab[k] + m[k] + ab[(k + 1) % d] for k in range(d)]
     tb = [bb[k] + m[k] + bb[(k + 1) % d] for k in range(d)]

@@ -11,16 +11,17 @@ This is tensorly's convention, so ``from_tensorly``/``to_tensorly`` only convert
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from trkit import contract as _contract
+from trkit._kernels import merge_chain
+from trkit._kernels import ring_equation as dense_equation
 from trkit.errors import InputError, InputTypeError
 
-__all__ = ["TensorRing", "as_tensor"]
+__all__ = ["TensorRing", "as_tensor", "dense_equation"]
 
 
 def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
@@ -35,21 +36,6 @@ def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype or t.dtype, device=device or t.device)
     return t
-
-
-def _letters(n: int) -> list[str]:
-    letters = string.ascii_letters
-    if n > len(letters):
-        raise InputError(f"too many indices ({n}) for one einsum equation")
-    return list(letters[:n])
-
-
-def dense_equation(d: int) -> str:
-    """Einsum equation contracting d cores into the dense tensor, e.g. 'aib,bjc,cka->ijk'."""
-    letters = _letters(2 * d)
-    bonds, modes = letters[:d], letters[d:]
-    terms = [bonds[k] + modes[k] + bonds[(k + 1) % d] for k in range(d)]
-    return ",".join(terms) + "->" + "".join(modes)
 
 
 class TensorRing:
@@ -294,7 +280,7 @@ class TensorRing:
         d = self.ndim
         if not (0 <= start < stop <= d):
             raise InputError(f"merge_modes needs 0 <= start < stop <= {d}, got start={start}, stop={stop}")
-        merged = _merge_chain(self._cores[start:stop])
+        merged = merge_chain(self._cores[start:stop])
         return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
 
     def split_mode(self, mode: int, sizes: Sequence[int], max_rank: int | None = None, tol: float = 0.0) -> TensorRing:
@@ -381,17 +367,7 @@ def _merge_tree(cores: Sequence[torch.Tensor], tree) -> torch.Tensor:
     """Merge an arc of cores following a plan tree (leaves: core numbers) into one core."""
     if isinstance(tree, int):
         return cores[tree]
-    return _merge_chain([_merge_tree(cores, tree[0]), _merge_tree(cores, tree[1])])
-
-
-def _merge_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract a chain of cores into one ``(r_first, prod n, r_last)`` core by matmuls."""
-    out = cores[0]
-    r0 = out.shape[0]
-    for g in cores[1:]:
-        r, n, r1 = g.shape
-        out = (out.reshape(-1, r) @ g.reshape(r, n * r1)).reshape(r0, -1, r1)
-    return out
+    return merge_chain([_merge_tree(cores, tree[0]), _merge_tree(cores, tree[1])])
 
 
 def _check_mode(mode, d: int) -> int:

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from trkit._kernels import truncation_rank
 from trkit.algebra import inner
 from trkit.decompose._common import check_max_rank, check_tol
 from trkit.errors import InputError, InputTypeError
@@ -54,11 +55,7 @@ def _sweep(cores: list[torch.Tensor], delta: float, max_rank: int | None) -> lis
     for k in range(d - 1):  # left-to-right truncation of the internal bonds
         r0, n, r1 = cores[k].shape
         u, s, vh = torch.linalg.svd(cores[k].reshape(r0 * n, r1), full_matrices=False)
-        tail = torch.flip(torch.cumsum(torch.flip(s.double() ** 2, [0]), 0), [0]).sqrt()
-        above = (tail > delta).nonzero()
-        rank = int(above[-1]) + 1 if above.numel() else 1
-        if max_rank is not None:
-            rank = min(rank, int(max_rank))
+        rank = truncation_rank(s, delta, max_rank)
         cores[k] = u[:, :rank].reshape(r0, n, rank)
         cores[k + 1] = torch.einsum("ab,bjc->ajc", s[:rank, None] * vh[:rank], cores[k + 1])
     return cores

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from trkit._kernels import transfer_matrix, truncation_rank
 from trkit.decompose._common import (
     DecompositionInfo,
     check_max_rank,
@@ -28,37 +29,36 @@ from trkit.decompose._common import (
     solve_spd,
     start_cores,
 )
-from trkit.decompose.als import _gram, _rhs, _Shifted, _split_point, _transfer, als_sweeps
+from trkit.decompose._normal_equations import ShiftedTensor, gram_matrix, rhs_matrix, split_point
+from trkit.decompose.als import als_sweeps
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als_adaptive"]
 
 
-def _two_core_update(shifted: _Shifted, shape, cores, k: int, rel_cut: float, max_rank, ridge):
+def _two_core_update(shifted: ShiftedTensor, shape, cores, k: int, rel_cut: float, max_rank, ridge):
     d = len(cores)
     k1 = (k + 1) % d
     ra, nk, _ = cores[k].shape
     _, nk1, rb = cores[k1].shape
     others = [(k + 2 + j) % d for j in range(d - 2)]
-    prod = _transfer(cores[others[0]])
+    prod = transfer_matrix(cores[others[0]])
     for j in others[1:]:
-        prod = prod @ _transfer(cores[j])
-    gram = _gram(prod, ra, rb)
+        prod = prod @ transfer_matrix(cores[j])
+    gram = gram_matrix(prod, ra, rb)
     merged_shape = [nk * nk1] + [shape[j] for j in others]
     placeholder = cores[k].new_empty(ra, nk * nk1, rb)
     ring_cores = [placeholder] + [cores[j] for j in others]
     # x cyclically shifted to start at mode k, with modes k and k+1 merged (a reshape)
     xk = shifted.get(k)
-    rhs = _rhs(xk, ring_cores, 0, _split_point(merged_shape, 0))
+    rhs = rhs_matrix(xk, ring_cores, 0, split_point(merged_shape, 0))
     sol = solve_spd(gram, rhs.T, ridge).T  # (nk nk1, ra rb)
     w = sol.reshape(nk, nk1, ra, rb).permute(2, 0, 1, 3).reshape(ra * nk, nk1 * rb)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    tail = torch.flip(torch.cumsum(torch.flip(s.double() ** 2, [0]), 0), [0]).sqrt()
-    above = (tail > rel_cut * float(tail[0])).nonzero()
-    r = int(above[-1]) + 1 if above.numel() else 1
     # grow by at most half (and 2) per update: a bond that jumps to full rank keeps fit noise
-    r = min(r, max_rank, cores[k].shape[2] + max(2, cores[k].shape[2] // 2))
+    grow = cores[k].shape[2] + max(2, cores[k].shape[2] // 2)
+    r = truncation_rank(s, rel_cut * float(torch.linalg.vector_norm(s)), min(max_rank, grow))
     cores[k] = u[:, :r].reshape(ra, nk, r)
     cores[k1] = (s[:r, None] * vh[:r]).reshape(r, nk1, rb)
 
@@ -117,7 +117,7 @@ def tr_als_adaptive(
     else:
         raise InputError("init must be None or a TensorRing")
     cores = [c.clone() for c in ring.cores]
-    shifted = _Shifted(x)
+    shifted = ShiftedTensor(x)
     shape = list(x.shape)
     err = relative_error(x, ring, xnorm)
     shrink = 1.0

@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 
+from trkit._kernels import transfer_matrix
 from trkit.decompose._common import (
     DecompositionInfo,
     check_tensor,
@@ -35,84 +35,11 @@ from trkit.decompose._common import (
     solve_spd,
     start_cores,
 )
+from trkit.decompose._normal_equations import ShiftedTensor, gram_matrix, rhs_matrix, split_point
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als", "init_ring"]
-
-
-def _transfer(g: torch.Tensor) -> torch.Tensor:
-    """``E[x, u, y, v] = sum_i g[x, i, y] g[u, i, v]`` reshaped to ``(r0^2, r1^2)``."""
-    r0, n, r1 = g.shape
-    a = g.permute(1, 0, 2).reshape(n, r0 * r1)
-    e = (a.T @ a).reshape(r0, r1, r0, r1)  # one GEMM; an einsum costs several times more on small cores
-    return e.permute(0, 2, 1, 3).reshape(r0 * r0, r1 * r1)
-
-
-def _chain(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Merge consecutive cores into one ``(r_first, prod n, r_last)`` core."""
-    out = cores[0]
-    for g in cores[1:]:
-        r0, n, r1 = out.shape
-        out = (out.reshape(r0 * n, r1) @ g.reshape(r1, -1)).reshape(r0, n * g.shape[1], g.shape[2])
-    return out
-
-
-class _Shifted:
-    """``x`` cyclically shifted to start at mode ``k``; all ``d`` copies are kept when they fit
-    in ``cache_bytes`` (a transpose per core otherwise costs about a third of a sweep)."""
-
-    def __init__(self, x: torch.Tensor, cache_bytes: int = 1 << 30):
-        self.x, self.shape = x, list(x.shape)
-        d = x.ndim
-        self.cache = {} if x.numel() * x.element_size() * d <= cache_bytes else None
-
-    def get(self, k: int) -> torch.Tensor:
-        if k == 0:
-            return self.x.reshape(-1)
-        if self.cache is not None and k in self.cache:
-            return self.cache[k]
-        left = int(np.prod(self.shape[:k]))
-        out = self.x.reshape(left, -1).T.contiguous().reshape(-1)
-        if self.cache is not None:
-            self.cache[k] = out
-        return out
-
-
-def _split_point(shape: list[int], k: int) -> int:
-    """How many cores after ``k`` go into the chain ``A`` (the rest into ``B``)."""
-    d = len(shape)
-    best, best_cost = 0, math.inf
-    for p in range(0, d - 1):
-        n_l = int(np.prod([shape[(k + 1 + j) % d] for j in range(p)])) if p else 1
-        n_r = int(np.prod([shape[(k + 1 + j) % d] for j in range(p, d - 1)]))
-        cost = max(shape[k] * n_l, n_r)
-        if cost < best_cost:
-            best, best_cost = p, cost
-    return best
-
-
-def _rhs(xk: torch.Tensor, cores: list[torch.Tensor], k: int, p: int) -> torch.Tensor:
-    """``RHS[i_k, a, b] = sum x[i_k, ...] S_k[b, ..., a]`` as an ``(n_k, r_k r_{k+1})`` matrix."""
-    d = len(cores)
-    nk, ra, rb = cores[k].shape[1], cores[k].shape[0], cores[k].shape[2]
-    left = [cores[(k + 1 + j) % d] for j in range(p)]
-    right = [cores[(k + 1 + j) % d] for j in range(p, d - 1)]
-    b_chain = _chain(right)  # (r_c, |R|, r_a)
-    rc, n_r, _ = b_chain.shape
-    n_l = xk.numel() // (nk * n_r)
-    t = xk.reshape(nk * n_l, n_r) @ b_chain.permute(1, 0, 2).reshape(n_r, rc * ra)  # (nk |L|, rc ra)
-    if p == 0:  # c is the b bond itself
-        return t.reshape(nk, rc, ra).transpose(1, 2).reshape(nk, ra * rb)
-    a_chain = _chain(left)  # (r_b, |L|, r_c)
-    t = t.reshape(nk, n_l * rc, ra)
-    out = torch.matmul(a_chain.reshape(rb, n_l * rc), t)  # (nk, rb, ra)
-    return out.transpose(1, 2).reshape(nk, ra * rb)
-
-
-def _gram(prod: torch.Tensor, ra: int, rb: int) -> torch.Tensor:
-    """Ring product of the other transfer matrices ``P[(b b'), (a a')]`` -> ``Gram[(a b), (a' b')]``."""
-    return prod.reshape(rb, rb, ra, ra).permute(2, 0, 3, 1).reshape(ra * rb, ra * rb)
 
 
 def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> tuple[list[torch.Tensor], float | None]:
@@ -178,12 +105,12 @@ def als_sweeps(
     d = len(cores)
     shape = list(x.shape)
     xnorm2 = float(torch.linalg.vector_norm(x)) ** 2
-    shifted = _Shifted(x)
-    splits = [_split_point(shape, k) for k in range(d)]
+    shifted = ShiftedTensor(x)
+    splits = [split_point(shape, k) for k in range(d)]
     history, best, best_err = [], None, math.inf
     converged, it = False, 0
     floor = 1e-7 if x.dtype == torch.float64 else 3e-4  # the fit formula cancels below this
-    trans = [_transfer(g) for g in cores]  # kept current core by core during the sweeps
+    trans = [transfer_matrix(g) for g in cores]  # kept current core by core during the sweeps
     with progress(max_iter, verbose, desc) as bar:
         for it in range(1, max_iter + 1):
             suffix = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
@@ -195,8 +122,8 @@ def als_sweeps(
                 ra, nk, rb = cores[k].shape
                 parts = [m for m in (suffix[k + 1] if k + 1 < d else None, prefix) if m is not None]
                 prod = parts[0] if len(parts) == 1 else parts[0] @ parts[1]
-                gram = _gram(prod, ra, rb)
-                rhs = _rhs(shifted.get(k), cores, k, splits[k])
+                gram = gram_matrix(prod, ra, rb)
+                rhs = rhs_matrix(shifted.get(k), cores, k, splits[k])
                 sol = solve_spd(gram, rhs.T, ridge).T  # (n_k, ra rb)
                 g = sol.reshape(nk, ra, rb).permute(1, 0, 2)
                 if k == d - 1:
@@ -204,7 +131,7 @@ def als_sweeps(
                     model2 = float(((sol @ gram) * sol).sum())
                     err2 = max(xnorm2 - 2 * inner + model2, 0.0)
                     cores[k] = g.contiguous()
-                    trans[k] = _transfer(cores[k])
+                    trans[k] = transfer_matrix(cores[k])
                 else:
                     q, r = torch.linalg.qr(g.reshape(ra * nk, rb))
                     cores[k] = q.reshape(ra, nk, -1)
@@ -212,7 +139,7 @@ def als_sweeps(
                     cores[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
                     # core k is final for this sweep: its transfer serves the prefix now and the
                     # suffixes of the next sweep
-                    trans[k] = _transfer(cores[k])
+                    trans[k] = transfer_matrix(cores[k])
                     prefix = trans[k] if prefix is None else prefix @ trans[k]
             err = math.sqrt(err2 / xnorm2) if xnorm2 > 0 else math.sqrt(err2)
             if err < floor:  # the normal-equation fit has cancelled to noise: measure densely

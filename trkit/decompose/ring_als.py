@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from trkit._kernels import transfer_matrix
 from trkit.decompose._common import solve_spd
 from trkit.ring import TensorRing
 
 __all__ = ["als_against_ring"]
-
-
-def _mixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ra0, _, ra1 = a.shape
-    rb0, _, rb1 = b.shape
-    return torch.einsum("xiy,uiv->xuyv", a, b).reshape(ra0 * rb0, ra1 * rb1)
 
 
 def _ring_product(mats: list[torch.Tensor]) -> torch.Tensor:
@@ -39,8 +34,8 @@ def als_against_ring(target: TensorRing, fit: TensorRing, sweeps: int = 1) -> Te
             rb0, n, rb1 = b[k].shape
             ra0, _, ra1 = a[k].shape
             if others:
-                own = _ring_product([_mixed(b[j], b[j]) for j in others])
-                mix = _ring_product([_mixed(a[j], b[j]) for j in others])
+                own = _ring_product([transfer_matrix(b[j], b[j]) for j in others])
+                mix = _ring_product([transfer_matrix(a[j], b[j]) for j in others])
             else:
                 own = torch.eye(rb1 * rb0, dtype=b[k].dtype, device=b[k].device)
                 mix = torch.eye(ra1 * rb1, dtype=b[k].dtype, device=b[k].device)

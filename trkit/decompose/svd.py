@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 
+from trkit._kernels import truncation_rank
 from trkit.decompose._common import (
     DecompositionInfo,
     check_max_rank,
@@ -27,17 +28,9 @@ __all__ = ["tr_svd"]
 
 def _rank_for(s: torch.Tensor, delta: float | None, fixed: int | None, cap: int | None) -> int:
     """Smallest rank whose discarded tail has norm <= delta (or the fixed rank), capped."""
-    n = int(s.numel())
-    if fixed is not None:
-        r = fixed
-    else:
-        # tail[j] = ||s[j:]||; keep the smallest r with tail[r] <= delta
-        tail = torch.flip(torch.cumsum(torch.flip(s.double() ** 2, [0]), 0), [0]).sqrt()
-        above = (tail > delta).nonzero()
-        r = int(above[-1]) + 1 if above.numel() else 1
-    if cap is not None:
-        r = min(r, cap)
-    return max(1, min(r, n))
+    if fixed is None:
+        return truncation_rank(s, delta, cap)
+    return max(1, min(fixed, cap if cap is not None else fixed, int(s.numel())))
 
 
 def _rank_lower_bound(mat: torch.Tensor, delta: float, cap: int | None, need: int) -> int:
