@@ -225,9 +225,9 @@ class TensorRing:
         cores = list(self._cores)
         nxt, prv = (mode + 1) % d, (mode - 1) % d
         if self.ranks[nxt] >= self.ranks[mode]:
-            cores[nxt] = torch.einsum("ab,bjc->ajc", s, cores[nxt])
+            cores[nxt] = _contract.contract("ab,bjc->ajc", s, cores[nxt])
         else:
-            cores[prv] = torch.einsum("ajb,bc->ajc", cores[prv], s)
+            cores[prv] = _contract.contract("ajb,bc->ajc", cores[prv], s)
         del cores[mode]
         return TensorRing(cores, validate=False)
 

@@ -23,6 +23,7 @@ import torch
 
 from trkit._kernels import truncation_rank
 from trkit.algebra import inner
+from trkit.contract import contract
 from trkit.decompose._common import check_max_rank, check_tol
 from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing
@@ -51,13 +52,13 @@ def _sweep(cores: list[torch.Tensor], delta: float, max_rank: int | None) -> lis
         r0, n, r1 = cores[k].shape
         q, r = torch.linalg.qr(cores[k].reshape(r0, n * r1).T)
         cores[k] = q.T.reshape(-1, n, r1)
-        cores[k - 1] = torch.einsum("ajb,cb->ajc", cores[k - 1], r)
+        cores[k - 1] = contract("ajb,cb->ajc", cores[k - 1], r)
     for k in range(d - 1):  # left-to-right truncation of the internal bonds
         r0, n, r1 = cores[k].shape
         u, s, vh = torch.linalg.svd(cores[k].reshape(r0 * n, r1), full_matrices=False)
         rank = truncation_rank(s, delta, max_rank)
         cores[k] = u[:, :rank].reshape(r0, n, rank)
-        cores[k + 1] = torch.einsum("ab,bjc->ajc", s[:rank, None] * vh[:rank], cores[k + 1])
+        cores[k + 1] = contract("ab,bjc->ajc", s[:rank, None] * vh[:rank], cores[k + 1])
     return cores
 
 

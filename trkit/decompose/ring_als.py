@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from trkit._kernels import transfer_matrix
+from trkit.contract import contract
 from trkit.decompose._common import solve_spd
 from trkit.ring import TensorRing
 
@@ -42,13 +43,13 @@ def als_against_ring(target: TensorRing, fit: TensorRing, sweeps: int = 1) -> Te
             # own[(xb, xb'), (yb, yb')] -> Gram[(yb, xb), (yb', xb')]
             gram = own.reshape(rb1, rb1, rb0, rb0).permute(2, 0, 3, 1).reshape(rb0 * rb1, rb0 * rb1)
             p = mix.reshape(ra1, rb1, ra0, rb0)  # [xa, xb, ya, yb]
-            rhs = torch.einsum("yix,xvyw->iwv", a[k], p).reshape(n, rb0 * rb1)
+            rhs = contract("yix,xvyw->iwv", a[k], p).reshape(n, rb0 * rb1)
             sol = solve_spd(gram, rhs.T).T
             g = sol.reshape(n, rb0, rb1).permute(1, 0, 2)
             if k < d - 1:
                 q, r = torch.linalg.qr(g.reshape(rb0 * n, rb1))
                 b[k] = q.reshape(rb0, n, -1)
-                b[k + 1] = torch.einsum("ab,bjc->ajc", r, b[k + 1])
+                b[k + 1] = contract("ab,bjc->ajc", r, b[k + 1])
             else:
                 b[k] = g.contiguous()
     return TensorRing(b, validate=False)
