@@ -37,6 +37,7 @@ from trkit.decompose import (
     tr_complete,
     tr_svd,
 )
-from trkit.rounding import round  # noqa: E402,A004  (shadows the builtin inside trkit only)
+from trkit.rounding import round as round  # noqa: E402  (deprecated alias; not in __all__: it shadows the builtin)
+from trkit.rounding import tr_round  # noqa: E402
 
-__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "round"]
+__all__ += ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "tr_round"]

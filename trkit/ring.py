@@ -175,6 +175,15 @@ class TensorRing:
     def to_numpy(self) -> np.ndarray:
         return self.to_dense().detach().cpu().numpy()
 
+    # numpy: np.asarray(ring) densifies once through to_dense (not entry by entry through
+    # __getitem__); ufuncs and operators with numpy operands defer to the ring's own methods
+    # (np.float64(2) * ring scales the ring instead of densifying it).
+    __array_ufunc__ = None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.to_numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def entries(self, index, chunk_size: int | None = None) -> torch.Tensor:
         """Values ``X[index[j]]`` for an integer array ``index`` of shape ``(m, d)``; returns ``(m,)``.
 

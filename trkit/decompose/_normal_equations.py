@@ -2,8 +2,17 @@
 equations, built from contractions so the subchain (the design matrix) is never formed.
 
 For core ``k`` the model is ``X_(k) = G_k S_k`` with ``S_k`` the product of the other cores
-(``r_k r_{k+1} x N / n_k``). Used by :mod:`trkit.decompose.als` and
-:mod:`trkit.decompose.adaptive` (which merges two cores and then treats them as one).
+(``r_k r_{k+1} x N / n_k``); the least-squares core solves ``G_k (S_k S_k^H) = X_(k) S_k^H``.
+Used by :mod:`trkit.decompose.als` and :mod:`trkit.decompose.adaptive` (which merges two cores
+and then treats them as one).
+
+- ``Gram = S_k S_k^H`` is the ring product of the transfer matrices
+  ``E_j = sum_i conj(G_j[:, i, :]) kron G_j[:, i, :]`` of the other cores (``r^2 x r^2``).
+- ``RHS = X_(k) S_k^H`` contracts ``x`` (cyclically shifted to start at mode ``k``) with two
+  short chains: the next ``p`` cores (``A``) and the remaining ones (``B``), split so that no
+  intermediate has more than about ``r^2 sqrt(N)`` entries. One GEMM of ``2 N r^2`` FLOPs.
+- Near an exact fit the normal equations lose accuracy (their condition number is the square of
+  the subchain's): :func:`lstsq_core` then solves with ``S_k`` itself when it fits in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import torch
 
 from trkit._kernels import merge_chain
 
-__all__ = ["ShiftedTensor", "split_point", "rhs_matrix", "gram_matrix"]
+__all__ = ["ShiftedTensor", "split_point", "rhs_matrix", "gram_matrix", "subchain_matrix", "fit_estimate"]
 
 
 class ShiftedTensor:
@@ -53,8 +62,10 @@ def split_point(shape: list[int], k: int) -> int:
 
 
 def rhs_matrix(xk: torch.Tensor, cores: list[torch.Tensor], k: int, p: int) -> torch.Tensor:
-    """``RHS[i_k, a, b] = sum x[i_k, ...] S_k[b, ..., a]`` as an ``(n_k, r_k r_{k+1})`` matrix."""
+    """``RHS[i_k, a, b] = sum x[i_k, ...] conj(S_k[b, ..., a])`` as an ``(n_k, r_k r_{k+1})`` matrix."""
     d = len(cores)
+    if cores[0].is_complex():
+        cores = [c.conj() for c in cores]
     nk, ra, rb = cores[k].shape[1], cores[k].shape[0], cores[k].shape[2]
     left = [cores[(k + 1 + j) % d] for j in range(p)]
     right = [cores[(k + 1 + j) % d] for j in range(p, d - 1)]
@@ -71,5 +82,28 @@ def rhs_matrix(xk: torch.Tensor, cores: list[torch.Tensor], k: int, p: int) -> t
 
 
 def gram_matrix(prod: torch.Tensor, ra: int, rb: int) -> torch.Tensor:
-    """Ring product of the other transfer matrices ``P[(b b'), (a a')]`` -> ``Gram[(a b), (a' b')]``."""
+    """Ring product of the other transfer matrices ``P[(b b'), (a a')]`` -> the transposed Gram
+    ``Gram^T[(a b), (a' b')]`` (equal to ``conj(Gram)``), the matrix the core's transposed
+    normal equations ``Gram^T G_k^T = RHS^T`` need."""
     return prod.reshape(rb, rb, ra, ra).permute(2, 0, 3, 1).reshape(ra * rb, ra * rb)
+
+
+def subchain_matrix(cores: list[torch.Tensor], k: int) -> torch.Tensor:
+    """``S_k^T`` explicitly: ``(N / n_k, r_k r_{k+1})``, rows in the order of ``ShiftedTensor.get(k)``."""
+    d = len(cores)
+    chain = merge_chain([cores[(k + 1 + j) % d] for j in range(d - 1)])  # (r_{k+1}, N / n_k, r_k)
+    return chain.permute(1, 2, 0).reshape(chain.shape[1], -1)
+
+
+def fit_estimate(rhs: torch.Tensor, sol: torch.Tensor, gram_t: torch.Tensor) -> tuple[float, float]:
+    """``(||x - model||^2, slack)`` from the last solve, for ``||x|| = 1``.
+
+    ``||x||^2 - 2 Re<x, model> + ||model||^2`` cancels as the fit improves: ``slack`` bounds its
+    rounding error (the inner products are each accurate to a few ``eps`` of their operands'
+    norms), so the estimate is trusted only while it is well above ``slack``.
+    """
+    inner = float((sol.conj() * rhs).sum().real)
+    model2 = float(((sol.conj() @ gram_t) * sol).sum().real)
+    eps = torch.finfo(rhs.real.dtype).eps
+    scale = 1.0 + abs(model2) + float(torch.linalg.vector_norm(rhs)) * float(torch.linalg.vector_norm(sol))
+    return max(1.0 - 2.0 * inner + model2, 0.0), 64 * eps * scale

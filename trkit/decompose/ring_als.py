@@ -42,7 +42,8 @@ def als_against_ring(target: TensorRing, fit: TensorRing, sweeps: int = 1) -> Te
                 mix = torch.eye(ra1 * rb1, dtype=b[k].dtype, device=b[k].device)
             # own[(xb, xb'), (yb, yb')] -> Gram[(yb, xb), (yb', xb')]
             gram = own.reshape(rb1, rb1, rb0, rb0).permute(2, 0, 3, 1).reshape(rb0 * rb1, rb0 * rb1)
-            p = mix.reshape(ra1, rb1, ra0, rb0)  # [xa, xb, ya, yb]
+            # sum over the rest of S_a conj(S_b): the conjugate of the mixed product (conj on a)
+            p = mix.conj().reshape(ra1, rb1, ra0, rb0)  # [xa, xb, ya, yb]
             rhs = contract("yix,xvyw->iwv", a[k], p).reshape(n, rb0 * rb1)
             sol = solve_spd(gram, rhs.T).T
             g = sol.reshape(n, rb0, rb1).permute(1, 0, 2)
