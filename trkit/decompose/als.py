@@ -50,13 +50,16 @@ from trkit.decompose._run import IterationLog, iteration_log, scale_cores, start
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
-__all__ = ["tr_als", "init_ring", "als_sweeps", "exact_floor"]
+__all__ = ["tr_als", "init_ring", "als_sweeps", "exact_floor", "random_cores"]
 
 
-def _randn(shape, gen: torch.Generator, dtype: torch.dtype, device) -> torch.Tensor:
-    """Standard normal entries (complex: real and imaginary parts each of variance 1/2)."""
-    t = torch.randn(*shape, generator=gen, dtype=dtype, device=gen.device)
-    return t.to(device)
+def random_cores(shape, gen: torch.Generator, dtype: torch.dtype, device, kind: str = "normal") -> torch.Tensor:
+    """Seeded random entries drawn in double precision, then cast: a seed gives the same start in
+    every precision. ``"normal"`` (complex: real and imaginary parts of variance 1/2) or
+    ``"uniform"`` on [0, 1)."""
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(*shape, generator=gen, dtype=wide, device=gen.device).to(device=device, dtype=dtype)
 
 
 def init_ring(t: torch.Tensor, ranks: list[int], init, gen: torch.Generator, scale: float = 1.0):
@@ -70,7 +73,7 @@ def init_ring(t: torch.Tensor, ranks: list[int], init, gen: torch.Generator, sca
     if isinstance(init, TensorRing):
         return start_cores(init, shape, scale, t.dtype, t.device), None
     if init == "random":
-        cores = [_randn((ranks[k], shape[k], ranks[(k + 1) % d]), gen, t.dtype, t.device) for k in range(d)]
+        cores = [random_cores((ranks[k], shape[k], ranks[(k + 1) % d]), gen, t.dtype, t.device) for k in range(d)]
         norm = float(TensorRing(cores, validate=False).norm())
         return [c / max(norm, 1e-300) ** (1 / d) for c in cores], None
     if init == "svd":
@@ -84,7 +87,7 @@ def init_ring(t: torch.Tensor, ranks: list[int], init, gen: torch.Generator, sca
         cores = []
         for k, c in enumerate(ring.cores):  # pad clamped bonds with small noise up to the asked ranks
             r0, r1 = ranks[k], ranks[(k + 1) % d]
-            pad = 1e-3 * float(c.abs().mean()) * _randn((r0, shape[k], r1), gen, t.dtype, t.device)
+            pad = 1e-3 * float(c.abs().mean()) * random_cores((r0, shape[k], r1), gen, t.dtype, t.device)
             pad[: c.shape[0], :, : c.shape[2]] = c
             cores.append(pad)
         return cores, info.rel_error

@@ -23,7 +23,7 @@ from trkit.decompose._common import (
 )
 from trkit.decompose._entries import slice_solve, subchain_rows
 from trkit.decompose._run import IterationLog, scale_cores, start_cores, unit_scale, working_dtype
-from trkit.decompose.als import exact_floor
+from trkit.decompose.als import exact_floor, random_cores
 from trkit.decompose.info import CompletionInfo
 from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
@@ -140,8 +140,8 @@ def tr_complete(
         cores = []
         for k in range(d):
             r0, r1 = ranks[k], ranks[(k + 1) % d]
-            g = torch.randn(r0, shape[k], r1, generator=gen, dtype=dtype)
-            cores.append((g / math.sqrt(r0 * r1) ** 0.5 * rms ** (1 / d)).to(device))
+            g = random_cores((r0, shape[k], r1), gen, dtype, device)
+            cores.append(g / math.sqrt(r0 * r1) ** 0.5 * rms ** (1 / d))
     else:
         raise InputError(f"init must be 'random' or a TensorRing, got {init!r}")
 

@@ -25,7 +25,7 @@ from trkit.decompose._common import (
 )
 from trkit.decompose._entries import EntrySource, subchain_rows
 from trkit.decompose._run import IterationLog, scale_cores, start_cores, unit_scale
-from trkit.decompose.als import exact_floor
+from trkit.decompose.als import exact_floor, random_cores
 from trkit.decompose.info import SampledInfo
 from trkit.errors import InputError
 from trkit.ring import TensorRing
@@ -49,8 +49,8 @@ def _start(kind: str, ranks, shape, gen, dtype, device) -> list[torch.Tensor]:
     """``"gaussian"``: normal entries; ``"positive"``: uniform on [0, 1) (a tensor built from
     positive cores is dominated by one positive direction that a zero-mean start can miss)."""
     d = len(shape)
-    draw = torch.rand if kind == "positive" else torch.randn
-    return [draw(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=dtype).to(device) for k in range(d)]
+    draw = "uniform" if kind == "positive" else "normal"
+    return [random_cores((ranks[k], shape[k], ranks[(k + 1) % d]), gen, dtype, device, draw) for k in range(d)]
 
 
 def _to_unit_norm(cores: list[torch.Tensor], norm_est: float) -> list[torch.Tensor]:
