@@ -208,12 +208,13 @@ class TensorRing:
         rmax = max(self.ranks)
         # ~2 MB of float64 state per chunk: bounded memory, and small batches run faster in cache
         chunk = chunk_size or max(1, (1 << 18) // (self.ranks[start] * rmax))
+        slices = [c.permute(1, 0, 2) for c in self._cores]  # (n, r, r'): a gather gives contiguous batches
         out = []
         for lo_ in range(0, idx.shape[0], chunk):
             sub = idx[lo_ : lo_ + chunk]
-            prod = self._cores[order[0]][:, sub[:, order[0]], :].permute(1, 0, 2)
+            prod = slices[order[0]][sub[:, order[0]]]
             for k in order[1:]:
-                prod = torch.bmm(prod, self._cores[k][:, sub[:, k], :].permute(1, 0, 2))
+                prod = torch.bmm(prod, slices[k][sub[:, k]])
             out.append(torch.diagonal(prod, dim1=1, dim2=2).sum(-1))
         if not out:
             return torch.zeros(0, dtype=self.dtype, device=self.device)

@@ -45,6 +45,10 @@ def unit_scale(t: torch.Tensor) -> tuple[torch.Tensor, float]:
     amax = float(t.abs().max()) if t.numel() else 0.0
     if amax == 0 or not math.isfinite(amax):
         return t, 0.0
+    info = torch.finfo(t.dtype)
+    if math.sqrt(info.tiny) / info.eps < amax < math.sqrt(info.max / t.numel()):
+        n = float(torch.linalg.vector_norm(t))  # no square can overflow or lose digits to underflow
+        return t / n, n
     t = t / amax  # entries now at most 1: the sum of squares below cannot overflow
     n = float(torch.linalg.vector_norm(t))
     return t / n, amax * n

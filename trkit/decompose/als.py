@@ -11,10 +11,10 @@ Accuracy near an exact fit, where normal equations are at their weakest:
 
 - The error after a sweep comes for free from the last solve
   (``||x||^2 - 2 Re<x, x_tr> + ||x_tr||^2``), but that difference cancels as the fit improves. When
-  its rounding bound is no longer small against the change the stopping rule looks for
-  (``stop_tol``) or against 1e-4 of the error itself, the error is recomputed densely
-  (``||x - x_tr||``, one more contraction of the size of a right-hand side). So the history,
-  the callback and the stopping rule all see accurate errors.
+  its rounding bound is not below 1e-4 of the error, or could decide the stopping rule
+  (``stop_tol``), the error is measured densely (``||x - x_tr||``, one more contraction of the
+  size of a right-hand side). So the history, the callback and the stopping rule all see
+  accurate errors.
 - Once the fit is within 1e-5 of exact, a core whose Gram is not well-conditioned is solved by
   QR least squares on its explicit subchain (when that has at most ``max(4 N, 2^22)`` entries),
   which reaches the working precision (~1e-14 in float64) where the normal equations stall
@@ -119,6 +119,17 @@ def _solve(t_k, gram_t, rhs, cores, k, ridge, near_exact: bool, fits: bool) -> t
     return torch.linalg.lstsq(s_t, t_k.reshape(rhs.shape[0], -1).mT).solution.mT
 
 
+def _sweep_error(t, cores, err2: float, slack: float, prev: float, prev_unc: float, stop_tol: float):
+    """The relative error after a sweep and its uncertainty: the estimate from the last solve
+    while it is accurate to 1e-4 and the stopping rule cannot be in doubt, else measured densely."""
+    est = math.sqrt(err2)
+    unc = slack / (2 * est) if est > 0 else math.inf  # from d(err^2) = 2 err d(err)
+    decided = abs(prev - est) > stop_tol * est + 2 * (unc + prev_unc) if math.isfinite(prev) else True
+    if unc <= 1e-4 * est and (decided or stop_tol == 0):
+        return est, unc
+    return float(torch.linalg.vector_norm(t - TensorRing(cores, validate=False).to_dense())), 0.0
+
+
 def als_sweeps(t: torch.Tensor, cores: list[torch.Tensor], log: IterationLog, *, ridge: float = 0.0, ring=None):
     """Run ALS sweeps on the unit-norm tensor ``t`` in place; returns the best cores seen.
 
@@ -130,7 +141,7 @@ def als_sweeps(t: torch.Tensor, cores: list[torch.Tensor], log: IterationLog, *,
     shifted = ShiftedTensor(t)
     splits = [split_point(shape, k) for k in range(d)]
     fits = [_accurate_solve_fits(shape, k, cores[k].shape[0] * cores[k].shape[2]) for k in range(d)]
-    best, best_err, err = None, math.inf, math.inf
+    best, best_err, err, err_unc = None, math.inf, math.inf, 0.0
     floor = exact_floor(t.dtype)
     trans = [transfer_matrix(g) for g in cores]  # kept current core by core during the sweeps
     while True:
@@ -160,12 +171,7 @@ def als_sweeps(t: torch.Tensor, cores: list[torch.Tensor], log: IterationLog, *,
                 # suffixes of the next sweep
                 trans[k] = transfer_matrix(cores[k])
                 prefix = trans[k] if prefix is None else prefix @ trans[k]
-        # the estimate is trusted while its rounding bound is small against what is read from it
-        need = min(1e-4, log.stop_tol / 4) if log.stop_tol > 0 else 1e-4
-        if slack > need * err2:
-            err = float(torch.linalg.vector_norm(t - TensorRing(cores, validate=False).to_dense()))
-        else:
-            err = math.sqrt(err2)
+        err, err_unc = _sweep_error(t, cores, err2, slack, err, err_unc, log.stop_tol)
         if err < best_err:
             best_err, best = err, [c.clone() for c in cores]
         if log.record(err, None if ring is None else lambda: ring(cores)):
