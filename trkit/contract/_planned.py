@@ -15,13 +15,27 @@ from collections.abc import Sequence
 import opt_einsum
 import torch
 
-__all__ = ["DEFAULT_OPTIMIZE", "plan", "expression", "run", "contract_path", "naive_flops", "shapes_of", "cache"]
+__all__ = [
+    "DEFAULT_OPTIMIZE",
+    "PlanCache",
+    "plan",
+    "expression",
+    "run",
+    "contract_path",
+    "naive_flops",
+    "shapes_of",
+    "cache",
+]
 
 DEFAULT_OPTIMIZE = "best"
 
 
-class _Cache:
-    """LRU of compiled expressions keyed by ``(equation, shapes, optimize, memory_limit)``."""
+class PlanCache:
+    """Plans kept per key (oldest dropped first beyond ``size``), with hit and miss counts.
+
+    Each backend keeps one: here compiled expressions keyed by ``(equation, shapes, optimize,
+    memory_limit)``; :mod:`trkit.contract.compiled` its generated plans.
+    """
 
     def __init__(self, size: int = 512):
         self.entries: OrderedDict[tuple, object] = OrderedDict()
@@ -36,7 +50,7 @@ class _Cache:
         self.hits = self.misses = 0
 
 
-cache = _Cache()
+cache = PlanCache()
 
 
 def _best_path(equation: str, shapes: Sequence[tuple], memory_limit=None):

@@ -22,34 +22,17 @@ and call :func:`execute` (no cache lookup per call); everything else goes throug
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
 
-from trkit.contract._planned import contract_path
+from trkit.contract._planned import PlanCache, contract_path
 from trkit.contract.time_model import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, prod, same_layout
 
 __all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "is_native", "COST", "ExecCost", "DP_MAX"]
 
 
-class _PlanCache:
-    """LRU of compiled plans keyed by ``(equation, index shapes, runtime shapes, contiguity)``."""
-
-    def __init__(self, size: int = 512):
-        self.entries: OrderedDict[tuple, _Plan] = OrderedDict()
-        self.size, self.hits, self.misses = size, 0, 0
-
-    def trim(self) -> None:
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.hits = self.misses = 0
-
-
-cache = _PlanCache()
+cache = PlanCache()  # generated plans keyed by (equation, index shapes, runtime shapes, contiguity)
 
 
 class _Step(NamedTuple):

@@ -9,7 +9,6 @@ itself is taken after dividing by ``max |x|``, so it is computed without overflo
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import time
@@ -24,7 +23,17 @@ from trkit.decompose.info import DecompositionInfo
 from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing
 
-__all__ = ["Working", "to_working", "working_dtype", "scale_cores", "start_cores", "as_callback", "IterationLog"]
+__all__ = [
+    "Working",
+    "to_working",
+    "working_dtype",
+    "unit_scale",
+    "scale_cores",
+    "scaled_ring",
+    "start_cores",
+    "as_callback",
+    "IterationLog",
+]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -64,6 +73,11 @@ def scale_cores(cores: Sequence[torch.Tensor], scale: float, dtype: torch.dtype)
     carries the whole factor, so neither overflows nor underflows alone)."""
     f = scale ** (1.0 / len(cores)) if scale > 0 else 0.0
     return [(c * f).to(dtype) for c in cores]
+
+
+def scaled_ring(cores: Sequence[torch.Tensor], scale: float, dtype: torch.dtype) -> TensorRing:
+    """``scale * ring(cores)`` in ``dtype`` (see :func:`scale_cores`)."""
+    return TensorRing(scale_cores(cores, scale, dtype), validate=False)
 
 
 def start_cores(init: TensorRing, shape, scale: float, dtype: torch.dtype, device) -> list[torch.Tensor]:
@@ -191,11 +205,8 @@ class IterationLog:
     def close(self) -> None:
         self.bar.close()
 
+    def __enter__(self) -> IterationLog:
+        return self
 
-@contextlib.contextmanager
-def iteration_log(method: str, **kwargs):
-    log = IterationLog(method, **kwargs)
-    try:
-        yield log
-    finally:
-        log.close()
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -13,6 +13,7 @@ one with the fewest parameters among the iterates that met ``tol`` (else the low
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -30,7 +31,7 @@ from trkit.decompose._common import (
     solve_spd,
 )
 from trkit.decompose._normal_equations import ShiftedTensor, gram_matrix, rhs_matrix, split_point
-from trkit.decompose._run import IterationLog, scale_cores, start_cores, to_working
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, to_working
 from trkit.decompose.als import als_sweeps
 from trkit.decompose.info import AdaptiveInfo
 from trkit.errors import InputError
@@ -126,10 +127,8 @@ def tr_als_adaptive(
     if rank is not None:
         caps = [min(c, r) for c, r in zip(caps, normalize_ranks(rank, shape, caps=[t.numel() ** 2] * d, warn=False))]
 
-    def as_ring(cs):
-        return TensorRing(scale_cores(cs, work.scale, work.out_dtype), validate=False)
-
-    log = IterationLog(
+    as_ring = functools.partial(scaled_ring, scale=work.scale, dtype=work.out_dtype)
+    with IterationLog(
         "tr_als_adaptive",
         tol=tol,
         stop_tol=stop_tol,
@@ -137,8 +136,7 @@ def tr_als_adaptive(
         callback=callback,
         verbose=verbose,
         info_cls=AdaptiveInfo,
-    )
-    try:
+    ) as log:
         if d < 3:
             ring = tr_svd(t, caps, tol=tol)
             err = relative_error(t, ring, 1.0)
@@ -195,5 +193,3 @@ def tr_als_adaptive(
         if not return_info:
             return out
         return out, log.info(err, out.ranks, params_history=params[1:])
-    finally:
-        log.close()

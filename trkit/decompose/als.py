@@ -23,6 +23,7 @@ Accuracy near an exact fit, where normal equations are at their weakest:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,7 +47,7 @@ from trkit.decompose._normal_equations import (
     split_point,
     subchain_matrix,
 )
-from trkit.decompose._run import IterationLog, iteration_log, scale_cores, start_cores, to_working
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, to_working
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
@@ -231,7 +232,7 @@ def tr_als(
     t = work.t
     ranks = normalize_ranks(rank, list(t.shape))
     gen = generator_for(seed, t.device)
-    with iteration_log(
+    with IterationLog(
         "tr_als", tol=tol, stop_tol=stop_tol, max_iter=max_iter, callback=callback, verbose=verbose
     ) as log:
         cores, start_err = init_ring(t, ranks, init, gen, work.scale)
@@ -241,12 +242,9 @@ def tr_als(
             log.history.append(start_err)
             best = cores
         else:
-
-            def as_ring(cs):
-                return TensorRing(scale_cores(cs, work.scale, work.out_dtype), validate=False)
-
+            as_ring = functools.partial(scaled_ring, scale=work.scale, dtype=work.out_dtype)
             best = als_sweeps(t, cores, log, ridge=ridge, ring=as_ring)
-        out = TensorRing(scale_cores(best, work.scale, work.out_dtype), validate=False)
+        out = scaled_ring(best, work.scale, work.out_dtype)
         if not return_info:
             return out
         err = start_err if done else relative_error(t, TensorRing(best, validate=False), 1.0)

@@ -8,6 +8,7 @@ ridge-regularised least-squares problem over the entries with ``i_k = i``. Cost 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -22,7 +23,7 @@ from trkit.decompose._common import (
     relative_residual,
 )
 from trkit.decompose._entries import slice_solve, subchain_rows
-from trkit.decompose._run import IterationLog, scale_cores, start_cores, unit_scale, working_dtype
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, unit_scale, working_dtype
 from trkit.decompose.als import exact_floor, random_cores
 from trkit.decompose.info import CompletionInfo
 from trkit.errors import InputError, InputTypeError
@@ -145,12 +146,10 @@ def tr_complete(
     else:
         raise InputError(f"init must be 'random' or a TensorRing, got {init!r}")
 
-    def as_ring(cs):
-        return TensorRing(scale_cores(cs, scale, out_dtype), validate=False)
-
+    as_ring = functools.partial(scaled_ring, scale=scale, dtype=out_dtype)
     floor = exact_floor(dtype)
     best, best_key = None, math.inf
-    log = IterationLog(
+    with IterationLog(
         "tr_complete",
         tol=tol,
         stop_tol=stop_tol,
@@ -158,8 +157,7 @@ def tr_complete(
         callback=callback,
         verbose=verbose,
         info_cls=CompletionInfo,
-    )
-    try:
+    ) as log:
         while log.n_iter < max_iter:
             for k in range(d):
                 rows = subchain_rows(cores, k, idx_t)
@@ -195,8 +193,6 @@ def tr_complete(
             n_observed=int(n_obs),
             n_train=int(train.numel()),
         )
-    finally:
-        log.close()
 
 
 def _is_mask(value) -> bool:

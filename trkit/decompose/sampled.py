@@ -10,6 +10,7 @@ reweighted by ``1 / (m p)``; ``"uniform"`` draws indices uniformly. Cost per cor
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,7 +25,7 @@ from trkit.decompose._common import (
     solve_spd,
 )
 from trkit.decompose._entries import EntrySource, subchain_rows
-from trkit.decompose._run import IterationLog, scale_cores, start_cores, unit_scale
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, unit_scale
 from trkit.decompose.als import exact_floor, random_cores
 from trkit.decompose.info import SampledInfo
 from trkit.errors import InputError
@@ -202,10 +203,8 @@ def tr_als_sampled(
     def heldout_error(cs) -> float:
         return relative_residual(TensorRing(cs, validate=False).entries(hold_idx_dev), hold_val)
 
-    def as_ring(cs):
-        return TensorRing(scale_cores(cs, src.scale, src.dtype), validate=False)
-
-    log = IterationLog(
+    as_ring = functools.partial(scaled_ring, scale=src.scale, dtype=src.dtype)
+    with IterationLog(
         "tr_als_sampled",
         tol=tol,
         stop_tol=stop_tol,
@@ -213,8 +212,7 @@ def tr_als_sampled(
         callback=callback,
         verbose=verbose,
         info_cls=SampledInfo,
-    )
-    try:
+    ) as log:
         if isinstance(init, TensorRing):
             kind, cores = "given", start_cores(init, shape, src.scale, dtype, device)
         else:
@@ -249,5 +247,3 @@ def tr_als_sampled(
         return out, log.info(
             best_err, out.ranks, n_samples=int(n_samples), sampling=sampling, entries_read=sampler.reads, start=kind
         )
-    finally:
-        log.close()

@@ -12,7 +12,7 @@ import torch
 from trkit._kernels import truncation_rank
 from trkit.decompose._common import check_max_rank, check_tensor, check_tol, normalize_ranks, relative_error
 from trkit.decompose._lowrank import row_basis
-from trkit.decompose._run import scale_cores, to_working
+from trkit.decompose._run import scaled_ring, to_working
 from trkit.decompose._split import kron_split
 from trkit.decompose.info import SVDInfo
 from trkit.errors import InputError, InputTypeError
@@ -313,7 +313,7 @@ def tr_svd(
             UserWarning,
             stacklevel=2,
         )
-    ring = TensorRing(scale_cores(cores, work.scale, work.out_dtype), validate=False)
+    ring = scaled_ring(cores, work.scale, work.out_dtype)
     if not return_info:
         return ring
     info = SVDInfo(
