@@ -198,6 +198,8 @@ class Trainer:
                 self.forward, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False
             )
         self.start_epoch, self.step = 0, 0
+        # What metrics.json reports about training; checkpointed, so a resumed run reports the whole run.
+        self.history: dict[str, Any] = {"epoch_time_s": [], "train_time_s": 0.0, "last_epoch": {}}
 
     # ----------------------------------------------------------------------------------- batches
     def _epoch_seed(self, epoch: int) -> int:
@@ -244,11 +246,8 @@ class Trainer:
             with open(self.run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def try_resume(self) -> None:
-        """Load ``checkpoint.pt`` when present and continue after its epoch."""
-        path = self.run_dir / "checkpoint.pt"
-        if not path.is_file():
-            return
+    def try_resume(self, path: Path) -> None:
+        """Continue after the epoch of checkpoint ``path`` (chosen by ``run_folder.resume_point``)."""
         state = load_checkpoint(path, self.fp)
         get_adapters(self.model).load_state_dict(state["adapters"])
         self.opt.load_state_dict(state["optimizer"])
@@ -256,11 +255,15 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history.update(state.get("history", {}))
         if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
-            # Drop log lines of the interrupted epoch; they are written again.
-            lines = (self.run_dir / "log.jsonl").read_text().splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
-            (self.run_dir / "log.jsonl").write_text("".join(ln + "\n" for ln in keep))
+            # Drop log lines of the interrupted epoch (they are written again) and a line a kill cut short.
+            keep = []
+            for line in (self.run_dir / "log.jsonl").read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("epoch", 0) <= self.start_epoch:
+                        keep.append(line)
+            atomic_write_text(self.run_dir / "log.jsonl", "".join(ln + "\n" for ln in keep))
         barrier(self.info)
 
     def _checkpoint(self, epoch: int) -> None:
@@ -275,6 +278,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "history": self.history,
         }
         save_checkpoint(state, self.run_dir / "checkpoint.pt")
 
@@ -343,23 +347,30 @@ class Trainer:
 
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train the remaining epochs (checkpoint after each), then save the adapters and evaluate."""
-        cfg = self.cfg
-        t_start = time.perf_counter()
-        epoch_times = []
-        stats: dict[str, float] = {}
+        cfg, history = self.cfg, self.history
+        t_start, time_before = time.perf_counter(), history["train_time_s"]
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
             stats = self.train_epoch(epoch)
-            epoch_times.append(time.perf_counter() - t0)
-            rec = {"type": "epoch", "epoch": epoch + 1, "step": self.step, **stats, "time_s": epoch_times[-1]}
+            history["epoch_time_s"].append(time.perf_counter() - t0)
+            history["last_epoch"] = stats
+            rec = {
+                "type": "epoch",
+                "epoch": epoch + 1,
+                "step": self.step,
+                **stats,
+                "time_s": history["epoch_time_s"][-1],
+            }
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.optim.epochs:
                 rec["eval"] = self.evaluate() if self.info.is_main else None
             self._log(rec)
+            history["train_time_s"] = time_before + time.perf_counter() - t_start
             self._checkpoint(epoch + 1)
             barrier(self.info)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
                 return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
-        train_time = time.perf_counter() - t_start
+        train_time = time_before + time.perf_counter() - t_start
+        stats = history["last_epoch"]
         metrics: dict[str, Any] = {}
         if self.info.is_main:
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
@@ -379,7 +390,7 @@ class Trainer:
                 "final_train_loss": stats.get("loss"),
                 "final_train_acc": stats.get("acc"),
                 "train_time_s": train_time,
-                "epoch_time_s": epoch_times,
+                "epoch_time_s": history["epoch_time_s"],
                 "eval_time_s": time.perf_counter() - t0,
                 "prefix_cache": {
                     "image": self.cached,
