@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up, then cosine to 0, stepped per optimiser step
     grad_accum: int = 1  # micro-batches per optimiser step
     max_grad_norm: float | None = None
+    skip_nonfinite: bool = False  # skip optimiser steps whose loss is NaN/inf (counted) instead of stopping the run
 
 
 @dataclass
@@ -145,6 +147,7 @@ class RunConfig:
         ):
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        _check_numbers(self)
         if self.data.cached_views < 0:
             raise InputError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
         if "{}" not in self.data.template:
@@ -153,6 +156,27 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    """InputError for a number outside its range; NaN and infinities are outside every range."""
+    o = cfg.optim
+    checks = [
+        ("optim.lr", o.lr, 0.0, math.inf, "> 0", False),
+        ("optim.weight_decay", o.weight_decay, 0.0, math.inf, ">= 0", True),
+        ("optim.momentum", o.momentum, 0.0, 1.0, "in [0, 1)", True),
+        ("optim.betas[0]", o.betas[0], 0.0, 1.0, "in [0, 1)", True),
+        ("optim.betas[1]", o.betas[1], 0.0, 1.0, "in [0, 1)", True),
+        ("optim.warmup_epochs", o.warmup_epochs, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_text", cfg.loss.lambda_text, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_image", cfg.loss.lambda_image, 0.0, math.inf, ">= 0", True),
+    ]
+    if o.max_grad_norm is not None:
+        checks.append(("optim.max_grad_norm", o.max_grad_norm, 0.0, math.inf, "> 0 (or null)", False))
+    for name, value, low, high, expected, low_included in checks:
+        ok = math.isfinite(value) and (value >= low if low_included else value > low) and value < high
+        if not ok:
+            raise InputError(f"{name} must be a finite number {expected}, got {value!r}")
 
 
 def _check_keys(d: dict, cls: type, prefix: str = "") -> None:

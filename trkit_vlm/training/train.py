@@ -120,6 +120,7 @@ def train(
 
     Raises:
         InputError: another run holds the run folder; the checkpoint belongs to another run or is lost.
+        TrainingDiverged: a non-finite loss (unless ``optim.skip_nonfinite``); no metrics are written.
     """
     cfg.validate()
     info = init_distributed(cfg.device)
