@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,8 @@ class RunConfig:
             raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", self.device):
+            raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or 'mps', 'xpu'), got {self.device!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise InputError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.prefix_cache not in ("auto", "memory", "disk", "off"):
@@ -150,12 +153,24 @@ class RunConfig:
         _check_numbers(self)
         if self.data.cached_views < 0:
             raise InputError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
+        if self.eval_every < 0:
+            raise InputError(f"eval_every must be >= 0 (0: at the end only), got {self.eval_every}")
         if "{}" not in self.data.template:
             raise InputError(f"data.template must contain '{{}}' for the class name, got {self.data.template!r}")
         return self
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a number (YAML 1.2 reads it so; PyYAML's 1.1 rules want
+    ``1.0e-3`` and would hand ``optim.lr`` a string)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 def _check_numbers(cfg: RunConfig) -> None:
@@ -208,15 +223,20 @@ def config_from_dict(d: dict) -> RunConfig:
     return RunConfig(**kwargs)
 
 
-def load_config(path: str | os.PathLike) -> RunConfig:
-    """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file."""
+def load_config(path: str | os.PathLike, validate: bool = False) -> RunConfig:
+    """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file (and :meth:`~RunConfig.validate` it).
+
+    Errors in the file's contents name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (a YAML or JSON run config)") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            d = yaml.safe_load(text) or {}
+            d = yaml.load(text, Loader=_YamlLoader) or {}
         except yaml.YAMLError as err:
             raise InputError(f"{path}: invalid YAML ({err})") from None
     else:
@@ -224,12 +244,16 @@ def load_config(path: str | os.PathLike) -> RunConfig:
             d = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(f"{path}: invalid JSON ({err})") from None
-    return config_from_dict(d)
+    try:
+        cfg = config_from_dict(d)
+        return cfg.validate() if validate else cfg
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError:
         return text
 

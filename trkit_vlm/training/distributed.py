@@ -42,11 +42,16 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
+    try:
+        dev = torch.device(pref)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {pref!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {pref!r} asked for but CUDA is not available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {pref!r} asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
