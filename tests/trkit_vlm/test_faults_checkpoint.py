@@ -171,3 +171,14 @@ def test_resuming_a_finished_run_changes_nothing(reference):
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
     before.pop(".lock"), after.pop(".lock")  # the lock file records who held the folder last
     assert after == before
+
+
+def test_a_run_without_resume_starts_a_fresh_folder(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, **OVER)
+    train(cfg, progress=False)
+    train(cfg, progress=False, stop_after_epoch=1)  # the same folder again, without --resume
+    run = cfg.run_dir()
+    assert not (run / "metrics.json").exists() and not (run / "adapters.safetensors").exists()
+    assert not (run / "checkpoint.prev.pt").exists()  # the earlier run's checkpoints are gone
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert _epochs_logged(run) == [1]

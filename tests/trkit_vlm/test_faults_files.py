@@ -114,3 +114,19 @@ def test_full_disk_during_the_small_clip_save_names_the_file(tmp_path, monkeypat
     with pytest.raises(OSError, match=f"cannot write {path}: No space left on device"):
         sc.pretrain_small(_tiny_recipe(), cache_dir=tmp_path, progress=False, data=_images())
     assert os.listdir(path.parent) == []  # neither the weights nor a temp file
+
+
+def test_compress_output_problems_are_one_line(tmp_path, monkeypatch, capsys):
+    source = save_adapters(add_adapters(tiny_model(), MMAConfig(hidden=8)), tmp_path / "mma.safetensors")
+    before = source.read_bytes()
+    assert main(["compress", str(source), "--budget", "0.5", "--out", str(source)]) == 2  # a file, not a folder
+    assert source.read_bytes() == before
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("trkit-vlm compress: error: "), err
+    out = tmp_path / "ring"
+    full_disk(monkeypatch, budget=500, match=lambda p: p.name.startswith(".adapters.safetensors."))
+    assert main(["compress", str(source), "--budget", "0.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("trkit-vlm compress: error: "), err
+    assert f"cannot write {out / 'adapters.safetensors'}: No space left on device" in err
+    assert os.listdir(out) == []

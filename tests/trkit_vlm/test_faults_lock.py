@@ -101,3 +101,16 @@ def test_every_rank_stops_when_the_folder_is_in_use(tmp_path, data_root):
     assert any("rank 0 stopped: run folder" in ln for ln in lines)
     # Neither rank hit a bug (the traceback torchrun prints about its failed children is its own).
     assert "this is a bug" not in proc.stderr and sorted(os.listdir(cfg.run_dir())) == [".lock"]
+
+
+def test_without_lock_support_training_warns_and_goes_on(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"cannot lock .*\.lock \(No locks available\): a second run into this"):
+        lock = lock_run_folder(tmp_path / "run")
+    lock.release()
