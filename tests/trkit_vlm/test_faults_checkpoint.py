@@ -182,3 +182,19 @@ def test_a_run_without_resume_starts_a_fresh_folder(tmp_path, data_root):
     assert not (run / "checkpoint.prev.pt").exists()  # the earlier run's checkpoints are gone
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert _epochs_logged(run) == [1]
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_when_the_field_is_left_at_its_default(
+    tmp_path, data_root, reference
+):
+    cfg = tiny_config(tmp_path, data_root, **OVER)
+    train(cfg, progress=False, stop_after_epoch=2)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # as written before optim.skip_nonfinite existed
+        path = cfg.run_dir() / name
+        state = torch.load(path, weights_only=True)
+        del state["fingerprint"]["optim"]["skip_nonfinite"]
+        torch.save(state, path)
+    other = tiny_config(tmp_path, data_root, **OVER, **{"optim.skip_nonfinite": True})
+    with pytest.raises(ValueError, match=r"different run \(differs in: optim.skip_nonfinite\)"):
+        train(other, progress=False, resume=True)
+    _assert_same_as_reference(cfg, train(cfg, progress=False, resume=True), reference)

@@ -105,8 +105,12 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any] | None 
 
 
 def check_fingerprint(state: dict[str, Any], fingerprint: dict[str, Any], path: str | os.PathLike) -> None:
-    """InputError naming the differing config keys when checkpoint ``state`` belongs to another run."""
-    diff = _diff(fingerprint, state["fingerprint"])
+    """InputError naming the differing config keys when checkpoint ``state`` belongs to another run.
+
+    A field the checkpoint's fingerprint lacks (it was written before the field existed) matches when
+    this run leaves the field at its default, so a new config option does not orphan older checkpoints.
+    """
+    diff = _diff(fingerprint, state["fingerprint"], defaults=fingerprint_of_defaults())
     if diff:
         raise InputError(
             f"checkpoint {path} was written for a different run (differs in: "
@@ -114,11 +118,20 @@ def check_fingerprint(state: dict[str, Any], fingerprint: dict[str, Any], path: 
         )
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def fingerprint_of_defaults() -> dict:
+    """The fingerprint of ``RunConfig()``: every field at its default."""
+    return fingerprint(RunConfig())
+
+
+def _diff(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Dotted keys where ``a`` and ``b`` differ; a key ``b`` lacks is equal when ``a`` holds its default."""
     if isinstance(a, dict) and isinstance(b, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            if k not in b and k in defaults and a[k] == defaults[k]:
+                continue
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.", defaults.get(k))
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)
