@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    """The CPU's model name, for the environment block of every results JSON."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from trkit.env import cpu_model, env_info  # noqa: F401  (the scripts' environment block)
 
 
 def write_json(path: str | Path, data, indent: int = 1, default=None) -> Path:

@@ -220,7 +220,7 @@ def tntorch_points(case: Case, idx, ref, iters: int, seeds: int) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- trkit
 def trkit_run(case: Case, **kwargs):
     f = Counted(case.f)
-    ring, info = trkit.tr_cross(f, (case.n,) * case.d, return_info=True, **kwargs)
+    ring, info = trkit.tr_cross(f, shape=(case.n,) * case.d, return_info=True, **kwargs)
     assert f.count == info.n_evals  # the cache: never asked twice
     return ring, info
 

@@ -19,13 +19,13 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import write_json  # noqa: E402
+from _common import env_info, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def shift(bundle, quick: bool) -> dict:
-    from trkit_vlm.tasks import shift_sweep
+    from trkit_vlm.demo.tasks import shift_sweep
 
     strengths = (0.0, 0.4, 0.6) if quick else (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
     return shift_sweep(
@@ -34,8 +34,8 @@ def shift(bundle, quick: bool) -> dict:
 
 
 def tune(bundle, strength: float, quick: bool, out_dir: str) -> dict:
-    from trkit_vlm import quickstart as q
-    from trkit_vlm.tasks import shifted_data
+    from trkit_vlm.demo import quickstart as q
+    from trkit_vlm.demo.tasks import shifted_data
 
     data = shifted_data(strength, eval_split="val", eval_per_class=50 if quick else 200)
 
@@ -132,24 +132,23 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    from trkit_vlm.quickstart import _env
-    from trkit_vlm.small_clip import load_small_clip
+    from trkit_vlm.demo.small_clip import load_small_clip
 
     bundle = load_small_clip()
     RESULTS.mkdir(exist_ok=True)
     strength = a.strength
     if a.shift:
         res = shift(bundle, a.quick)
-        res["env"] = _env()
+        res["env"] = env_info()
         name = "small_clip_shift_sweep" + ("_quick" if a.quick else "")
         write_json(RESULTS / f"{name}.json", res, indent=2)
         strength = res["chosen_strength"] if strength is None else strength
         print("chosen strength:", res["chosen_strength"])
     if a.tune:
-        from trkit_vlm.tasks import DEFAULT_SHIFT_STRENGTH
+        from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH
 
         res = tune(bundle, DEFAULT_SHIFT_STRENGTH if strength is None else strength, a.quick, "/tmp/trkit_tuning")
-        res["env"] = _env()
+        res["env"] = env_info()
         name = "small_clip_quickstart_tuning" + ("_quick" if a.quick else "")
         write_json(RESULTS / f"{name}.json", res, indent=2)
 

@@ -1,4 +1,4 @@
-"""Training epoch time with and without the frozen-prefix cache (trkit_vlm.prefix_cache), same run,
+"""Training epoch time with and without the frozen-prefix cache (trkit_vlm.training.prefix_cache), same run,
 and how close the cache gets to the best speed-up any cache could give (an Amdahl bound).
 
 Usage: python benchmarks/train_speed.py [--quick]
@@ -72,10 +72,11 @@ def make_dataset(root: Path, n_classes: int, n_train: int, size: int = 256) -> P
 
 def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     """A training run of ``case`` with ``prefix_cache=cache``, set up as ``train()`` does it."""
-    from trkit_vlm.config import RunConfig
-    from trkit_vlm.distributed import init_distributed
-    from trkit_vlm.train import amp_dtype, build_model, fingerprint, prepare_data, seed_everything, view_transform
-    from trkit_vlm.train_loop import Trainer
+    from trkit_vlm.training.config import RunConfig
+    from trkit_vlm.training.distributed import init_distributed
+    from trkit_vlm.training.loop import Trainer
+    from trkit_vlm.training.seeding import seed_everything
+    from trkit_vlm.training.train import build_model, prepare_data
 
     cfg = RunConfig(
         model=case["model"],
@@ -98,19 +99,7 @@ def _trainer(case: dict, cache: str, data_root: Path, out: Path):
     bundle, model, _ = build_model(cfg, None, info.device)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(
-        cfg,
-        bundle,
-        model,
-        train_data,
-        fs,
-        info,
-        run_dir,
-        progress=False,
-        view_fn=view_transform,
-        fingerprint=fingerprint(cfg),
-        amp=amp_dtype(cfg, info.device),
-    )
+    return Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=False)
 
 
 def run_pair(case: dict, data_root: Path, out: Path) -> dict:
@@ -168,7 +157,7 @@ class LayerTimer:
     """
 
     def __init__(self, trainer_on, trainer_off, start: int, consistency: bool):
-        from trkit_vlm import prefix_cache as pc
+        from trkit_vlm.training import prefix_cache as pc
 
         self.model, self.k, self.consistency = trainer_on.model, start - 1, consistency
         b = trainer_on.local_bs
@@ -184,19 +173,19 @@ class LayerTimer:
 
     def sample(self) -> None:
         """One timing of every block this case needs."""
-        from trkit_vlm import prefix_cache as pc
         from trkit_vlm.adapters import adapter_parameters, adapters_disabled
+        from trkit_vlm.training import prefix_cache as pc
 
         m = self.model
         for name, x in self.inputs.items():
             tower = "image" if name == "image" else "text"
             tr = m.visual.transformer if tower == "image" else m.transformer
-            mask = None if tower == "image" else pc._causal_mask(m, x.shape[1])
+            mask = None if tower == "image" else pc.causal_mask(m, x.shape[1])
             rec = self.samples[name]
-            for i, blk in enumerate(tr.resblocks):
+            for i in range(len(tr.resblocks)):
 
-                def run(inp, b=blk, t=tr, msk=mask):
-                    return pc._run_blocks(t, inp, [b], attn_mask=msk)
+                def run(inp, i=i, tower=tower, msk=mask):
+                    return pc.run_blocks(m, tower, inp, i, i + 1, attn_mask=msk)
 
                 if i < self.k and name != "text_cut":
                     with torch.no_grad():
@@ -376,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """Issue 8's target (>= 3x faster epochs with the cache, no augmentation), per default-placement row."""
+    """The target of >= 3x faster epochs with the cache (no augmentation), per default-placement row."""
     out = []
     for r in rows:
         if r["adapters"] != "5-12" or r["classes"] != 4:

@@ -67,3 +67,23 @@ def test_trkit_vlm_without_the_vlm_extra_says_how_to_install_it(argv):
         assert proc.returncode == 2
         assert "needs the 'vlm' extra (missing module 'PIL')" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_trkit_public_names_load_lazily():
+    # `import trkit.errors` (the CLIs' error classes) must not pay for torch; every public name still
+    # resolves, to the same object as in the module that defines it.
+    code = (
+        "import sys, importlib, trkit.errors, trkit; "
+        "assert 'torch' not in sys.modules, 'torch imported eagerly'; "
+        "from trkit import TensorRing, round, contract, tr_svd; "
+        "from trkit.ring import TensorRing as T; from trkit.rounding import round as r; "
+        "assert TensorRing is T and round is r and contract is importlib.import_module('trkit.contract'); "
+        "assert set(trkit.__all__) <= set(dir(trkit)); "
+        "missing = [n for n in trkit.__all__ if getattr(trkit, n, None) is None]; "
+        "assert not missing, missing; "
+        "print('ok')"
+    )
+    proc = _run(sys.executable, "-c", code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        trkit.nope  # noqa: B018

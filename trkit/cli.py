@@ -5,82 +5,33 @@
     trkit info FILE
     trkit reconstruct FILE --out x.npy
 
-Inputs: ``.npy``, ``.npz`` (``--key``), ``.pt``/``.pth`` (``torch.load(weights_only=True)``),
-``.safetensors`` and images (grey or RGB, via PIL). Problems with the input give one line on
-stderr and exit code 2; outputs are written atomically.
+Inputs: ``.npy`` (memory-mapped), ``.npz`` (``--key``), ``.pt``/``.pth``
+(``torch.load(weights_only=True)``), ``.safetensors`` and images (grey or RGB, via PIL). Problems
+with the input or an output path give one line on stderr and exit code 2, found before any long
+computation; outputs are written atomically (see :mod:`trkit.files`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from trkit._cli_input import CLIError, available_memory, check_values, exact_in_float32, load_array
 from trkit._version import __version__
-from trkit.errors import InputError
+from trkit.cli_runner import run_cli
+from trkit.files import check_output_path, format_bytes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+__all__ = ["main", "build_parser", "load_array", "CLIError"]
 
-
-class CLIError(InputError):
-    """A user-facing problem: printed as one line, exit code 2."""
-
-
-def _pick(mapping: dict, key: str | None, path: Path):
-    if key is not None:
-        if key not in mapping:
-            raise CLIError(f"{path}: no array named {key!r} (has: {', '.join(sorted(mapping)) or 'none'})")
-        return mapping[key]
-    if len(mapping) != 1:
-        raise CLIError(f"{path} holds {len(mapping)} arrays ({', '.join(sorted(mapping))}); choose one with --key")
-    return next(iter(mapping.values()))
-
-
-def load_array(path: str, key: str | None = None) -> np.ndarray:
-    """Read an array from ``.npy/.npz/.pt/.pth/.safetensors`` or an image file (float64)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"{p}: no such file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                arr = _pick({k: z[k] for k in z.files}, key, p)
-        elif suffix in (".pt", ".pth"):
-            import torch
-
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                obj = _pick({str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}, key, p)
-            if not isinstance(obj, torch.Tensor):
-                raise CLIError(f"{p}: expected a tensor or a dict of tensors, got {type(obj).__name__}")
-            arr = obj.detach().to(dtype=torch.float64).numpy()
-        elif suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            arr = _pick(load_file(str(p)), key, p)
-        elif suffix in IMAGE_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(p) as img:
-                img = img.convert("L") if img.mode in ("L", "I", "I;16", "F", "1", "LA") else img.convert("RGB")
-                arr = np.asarray(img)
-        else:
-            raise CLIError(f"{p}: unsupported file type {suffix!r} (use .npy, .npz, .pt, .safetensors or an image)")
-    except (CLIError, ModuleNotFoundError):
-        raise
-    except Exception as exc:  # corrupt/truncated files raise many different types
-        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
-        raise CLIError(f"{p}: cannot read file ({type(exc).__name__}: {detail})") from None
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "fiub":
-        raise CLIError(f"{p}: array has dtype {arr.dtype}; need numbers")
-    return arr.astype(np.float64, copy=False)
+# Below this --tol, float32 arithmetic cannot be trusted to meet the target: --dtype auto uses float64.
+FLOAT32_MIN_TOL = 1e-5
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -93,12 +44,33 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
-def _atomic_write(path: Path, write) -> None:
-    if not path.parent.is_dir():
-        raise CLIError(f"{path}: directory {path.parent} does not exist")
-    from trkit.io import atomic_write
+def _write(out: Path, write) -> None:
+    """Run ``write()`` (an atomic write to ``out``); a failure becomes one error line."""
+    try:
+        write()
+    except OSError as exc:
+        reason = exc.strerror if exc.errno is None else os.strerror(exc.errno)
+        raise CLIError(f"cannot write {out}: {reason or exc} (no partial file was left)") from None
 
-    atomic_write(path, write)
+
+@contextlib.contextmanager
+def _out_of_memory_is_an_error(args, x):
+    """Turn numpy's MemoryError and torch's allocator RuntimeError into one line with hints."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and not any(
+            s in text for s in ("can't allocate memory", "not enough memory", "Cannot allocate memory")
+        ):
+            raise
+        hints = ["--method sampled"] if args.method != "sampled" else []
+        hints += [] if str(x.dtype).endswith("float32") else ["--dtype float32"]  # numpy or torch dtype
+        hints += ["a smaller --rank" if args.rank else "a larger --tol"]
+        raise CLIError(
+            f"{args.input}: out of memory while decomposing {tuple(x.shape)} ({format_bytes(x.nbytes)}); "
+            f"try {', '.join(hints[:-1]) + ' or ' if len(hints) > 1 else ''}{hints[-1]}"
+        ) from None
 
 
 def _decompose(x, method: str, tol, rank, args):
@@ -128,6 +100,8 @@ def _plot(x, args, rank, out: Path) -> None:
 
     import matplotlib.pyplot as plt
 
+    from trkit.files import atomic_write
+
     points = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -148,9 +122,41 @@ def _plot(x, args, rank, out: Path) -> None:
     ax.set_title(f"trkit {args.method}: {Path(args.input).name}")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    _atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    _write(out, lambda: atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120)))
     plt.close(fig)
     print(f"plot: {out} ({len(points)} points)")
+
+
+def _compute_dtype(arr: np.ndarray, args):
+    """``--dtype``; ``auto``: float32 when the input is exactly float32 and the target allows it."""
+    import torch
+
+    if args.dtype != "auto":
+        return getattr(torch, args.dtype)
+    if exact_in_float32(arr.dtype) and (args.tol is None or args.tol >= FLOAT32_MIN_TOL):
+        return torch.float32
+    return torch.float64
+
+
+def _as_tensor(arr: np.ndarray, dtype, args):
+    """The input as the tensor the method gets, refusing up front what cannot fit in memory."""
+    import torch
+
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    if args.method == "sampled":
+        return arr  # reads only the sampled entries (of a memory-mapped file: only those pages)
+    nbytes = arr.size * np_dtype.itemsize
+    # besides the data (a copy only if the dtype changes), the dense methods hold at least one more
+    # array of its size: a working copy, or the reconstruction that measures the error
+    need = nbytes * (1 if arr.dtype == np_dtype else 2)
+    free = available_memory()
+    if free is not None and need > free:
+        raise CLIError(
+            f"{args.input}: decomposing {arr.shape} as {np_dtype} needs at least {format_bytes(need)} of memory, "
+            f"{format_bytes(free)} is available; try --method sampled (reads only sampled entries)"
+            + (" or --dtype float32" if np_dtype == np.float64 else "")
+        )
+    return torch.from_numpy(np.asarray(arr).astype(np_dtype, copy=False))
 
 
 def cmd_decompose(args) -> int:
@@ -160,78 +166,115 @@ def cmd_decompose(args) -> int:
 
     if args.tol is None and args.rank is None:
         raise CLIError("give --tol or --rank")
+    # every output is checked before the input is read: a wrong --out must not cost a decomposition
+    out = plot = None
+    if args.out:
+        out = check_output_path(args.out, suffixes=(".safetensors",), inputs=[args.input], what="--out")
+    if args.plot:
+        plot = check_output_path(args.plot, suffixes=(".png",), inputs=[args.input], what="--plot")
     arr = load_array(args.input, args.key)
     if args.reshape:
         shape = _ints(args.reshape, "--reshape")
-        if int(np.prod(shape)) != arr.size:
+        if math.prod(shape) != arr.size:
             raise CLIError(
-                f"--reshape {args.reshape} has {int(np.prod(shape))} entries but the input {arr.shape} has {arr.size}"
+                f"--reshape {args.reshape} has {math.prod(shape)} entries but the input {arr.shape} has {arr.size}"
             )
         arr = arr.reshape(shape)
     if arr.ndim < 2:
         raise CLIError(f"input has shape {arr.shape}; need >= 2 modes (use --reshape)")
-    if not np.isfinite(arr).all():
-        raise CLIError(f"{args.input}: contains NaN or Inf values")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).to(getattr(torch, args.dtype))
+    dtype = _compute_dtype(arr, args)
+    check_values(arr, args.input, float32=dtype == torch.float32)
+    x = _as_tensor(arr, dtype, args)
     rank = None
     if args.rank is not None:
         rank = _ints(args.rank, "--rank")
         rank = rank[0] if len(rank) == 1 else rank
     t0 = time.perf_counter()
-    ring, info = _decompose(x, args.method, args.tol, rank, args)
+    with _out_of_memory_is_an_error(args, x):
+        ring, info = _decompose(x, args.method, args.tol, rank, args)
+    ring = ring.to(dtype)
     elapsed = time.perf_counter() - t0
-    print(f"input: {args.input} shape {tuple(x.shape)} ({x.numel()} entries)")
+    print(f"input: {args.input} shape {tuple(x.shape)} ({math.prod(x.shape)} entries, {str(dtype)[6:]})")
     print(f"method: {args.method}  ranks: {list(ring.ranks)}")
-    print(f"parameters: {ring.n_params}  compression: {x.numel() / ring.n_params:.2f}x")
+    print(f"parameters: {ring.n_params}  compression: {math.prod(x.shape) / ring.n_params:.2f}x")
     label = "relative error" + (" (held-out estimate)" if args.method == "sampled" else "")
     print(f"{label}: {info.rel_error:.4e}  time: {elapsed:.3f} s")
-    if args.out:
-        out = Path(args.out)
-        if not out.parent.is_dir():
-            raise CLIError(f"{out}: directory {out.parent} does not exist")
-        trkit.save(ring, out)
+    if out is not None:
+        _write(out, lambda: trkit.save(ring, out))
         print(f"saved: {out}")
-    if args.plot:
-        _plot(x, args, rank, Path(args.plot))
+    if plot is not None:
+        with _out_of_memory_is_an_error(args, x):
+            _plot(x, args, rank, plot)
     return 0
 
 
 def _load_ring(path: str):
     import trkit
 
+    if Path(path).is_dir():
+        raise CLIError(f"{path}: is a directory, not a ring file")
     try:
         return trkit.load(path)
     except FileNotFoundError:
         raise CLIError(f"{path}: no such file") from None
     except ValueError as exc:
         raise CLIError(str(exc).splitlines()[0]) from None
+    except OSError as exc:
+        raise CLIError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _norm_text(ring) -> str:
+    """The Frobenius norm, exact in magnitude however large: cores are scaled to max 1 first.
+
+    ``norm(ring) = norm(ring with cores G_k / s_k) * prod(s_k)``; the product is summed in log10.
+    """
+    import torch
+
+    import trkit
+
+    wide = torch.complex128 if ring.dtype.is_complex else torch.float64
+    cores = [c.detach().to(wide) for c in ring.cores]
+    if not all(bool(torch.isfinite(c).all()) for c in cores):
+        return "nan (the cores hold NaN or infinite values)"
+    scales = [float(c.abs().max()) for c in cores]
+    if min(scales) == 0.0:
+        return f"{0.0:.6e}"
+    inner = float(trkit.norm(trkit.TensorRing([c / s for c, s in zip(cores, scales)], validate=False)))
+    if inner == 0.0:
+        return f"{0.0:.6e}"
+    log10 = math.log10(inner) + sum(math.log10(s) for s in scales)
+    exponent = math.floor(log10)
+    mantissa = 10 ** (log10 - exponent)
+    if mantissa >= 9.9999995:  # rounds up to 10.000000
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.6f}e{exponent:+03d}"
 
 
 def cmd_info(args) -> int:
-    import trkit
-
     ring = _load_ring(args.file)
-    numel = int(np.prod(ring.shape, dtype=np.float64))
+    numel = math.prod(ring.shape)
     print(f"file: {args.file}")
     print(f"shape: {list(ring.shape)}  ranks: {list(ring.ranks)}  dtype: {str(ring.dtype).replace('torch.', '')}")
     print(f"parameters: {ring.n_params}  entries: {numel}  compression: {numel / ring.n_params:.2f}x")
-    print(f"norm: {float(trkit.norm(ring)):.6e}")
+    print(f"norm: {_norm_text(ring)}")
     return 0
 
 
 def cmd_reconstruct(args) -> int:
+    from trkit.io import dense_nbytes, save_dense
+
+    out = check_output_path(args.out, suffixes=(".npy",), inputs=[args.file], what="--out")
     ring = _load_ring(args.file)
-    out = Path(args.out)
-    if out.suffix.lower() != ".npy":
-        raise CLIError(f"{out}: reconstruct writes .npy files")
-    dense = ring.to_numpy()
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, dense)
-
-    _atomic_write(out, write)
-    print(f"wrote {out}: shape {dense.shape} {dense.dtype}")
+    size = dense_nbytes(ring)
+    try:
+        check_output_path(out, size=size + 4096, what="--out")  # 4096: room for the .npy header
+    except ValueError as exc:
+        raise CLIError(
+            f"{exc}; the dense tensor {list(ring.shape)} is {format_bytes(size)}: read parts of it with the Python "
+            f"API instead (trkit.load({args.file!r})[i] or .entries(index))"
+        ) from None
+    _write(out, lambda: save_dense(ring, out))
+    print(f"wrote {out}: shape {tuple(ring.shape)} {str(ring.dtype).replace('torch.', '')} ({format_bytes(size)})")
     return 0
 
 
@@ -254,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rank", type=int, default=None, dest="max_rank")
     p.add_argument("--max-iter", type=int, default=100, dest="max_iter")
     p.add_argument("--samples", type=int, default=2000, help="fibres per update (sampled)")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float64", "float32"],
+        default="auto",
+        help="precision of the computation; auto: float32 for float32/float16/8- and 16-bit integer inputs "
+        f"(unless --tol < {FLOAT32_MIN_TOL:g}), float64 otherwise",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="progress bars")
     p.set_defaults(func=cmd_decompose)
@@ -268,24 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Optional packages a command may need, with the line that says how to get them.
+OPTIONAL_PACKAGES = {
+    "PIL": "this needs the optional package 'pillow': pip install pillow",
+    "matplotlib": "this needs the optional package 'matplotlib': pip install matplotlib",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"trkit: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as exc:  # bad options caught by the library's own checks
-        print(f"trkit: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:  # optional: matplotlib for --plot, pillow for image files
-        package = {"PIL": "pillow"}.get((exc.name or "").split(".")[0], exc.name)
-        print(f"trkit: error: this needs the optional package '{package}': pip install {package}", file=sys.stderr)
-        return 2
+    """The ``trkit`` command; errors follow ``trkit.cli_runner`` (one line and exit 2 for bad input)."""
+    return run_cli(build_parser(), argv, OPTIONAL_PACKAGES)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""User story 2: compress a trained MMA adapter set into an AdaRing adapter under a parameter budget.
+"""Compress a trained MMA adapter set into an AdaRing adapter under a parameter budget.
 
 Each of MMA's five projections (text down, image down, shared, text up, image up) is stacked over the
 adapted layers into a ``(L, d_in, d_out)`` tensor and fitted by ``CrossLayerTR.from_matrices`` (TR-SVD).
@@ -9,9 +9,11 @@ parameter until the budget is spent. MMA's biases are kept exactly (per layer) a
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,9 +21,17 @@ from torch import nn
 from trkit.errors import InputError
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, AdaRingConfig
-from trkit_vlm.adapters.io import _load_into, mma_config_from_state_dict, read_mma_state_dict
+from trkit_vlm.adapters.io import (
+    add_adapters_with_weights,
+    mma_config_from_state_dict,
+    read_adapter_file,
+    read_mma_state_dict,
+    save_adapters,
+)
 from trkit_vlm.adapters.mma.config import mma_param_count
 from trkit_vlm.adapters.mma.layer import shared_key
+from trkit_vlm.files import atomic_write_text
+from trkit_vlm.models import tower_info_from_config
 
 __all__ = ["CompressionResult", "compress_mma", "mma_projections"]
 
@@ -76,7 +86,7 @@ class CompressionResult:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Add the compressed AdaRing adapters to ``model`` (a backbone without adapters)."""
-        _load_into(model, self.config, self.state_dict, "compressed adapters")
+        add_adapters_with_weights(model, self.config, self.state_dict, "compressed adapters")
         return model
 
     def adapter_set(self):
@@ -89,11 +99,28 @@ class CompressionResult:
 
     def save(self, path: str | os.PathLike):
         """Write a trkit adapter file that ``load_adapters`` reads (atomic)."""
-        from trkit_vlm.adapters.io import save_adapters
-
         holder = nn.Module()
         holder.trkit_adapters = self.adapter_set()
         return save_adapters(holder, path)
+
+    def write(self, out_dir: str | os.PathLike, source: str, budget: float | None, tol: float | None) -> list[Path]:
+        """``adapters.safetensors`` and ``report.json`` (what was asked, the ranks and errors) in ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "source": str(source),
+            "budget": budget,
+            "tol": tol,
+            "n_params": self.n_params,
+            "mma_params": self.mma_params,
+            "fraction": self.fraction,
+            "projections": self.projections,
+            "output_rel_error": self.output_rel_error,
+            "config": self.config.to_dict(),
+        }
+        paths = [Path(self.save(out / "adapters.safetensors")), out / "report.json"]
+        atomic_write_text(paths[1], json.dumps(report, indent=2))
+        return paths
 
     def table(self) -> str:
         lines = [f"{'projection':<12}{'ranks':>14}{'params':>10}{'dense':>10}{'rel.error':>11}  max layer err"]
@@ -170,7 +197,8 @@ def compress_mma(
     """The AdaRing adapter (one branch, per-projection TR ranks) closest to a trained MMA adapter set.
 
     Args:
-        source: an official MMA checkpoint path, a trkit MMA adapter state dict, or an MMA state dict.
+        source: an official MMA checkpoint path (``.pth.tar``/``.pt``), a trkit MMA adapter file
+            (``.safetensors``), or an MMA state dict.
         budget: total parameters as a fraction of the MMA set's (0.1 = 10%). Ignored when ``tol`` is given.
         tol: instead of a budget, fit every projection to this relative error.
         towers: tower widths/depths (``trkit_vlm.models.tower_info``); or ``model_name`` (an open_clip
@@ -184,13 +212,11 @@ def compress_mma(
         raise InputError(f"budget must be a fraction in (0, 1], got {budget}")
     if tol is not None and not 0 < float(tol) < 1:
         raise InputError(f"tol must be in (0, 1), got {tol}")
-    sd = read_mma_state_dict(source)
+    sd = read_mma_state_dict(_adapter_file_tensors(source))
     mma_cfg = mma_config_from_state_dict(sd)
     proj, tl, il = mma_projections(sd)
     dt, dv, h = proj["down_text"][0].shape[1], proj["down_image"][0].shape[1], mma_cfg.hidden
     if towers is None and model_name is not None:
-        from trkit_vlm.models import tower_info_from_config
-
         towers = tower_info_from_config(model_name)
     if towers is None:
         towers = {"text": {"width": dt, "depth": tl[-1]}, "image": {"width": dv, "depth": il[-1]}}
@@ -244,6 +270,16 @@ def compress_mma(
     )
     result.output_rel_error = _output_error(sd, mma_cfg, towers, result.adapter_set())
     return result
+
+
+def _adapter_file_tensors(source):
+    """The tensors of a trkit MMA adapter file (``.safetensors``); any other source as it is."""
+    if not (isinstance(source, (str, os.PathLike)) and str(source).endswith(".safetensors")):
+        return source
+    config, _, tensors = read_adapter_file(source)
+    if config.method != "mma":
+        raise InputError(f"{source} holds {config.method} adapters, not MMA")
+    return tensors
 
 
 def _output_error(sd, mma_cfg, towers, ring) -> dict[str, float]:

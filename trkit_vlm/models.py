@@ -38,6 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# open_clip is imported inside the functions that build models or read their configs: importing it
+# takes seconds (torchvision, hub clients), and the adapters only need a model that already exists.
+
 # A 4-layer, narrow CLIP (text width 48, image width 64) for tests and examples; random weights only.
 TINY_CONFIG: dict = {
     "embed_dim": 32,
@@ -83,6 +86,12 @@ def register_model_config(name: str, config: dict) -> None:
 def registered_model_configs() -> list[str]:
     """Names added with :func:`register_model_config`."""
     return sorted(_CUSTOM_CONFIGS)
+
+
+def registered_model_config(name: str) -> dict | None:
+    """A copy of the config registered under ``name`` with :func:`register_model_config` (None if none)."""
+    config = _CUSTOM_CONFIGS.get(name)
+    return copy.deepcopy(config) if config is not None else None
 
 
 def _sync_configs() -> None:
@@ -248,12 +257,29 @@ def clip_towers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def tower_info(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Width and depth of each tower: ``{"text": {"width": 512, "depth": 12}, "image": {...}}``."""
+    """Width, depth and output feature size of each tower.
+
+    ``{"text": {"width": 512, "depth": 12, "features": 512}, "image": {...}}`` for ViT-B-16; ``features``
+    is the size of the tower's projected output (the CLIP embedding).
+    """
     out = {}
     for tower, t in clip_towers(model).items():
         blk = t.resblocks[0]
         out[tower] = {"width": int(blk.ln_1.normalized_shape[0]), "depth": len(t.resblocks)}
+        out[tower]["features"] = _feature_size(model, tower, out[tower]["width"])
     return out
+
+
+def _feature_size(model: nn.Module, tower: str, width: int) -> int:
+    if tower == "image":
+        return int(getattr(model.visual, "output_dim", width))
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "output_dim"):  # open_clip CustomTextCLIP
+        return int(text.output_dim)
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    return int(proj.shape[1]) if proj is not None else width
 
 
 def encode_text(
@@ -295,7 +321,8 @@ def tower_info_from_config(name: str) -> dict[str, dict[str, int]]:
     if "timm_model_name" in v or "hf_model_name" in t:
         raise InputTypeError(f"{name!r} uses a timm/HF tower; trkit_vlm adapters need open_clip transformer towers")
     # Defaults are open_clip's CLIPTextCfg / CLIPVisionCfg defaults.
+    features = int(cfg["embed_dim"])
     return {
-        "text": {"width": int(t.get("width", 512)), "depth": int(t.get("layers", 12))},
-        "image": {"width": int(v.get("width", 768)), "depth": int(v.get("layers", 12))},
+        "text": {"width": int(t.get("width", 512)), "depth": int(t.get("layers", 12)), "features": features},
+        "image": {"width": int(v.get("width", 768)), "depth": int(v.get("layers", 12)), "features": features},
     }

@@ -80,7 +80,7 @@ def test_other_formats(tmp_path):
     "argv_fn,needle",
     [
         (lambda d: ["decompose", str(d / "missing.npy"), "--tol", "0.1"], "no such file"),
-        (lambda d: ["decompose", str(d / "bad.npy"), "--tol", "0.1"], "cannot read"),
+        (lambda d: ["decompose", str(d / "bad.npy"), "--tol", "0.1"], "bad.npy: not a valid .npy file"),
         (lambda d: ["decompose", str(d / "bad.png"), "--tol", "0.1"], "cannot read"),
         (lambda d: ["info", str(d / "bad.npy")], "bad.npy"),
         (lambda d: ["info", str(d / "missing.safetensors")], "no such file"),

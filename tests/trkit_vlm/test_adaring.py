@@ -1,9 +1,8 @@
 """AdaRing: budget, equality with an explicit dense per-layer reconstruction, init, diversity, config."""
 
-import warnings
-
 import pytest
 import torch
+from _helpers import register_tiny, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,18 +19,13 @@ from trkit_vlm.adapters import (
     get_adapters,
 )
 from trkit_vlm.adapters.adaring.config import PROJECTIONS
-from trkit_vlm.models import TINY_CONFIG, register_model_config, tower_info, tower_info_from_config
+from trkit_vlm.models import tower_info, tower_info_from_config
 
-TINY = "trkit-test-tiny"
-register_model_config(TINY, TINY_CONFIG)
+TINY = register_tiny()
 MMA_VIT_B16 = 674_560
 
 
-def _model(name=TINY):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        return tv.load_clip(name).model
+_model = tiny_model
 
 
 def _dense(tr):

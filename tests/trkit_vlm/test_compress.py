@@ -1,20 +1,15 @@
 """compress_mma: exact recovery of low-TR-rank MMA sets, budget respected, end to end on a tiny CLIP, CLI."""
 
 import json
-import warnings
 
 import pytest
 import torch
+from _helpers import tiny_model
 
-import trkit_vlm as tv
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters import adapters_disabled, get_adapters, import_mma_checkpoint, load_adapters
 from trkit_vlm.cli import main as cli_main
 from trkit_vlm.compress import compress_mma
-from trkit_vlm.models import TINY_CONFIG, register_model_config
-
-TINY = "trkit-test-tiny"
-register_model_config(TINY, TINY_CONFIG)
 
 
 def _mma_sd(dt, dv, h, layers, ranks=None, seed=0):
@@ -81,12 +76,7 @@ def test_end_to_end_tiny_clip_and_cli(tmp_path, capsys):
     sd = _mma_sd(48, 64, 8, range(2, 5), ranks=LOW, seed=1)
     ckpt = tmp_path / "model.pth.tar-5"
     torch.save({"state_dict": sd, "epoch": 5}, ckpt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        base = tv.load_clip(TINY).model
-        torch.manual_seed(0)
-        other = tv.load_clip(TINY).model
+    base, other = tiny_model(), tiny_model()
     img, tok = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (3, 16))
     mma = import_mma_checkpoint(base, str(ckpt), scale=1.0)  # scale 1 so adapter errors would show
     res = compress_mma(str(ckpt), budget=1.0)
@@ -106,9 +96,7 @@ def test_end_to_end_tiny_clip_and_cli(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["n_params"] <= 0.5 * report["mma_params"]
     assert "rel.error" in capsys.readouterr().out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fresh = load_adapters(tv.load_clip(TINY).model, out / "adapters.safetensors")
+    fresh = load_adapters(tiny_model(), out / "adapters.safetensors")
     assert get_adapters(fresh).config.method == "adaring"
     assert cli_main(["compress", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny
+from _helpers import CLASSES, make_coop_dataset, register_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trkit_vlm.config import RunConfig, apply_overrides, config_from_dict, load_config
 from trkit_vlm.data import (
     COOP_DATASETS,
     base_novel_split,
@@ -26,6 +25,7 @@ from trkit_vlm.data import (
     subsample_classes,
 )
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, check_files, load_image
+from trkit_vlm.training.config import RunConfig, apply_overrides, config_from_dict, load_config
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import TINY_CONFIG, make_coop_dataset, register_tiny, tiny_config
+from _helpers import TINY_CONFIG, make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
-from trkit_vlm.train import train
+from trkit_vlm.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "trkit_vlm.train",
+            "trkit_vlm",
+            "train",
             "-c",
             str(tmp_path / "cfg.json"),
             "--no-progress",

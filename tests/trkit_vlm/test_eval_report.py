@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
+from _helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
 
 from trkit_vlm.data import load_dataset
-from trkit_vlm.evaluate import evaluate, evaluate_base_novel, harmonic_mean
+from trkit_vlm.evaluation.evaluate import evaluate, evaluate_base_novel, harmonic_mean
+from trkit_vlm.evaluation.report import aggregate, collect_results, write_report
 from trkit_vlm.models import load_clip
-from trkit_vlm.report import aggregate, collect_results, write_report
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 
@@ -106,7 +106,7 @@ def test_aggregate_and_tables(tmp_path):
 
 def test_cli_eval_and_table(tmp_path, capsys):
     from trkit_vlm.cli import main
-    from trkit_vlm.train import train
+    from trkit_vlm.training.train import train
 
     root = make_coop_dataset(tmp_path / "d", n_train=2, n_val=1, n_test=2)
     register_tiny()

@@ -1,18 +1,14 @@
 """Generalization-aware loss: hand-computed terms, switches, frozen features with adapters off, text cache."""
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import tiny_bundle
 
 import trkit_vlm as tv
 from trkit_vlm.adapters import MMAConfig, adapters_disabled
 from trkit_vlm.losses import FrozenTextCache, GeneralizationAwareLoss, frozen_image_features
-from trkit_vlm.models import TINY_CONFIG, encode_text, register_model_config
-
-TINY = "trkit-test-tiny"
-register_model_config(TINY, TINY_CONFIG)
+from trkit_vlm.models import encode_text
 
 
 def test_terms_hand_computed():
@@ -62,9 +58,7 @@ def test_frozen_features_do_not_get_gradient():
 
 
 def test_cache_and_frozen_image_features_use_adapters_off():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        b = tv.load_clip(TINY)
+    b = tiny_bundle()
     m = b.model
     names = ["cat", "dog"]
     with torch.no_grad():

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from _helpers import register_tiny
 from safetensors.torch import save_file
 
 from trkit_vlm.models import (
@@ -21,8 +22,7 @@ from trkit_vlm.models import (
     tower_info_from_config,
 )
 
-TINY = "trkit-test-tiny"
-register_model_config(TINY, TINY_CONFIG)
+TINY = register_tiny()
 
 
 def _load(name=TINY, **kw):
@@ -42,16 +42,20 @@ def test_random_weights_warn_loudly(caplog):
         logging.warning("something else")
         logging.warning("No pretrained weights loaded for model 'x'")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
-    assert tower_info(b.model) == {"text": {"width": 48, "depth": 4}, "image": {"width": 64, "depth": 4}}
+    info = tower_info(b.model)
+    assert info == {
+        "text": {"width": 48, "depth": 4, "features": 32},
+        "image": {"width": 64, "depth": 4, "features": 32},
+    }
 
 
 def test_tower_info_from_config_matches_built_model():
     assert tower_info_from_config(TINY) == tower_info(_load().model)
     assert tower_info_from_config("ViT-B-16") == {
-        "text": {"width": 512, "depth": 12},
-        "image": {"width": 768, "depth": 12},
+        "text": {"width": 512, "depth": 12, "features": 512},
+        "image": {"width": 768, "depth": 12, "features": 512},
     }
-    assert tower_info_from_config("ViT-L-14")["image"] == {"width": 1024, "depth": 24}
+    assert tower_info_from_config("ViT-L-14")["image"] == {"width": 1024, "depth": 24, "features": 768}
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import TINY_SMALL_CLIP_CONFIG
 
-from trkit_vlm import quickstart as q
-from trkit_vlm import small_clip as sc
-from trkit_vlm import tasks
+from trkit_vlm.data import tasks as data_tasks
 from trkit_vlm.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES
+from trkit_vlm.demo import quickstart as q
+from trkit_vlm.demo import small_clip as sc
+from trkit_vlm.demo import tasks
 
 HAVE_DATA = (sc.Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file()
 needs_data = pytest.mark.skipif(
@@ -21,15 +23,15 @@ needs_data = pytest.mark.skipif(
 
 def test_apply_shift_closed_form():
     x = np.array([[[0, 255, 128]]], dtype=np.uint8)
-    got = tasks.apply_shift(x, 0.3)
+    got = data_tasks.contrast_shift(x, 0.3)
     want = np.rint(255 * (0.7 * x / 255.0 + 0.15)).astype(np.uint8)
     np.testing.assert_array_equal(got, want)
     assert got.min() == 38 and got.max() == 217  # contrast 0.7, mid-grey kept
-    np.testing.assert_array_equal(tasks.apply_shift(x, 0.0), x)
+    np.testing.assert_array_equal(data_tasks.contrast_shift(x, 0.0), x)
     with pytest.raises(ValueError, match="strength"):
-        tasks.apply_shift(x, 1.0)
+        data_tasks.contrast_shift(x, 1.0)
     with pytest.raises(ValueError, match="uint8"):
-        tasks.apply_shift(x.astype(np.float32), 0.1)
+        data_tasks.apply_shift(x.astype(np.float32), "contrast", {"strength": 0.1})
 
 
 def test_base_novel_split_is_coop_rule():
@@ -53,18 +55,19 @@ def _fake_data(n_per_class=30, n_test_per_class=8, seed=0):
 def test_make_task_uses_train_for_shots_and_keeps_validation_apart():
     data = _fake_data()
     recipe = sc.PretrainRecipe(val_per_class=5)
-    t = tasks.make_task(shots=4, seed=1, strength=0.0, eval_split="val", recipe=recipe, data=data)
+    val = tasks.image_pools("val", recipe, data)
+    t = tasks.make_task(val, shots=4, seed=1, strength=0.0)
     assert t.shots.images.shape == (20, 28, 28) and np.all(np.bincount(t.shots.labels) == 4)
     assert t.shots.classes == [0, 1, 2, 3, 4] and t.eval_novel.classes == [5, 6, 7, 8, 9]
-    train_idx, val_idx = sc.split_train_val(data[1], 5, seed=recipe.seed)
+    train_idx, val_idx = data_tasks.split_train_val(data[1], 5, seed=recipe.seed)
     val_images = {data[0][i].tobytes() for i in val_idx}
     assert not any(im.tobytes() in val_images for im in t.shots.images)  # shots never from validation
     assert all(im.tobytes() in val_images for im in t.eval_base.images)  # eval = validation images
     assert len(t.eval_base.labels) == 25 and set(t.eval_novel.labels) == set(range(5))
-    t2 = tasks.make_task(shots=4, seed=2, strength=0.0, eval_split="val", recipe=recipe, data=data)
+    t2 = tasks.make_task(val, shots=4, seed=2, strength=0.0)
     assert not np.array_equal(t.shots.images, t2.shots.images)  # the seed changes the shots
-    ts = tasks.make_task(shots=4, seed=1, strength=0.5, eval_split="test", recipe=recipe, data=data, eval_per_class=3)
-    np.testing.assert_array_equal(ts.shots.images, tasks.apply_shift(t.shots.images, 0.5))
+    ts = tasks.make_task(tasks.image_pools("test", recipe, data), shots=4, seed=1, strength=0.5, eval_per_class=3)
+    np.testing.assert_array_equal(ts.shots.images, data_tasks.contrast_shift(t.shots.images, 0.5))
     assert len(ts.eval_base.labels) == 15
 
 
@@ -156,17 +159,12 @@ def test_cli_says_how_to_get_missing_data(tmp_path, monkeypatch, capsys):
             "1",
         ]
     )
-    out = capsys.readouterr().out
-    assert rc == 2 and "apt-get install dataset-fashion-mnist" in out
+    err = capsys.readouterr().err
+    assert rc == 2 and "apt-get install dataset-fashion-mnist" in err and len(err.splitlines()) == 1
+    assert err.startswith("trkit-vlm quickstart: error: Fashion-MNIST file")
 
 
 # ------------------------------------------------------------------------------------------ end to end
-
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
-}
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +175,9 @@ def tiny(tmp_path_factory):
     x, y, xt, yt = load_fashion_mnist()
     idx = np.random.default_rng(0).choice(len(y), 6000, replace=False)
     data = (x[idx], y[idx], xt, yt)
-    recipe = sc.PretrainRecipe(model_config=TINY, steps=60, batch_size=64, warmup_steps=5, lr=2e-3, val_per_class=60)
+    recipe = sc.PretrainRecipe(
+        model_config=TINY_SMALL_CLIP_CONFIG, steps=60, batch_size=64, warmup_steps=5, lr=2e-3, val_per_class=60
+    )
     cache = tmp_path_factory.mktemp("cache")
     sc.pretrain_small(recipe, cache_dir=cache, progress=False, data=data[:2])
     bundle = sc.load_small_clip(recipe, cache, train_if_missing=False)

@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import struct
 
 import numpy as np
 import pytest
 import torch
+from _helpers import TINY_SMALL_CLIP_CONFIG as TINY_CONFIG
+from _helpers import fake_fashion_mnist
 
-from trkit_vlm import small_clip as sc
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
-
-
-def _write_idx(path, arr: np.ndarray, compress: bool = True) -> None:
-    """Hand-written idx encoder (independent of the reader): magic 0x0000 0x08 ndim, big-endian dims."""
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    payload = header + arr.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path, "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def _fake_fmnist(root, n_train=40, n_test=20, seed=0):
-    rng = np.random.default_rng(seed)
-    xtr = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
-    ytr = np.arange(n_train, dtype=np.uint8) % 10
-    xte = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
-    yte = np.arange(n_test, dtype=np.uint8)[::-1] % 10
-    _write_idx(root / "train-images-idx3-ubyte.gz", xtr)
-    _write_idx(root / "train-labels-idx1-ubyte.gz", ytr)
-    _write_idx(root / "t10k-images-idx3-ubyte", xte, compress=False)  # plain files are read too
-    _write_idx(root / "t10k-labels-idx1-ubyte", yte, compress=False)
-    return xtr, ytr, xte, yte
+from trkit_vlm.data.tasks import split_train_val
+from trkit_vlm.demo import small_clip as sc
 
 
 def test_reader_matches_hand_written_idx(tmp_path):
-    xtr, ytr, xte, yte = _fake_fmnist(tmp_path)
+    xtr, ytr, xte, yte = fake_fashion_mnist(tmp_path)
     a, b, c, d = load_fashion_mnist(tmp_path)
     np.testing.assert_array_equal(a, xtr)
     np.testing.assert_array_equal(b, ytr.astype(np.int64))
@@ -50,7 +28,7 @@ def test_reader_matches_hand_written_idx(tmp_path):
 
 
 def test_reader_env_variable(tmp_path, monkeypatch):
-    _fake_fmnist(tmp_path)
+    fake_fashion_mnist(tmp_path)
     monkeypatch.setenv("TRKIT_FASHION_MNIST", str(tmp_path))
     assert load_fashion_mnist()[0].shape == (40, 28, 28)
 
@@ -102,11 +80,11 @@ def test_multi_positive_loss_matches_explicit_formula():
 
 def test_split_train_val_is_disjoint_and_stratified():
     labels = np.repeat(np.arange(10), 30)
-    tr, va = sc.split_train_val(labels, 7, seed=3)
+    tr, va = split_train_val(labels, 7, seed=3)
     assert len(set(tr) & set(va)) == 0 and len(tr) + len(va) == 300
     assert np.all(np.bincount(labels[va]) == 7)
     with pytest.raises(ValueError, match="exceeds"):
-        sc.split_train_val(labels, 31)
+        split_train_val(labels, 31)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -116,13 +94,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert sc._lr_at(10, r) == pytest.approx(1.0)
     assert sc._lr_at(99, r) == pytest.approx(0.1, abs=1e-3)
     assert all(sc._lr_at(s, r) >= sc._lr_at(s + 1, r) for s in range(10, 99))
-
-
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 def _tiny_recipe(**kw):

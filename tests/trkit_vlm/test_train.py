@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
+from _helpers import CLASSES, make_coop_dataset, register_tiny, tiny_config
 from safetensors.torch import load_file
 
 from trkit_vlm.data import ClassificationData
-from trkit_vlm.train import train
+from trkit_vlm.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 
@@ -127,8 +127,11 @@ def test_cli_train_and_errors(tmp_path, data_root, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "torchrun --nproc_per_node" in capsys.readouterr().out
-    assert main(["train", "-c", str(tmp_path / "c.json"), "--method", "lora"]) == 2
-    assert "unknown method 'lora'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # --method choices come from the adapter registry
+        main(["train", "-c", str(tmp_path / "c.json"), "--method", "lora"])
+    assert exit_.value.code == 2 and "invalid choice: 'lora'" in capsys.readouterr().err
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--set", "method=lora"]) == 2
+    assert "unknown method 'lora'; expected one of ['adaring', 'mma']" in capsys.readouterr().err
     assert main(["train", "-c", str(tmp_path / "c.json"), "--shots", "9", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shots=9 is larger than the 4 train images" in err

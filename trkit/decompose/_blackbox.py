@@ -2,10 +2,13 @@
 
 The function takes an ``(m, d)`` int64 index array (numpy, or torch with ``index_type="torch"``)
 and returns ``m`` values (numpy, torch on any device, or a list). Every returned batch is checked
-(shape, numeric type, finiteness) and converted to numpy float64 on the host, where the cross
-does its small linear algebra. Each index is sent to ``f`` at most once: values are cached under
-an exact key (the mixed-radix number of the index, or several such numbers as bytes when the
-tensor has more than ``2**62`` entries), and duplicates inside a batch are sent once.
+(shape, numeric type, finiteness) and converted to numpy float64 (complex128 for complex values)
+on the host, where the cross does its small linear algebra. Values are divided by one scale,
+the power of two at the largest magnitude of the first batch, so that nothing the cross computes from them (squared
+norms included) overflows or underflows whatever the function's magnitude. Each index is sent
+to ``f`` at most once: values are cached under an exact key (the mixed-radix number of the
+index, or several such numbers as bytes when the tensor has more than ``2**62`` entries), and
+duplicates inside a batch are sent once.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ class BlackBox:
         self.n_evals = 0  # distinct entries sent to f
         self.n_hits = 0  # entries answered from the cache
         self.value_device: torch.device | None = None  # where f's torch results lived
+        self.value_dtype: torch.dtype | None = None  # f's value type (promoted over the batches)
+        self.scale: float | None = None  # every value is divided by this (set by the first batch)
+        self.np_dtype = np.float64  # complex128 once f returned complex values
 
     def keys(self, idx: np.ndarray) -> np.ndarray:
         """One exact key per index row: int64, or raw bytes of several int64 words."""
@@ -78,7 +84,7 @@ class BlackBox:
         """Values at ``idx`` (``(m, d)`` int64) and the positions that were new (sent to ``f``)."""
         m = idx.shape[0]
         keys = self.keys(idx)
-        vals = np.fromiter(map(self.cache.get, keys.tolist(), itertools.repeat(math.nan)), np.float64, m)
+        vals = np.fromiter(map(self.cache.get, keys.tolist(), itertools.repeat(math.nan)), self.np_dtype, m)
         missing = np.flatnonzero(np.isnan(vals))  # f's values are checked finite, so NaN = absent
         self.n_hits += m - missing.size
         if missing.size == 0:
@@ -92,6 +98,7 @@ class BlackBox:
         self.n_evals += new_pos.size
         self.n_hits += missing.size - new_pos.size
         self.cache.update(zip(new_keys.tolist(), new_vals.tolist()))
+        vals = vals.astype(self.np_dtype, copy=False)
         vals[missing] = new_vals[inverse.reshape(-1)]
         return vals, new_pos
 
@@ -107,10 +114,10 @@ class BlackBox:
         except Exception as exc:
             raise InputError(f"f ({self.name}) raised {type(exc).__name__}: {exc} (called with {batch})") from exc
         if isinstance(out, torch.Tensor):
-            if out.is_complex():
-                raise InputTypeError(f"f ({self.name}) returned a complex tensor; only real values are supported")
             self.value_device = out.device
-            out = out.detach().to(device="cpu", dtype=torch.float64).numpy()
+            self._saw(out.dtype)
+            wide = torch.complex128 if out.is_complex() else torch.float64
+            out = out.detach().to(device="cpu", dtype=wide).numpy()
         else:
             try:
                 out = np.asarray(out)
@@ -118,11 +125,12 @@ class BlackBox:
                 raise InputTypeError(f"f ({self.name}) returned {type(out).__name__}, expected {m} numbers") from exc
             if out.dtype == object or not (np.issubdtype(out.dtype, np.number) or out.dtype == bool):
                 raise InputTypeError(
-                    f"f ({self.name}) returned {type(out).__name__} of dtype {out.dtype}, expected {m} real numbers"
+                    f"f ({self.name}) returned {type(out).__name__} of dtype {out.dtype}, expected {m} numbers"
                 )
-            if np.iscomplexobj(out):
-                raise InputTypeError(f"f ({self.name}) returned complex values; only real values are supported")
-            out = out.astype(np.float64)
+            self._saw(torch.from_numpy(np.empty(0, out.dtype)).dtype)
+        if np.iscomplexobj(out):
+            self.np_dtype = np.complex128
+        out = out.astype(self.np_dtype)
         if out.size != m or (out.ndim > 1 and out.shape != (m, 1)) or out.ndim == 0:
             raise InputError(f"f ({self.name}) returned shape {tuple(out.shape)} for {batch}; expected ({m},)")
         out = out.reshape(m)
@@ -132,4 +140,13 @@ class BlackBox:
                 f"f ({self.name}) returned {out[bad[0]]} at index {idx[bad[0]].tolist()} "
                 f"({bad.size} non-finite of {m} values)"
             )
-        return out
+        if self.scale is None:  # a power of two: dividing by it is exact
+            top = float(np.abs(out).max()) if m else 0.0
+            self.scale = math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
+        return out / self.scale
+
+    def _saw(self, dtype: torch.dtype) -> None:
+        """Remember the values' type (integers and booleans count as float64)."""
+        if not (dtype.is_floating_point or dtype.is_complex):
+            dtype = torch.float64
+        self.value_dtype = dtype if self.value_dtype is None else torch.promote_types(self.value_dtype, dtype)

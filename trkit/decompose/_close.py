@@ -43,7 +43,8 @@ def _rounded(cores: list[np.ndarray], delta: float, r_open: int = 1, max_rank: i
     # each of the d - 1 truncations of the open chain gets an equal share; the closing trace
     # can multiply the chain's error by at most sqrt(r_open)
     share = delta / math.sqrt(max(len(cores) - 1, 1) * r_open)
-    return [c.numpy() for c in _sweep(_torch(cores), share, max_rank)]
+    swept, _ = _sweep(_torch(cores), share, max_rank)
+    return [c.numpy() for c in swept]
 
 
 def round_train(cores: list[np.ndarray], rel_tol: float) -> list[np.ndarray]:

@@ -52,7 +52,7 @@ def tt_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
         elif k == d - 1:
             diff.append(np.concatenate([x, y], axis=0))
         else:
-            z = np.zeros((x.shape[0] + y.shape[0], x.shape[1], x.shape[2] + y.shape[2]))
+            z = np.zeros((x.shape[0] + y.shape[0], x.shape[1], x.shape[2] + y.shape[2]), np.result_type(x, y))
             z[: x.shape[0], :, : x.shape[2]] = x
             z[x.shape[0] :, :, x.shape[2] :] = y
             diff.append(z)

@@ -14,11 +14,16 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from trkit.errors import InputError, InputTypeError
-from trkit.io import atomic_write
-from trkit_vlm.adapters.base import AdapterSet, add_adapters, get_adapters, remove_adapters
+from trkit_vlm.adapters.base import TOWERS, AdapterSet, add_adapters, get_adapters, remove_adapters
+from trkit_vlm.adapters.config import AdapterConfig
+from trkit_vlm.adapters.mma.config import MMAConfig
+from trkit_vlm.adapters.registry import adapter_config_from_dict
+from trkit_vlm.files import atomic_write_bytes
 from trkit_vlm.models import tower_info
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "read_mma_state_dict",
     "mma_config_from_state_dict",
     "import_mma_checkpoint",
+    "add_adapters_with_weights",
     "FORMAT",
 ]
 
@@ -36,9 +42,10 @@ _MMA_KEY = re.compile(r"^(text_adapter|visual_adapter|shared_adapter)\.(\d+)\.(.
 
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the model's adapters (tensors + config) to ``path`` atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+    """Write the model's adapters (tensors + config) to ``path`` atomically (temp file + rename).
 
+    The file is serialised in memory (adapters are small) and written by :func:`trkit.files.atomic_write`,
+    so a kill or a full disk leaves the old file and no safetensors ``.tmpXXXX`` file."""
     aset = get_adapters(model)
     if aset is None:
         raise InputError("model has no trkit adapters to save")
@@ -48,18 +55,14 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
         "format": FORMAT,
         "config": json.dumps(aset.config.to_dict()),
         "towers": json.dumps(aset.info),
-        "layers": json.dumps({"text": aset.text_layers, "image": aset.image_layers}),
+        "layers": json.dumps({t: aset.adapted_layers(t) for t in TOWERS}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
+    return path
 
 
 def read_adapter_file(path: str | os.PathLike):
     """``(config, towers, tensors)`` of an adapter file, without touching any model."""
-    from safetensors import safe_open
-
-    from trkit_vlm.adapters import adapter_config_from_dict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
@@ -89,11 +92,18 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                     f"adapter file {path} was made for a {t} tower of {what} {towers[t][what]}; "
                     f"this backbone's {t} tower has {what} {have[t][what]}"
                 )
-    _load_into(model, config, tensors, str(path))
+    add_adapters_with_weights(model, config, tensors, str(path))
     return model
 
 
-def _load_into(model: nn.Module, config, tensors: dict[str, torch.Tensor], source: str) -> AdapterSet:
+def add_adapters_with_weights(
+    model: nn.Module, config: AdapterConfig, tensors: dict[str, torch.Tensor], source: str = "adapter tensors"
+) -> AdapterSet:
+    """Add ``config``'s adapters to ``model`` (or reuse equal ones it has) and copy ``tensors`` into them.
+
+    Raises InputError naming the missing, unexpected or mis-shaped tensors (``source`` says where they
+    came from); adapters added here are removed again on failure.
+    """
     existing = get_adapters(model)
     added = existing is None
     if added:
@@ -119,8 +129,8 @@ def _check_and_copy(aset: AdapterSet, tensors: dict[str, torch.Tensor], source: 
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
         raise InputError(
-            f"{source} does not match this backbone's adapters (text layers {aset.text_layers}, "
-            f"image layers {aset.image_layers}): missing {missing[:6]}, unexpected {unexpected[:6]}"
+            f"{source} does not match this backbone's adapters (text layers {aset.adapted_layers('text')}, "
+            f"image layers {aset.adapted_layers('image')}): missing {missing[:6]}, unexpected {unexpected[:6]}"
         )
     for k, v in own.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
@@ -170,8 +180,6 @@ def read_mma_state_dict(source) -> dict[str, torch.Tensor]:
 
 def mma_config_from_state_dict(sd: dict[str, torch.Tensor], scale: float = 0.001):
     """The ``MMAConfig`` (layers, hidden width) an official MMA state dict was trained with."""
-    from trkit_vlm.adapters.mma.config import MMAConfig
-
     idx = {"text_adapter": set(), "visual_adapter": set()}
     for k in sd:
         m = _MMA_KEY.match(k)
@@ -200,5 +208,6 @@ def import_mma_checkpoint(model: nn.Module, source, scale: float = 0.001) -> nn.
     """Add MMA adapters matching an official checkpoint to ``model`` and load its weights."""
     sd = read_mma_state_dict(source)
     config = mma_config_from_state_dict(sd, scale=scale)
-    _load_into(model, config, sd, str(source) if isinstance(source, (str, os.PathLike)) else "MMA state dict")
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "MMA state dict"
+    add_adapters_with_weights(model, config, sd, where)
     return model

@@ -12,6 +12,7 @@ import os
 from trkit.errors import InputError
 from trkit_vlm.data.coop import load_coop_dataset, load_split_folder, read_split_file
 from trkit_vlm.data.datasets import COOP_DATASETS, ClassificationData, CoOpSpec, Record, canonical_name, display_path
+from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.fewshot import (
     base_novel_split,
     few_shot_data,
@@ -41,15 +42,6 @@ __all__ = [
 ]
 
 
-def _fashion_mnist(root: str | None) -> ClassificationData:
-    from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-
-    x_train, y_train, x_test, y_test = load_fashion_mnist(root or None)
-    train = [(x_train[i], int(y_train[i])) for i in range(len(y_train))]
-    test = [(x_test[i], int(y_test[i])) for i in range(len(y_test))]
-    return ClassificationData("fashion_mnist", list(FASHION_MNIST_CLASSES), train=train, val=[], test=test)
-
-
 def load_dataset(
     name: str,
     root: str | os.PathLike | None = None,
@@ -72,7 +64,7 @@ def load_dataset(
     """
     key = canonical_name(name)
     if key == "fashion_mnist":
-        data = _fashion_mnist(None if root is None else str(root))
+        data = fashion_mnist_data(root=None if root is None else str(root))
     elif root is None:
         raise InputError(f"dataset {name!r} needs a root folder (data.root)")
     elif key == "folder":

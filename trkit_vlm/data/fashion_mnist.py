@@ -2,7 +2,7 @@
 
 Real images that install from a registry: 70,000 grey 28x28 pictures of 10 kinds of clothing
 (MIT licence, Zalando Research). The project pre-trains its small CLIP on the training split and
-builds the quickstart's few-shot task from it (see ``trkit_vlm.small_clip`` and ``trkit_vlm.tasks``).
+builds the quickstart's few-shot task from it (see ``trkit_vlm.demo.small_clip`` and ``trkit_vlm.demo.tasks``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trkit.errors import InputError
+from trkit_vlm.data.datasets import ClassificationData
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 ENV_ROOT = "TRKIT_FASHION_MNIST"
@@ -136,3 +137,20 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[np.ndarra
             raise InputError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9")
         out[f"{split}_labels"] = labels.astype(np.int64)
     return out["train_images"], out["train_labels"], out["test_images"], out["test_labels"]
+
+
+def fashion_mnist_data(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    root: str | os.PathLike | None = None,
+) -> ClassificationData:
+    """Fashion-MNIST as a :class:`ClassificationData`: ``train`` the training images, ``test`` the test
+    images, ``val`` empty; records are ``(uint8 (28, 28) array, label)``.
+
+    Args:
+        arrays: :func:`load_fashion_mnist`'s 4-tuple (read from ``root`` when None).
+        root: the idx folder (see :func:`load_fashion_mnist`).
+    """
+    x_train, y_train, x_test, y_test = arrays if arrays is not None else load_fashion_mnist(root)
+    train = [(x_train[i], int(y_train[i])) for i in range(len(y_train))]
+    test = [(x_test[i], int(y_test[i])) for i in range(len(y_test))]
+    return ClassificationData("fashion_mnist", list(FASHION_MNIST_CLASSES), train=train, val=[], test=test)

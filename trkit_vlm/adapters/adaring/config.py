@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from trkit.errors import InputError
-from trkit_vlm.adapters.base import AdapterConfig, resolve_layers
+from trkit_vlm.adapters.config import PairedAdapterConfig, resolve_layers
 
 __all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count"]
 
@@ -32,7 +32,7 @@ def _jsonable(r: Any) -> Any:
 
 
 @dataclass
-class AdaRingConfig(AdapterConfig):
+class AdaRingConfig(PairedAdapterConfig):
     """AdaRing: each of MMA's five projections, stacked over the adapted layers, is a ``CrossLayerTR``
     (two layer-shared cores + one core holding a slice per layer). Several branches with different TR
     ranks run in parallel; their outputs are summed with a learnable per-branch scale.
@@ -59,14 +59,15 @@ class AdaRingConfig(AdapterConfig):
     init: str = "zero_up"
     diversity_weight: float = 0.0
     branch_scale_init: float = 1.0
-    method: str = field(default="adaring", init=False)
+    method: ClassVar[str] = "adaring"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if isinstance(self.ranks, (int, dict)):
             self.ranks = [self.ranks]
-        # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
-        self.ranks = [_jsonable(r) for r in self.ranks]
+        if isinstance(self.ranks, (list, tuple)):
+            # Stored in JSON form (ints and lists) so a config equals itself after a save/load round trip.
+            self.ranks = [_jsonable(r) for r in self.ranks]
+        super().__post_init__()
         if not self.ranks:
             raise InputError("ranks must list at least one branch")
         for b in range(len(self.ranks)):
@@ -99,11 +100,6 @@ class AdaRingConfig(AdapterConfig):
 
     def has_bias(self, projection: str) -> bool:
         return projection in _BIAS_MODES[self.bias]
-
-    def build(self, info):
-        from trkit_vlm.adapters.adaring.layer import AdaRingAdapterSet
-
-        return AdaRingAdapterSet(self, info)
 
 
 def projection_dims(info: dict, hidden: int) -> dict[str, tuple[int, int]]:

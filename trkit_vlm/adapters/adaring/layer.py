@@ -10,7 +10,7 @@ from torch import nn
 
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, projection_dims
-from trkit_vlm.adapters.base import AdapterSet
+from trkit_vlm.adapters.paired import PairedAdapterSet
 
 __all__ = ["AdaRingAdapterSet", "branch_similarity"]
 
@@ -30,7 +30,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, k: int)
     return F.linear(x, w.t(), bias[k] if bias is not None else None)
 
 
-class AdaRingAdapterSet(AdapterSet):
+class AdaRingAdapterSet(PairedAdapterSet):
     """Branches of cross-layer TR adapters (see ``AdaRingConfig``).
 
     ``branches[b][p]`` is the ``CrossLayerTR`` of projection ``p`` in branch ``b``; its layer index is the

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
-from trkit_vlm.adapters.base import AdapterConfig
+from trkit_vlm.adapters.config import PairedAdapterConfig
 
 __all__ = ["MMAConfig", "mma_param_count"]
 
 
 @dataclass
-class MMAConfig(AdapterConfig):
+class MMAConfig(PairedAdapterConfig):
     """MMA exactly as released: per adapted layer ``down_text d_t->hidden``+ReLU, ``down_image d_v->hidden``
     +ReLU, one ``shared hidden->hidden``+ReLU used by both towers, ``up_text``, ``up_image``.
 
@@ -21,12 +22,7 @@ class MMAConfig(AdapterConfig):
         scale: output scale with the gradient-scaling rule (0.001 in MMA).
     """
 
-    method: str = field(default="mma", init=False)
-
-    def build(self, info):
-        from trkit_vlm.adapters.mma.layer import MMAAdapterSet
-
-        return MMAAdapterSet(self, info)
+    method: ClassVar[str] = "mma"
 
 
 def mma_param_count(d_text: int, d_image: int, hidden: int, n_layers: int) -> int:

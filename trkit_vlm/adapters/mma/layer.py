@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from trkit_vlm.adapters.base import AdapterSet
+from trkit_vlm.adapters.paired import PairedAdapterSet
 
 __all__ = ["MMAAdapterSet", "shared_key"]
 
@@ -23,7 +23,7 @@ def _tower_adapter(d: int, h: int) -> nn.Module:
     return nn.Sequential(OrderedDict([("down", nn.Sequential(nn.Linear(d, h), nn.ReLU())), ("up", nn.Linear(h, d))]))
 
 
-class MMAAdapterSet(AdapterSet):
+class MMAAdapterSet(PairedAdapterSet):
     """Dense per-layer adapters of MMA (see ``MMAConfig``)."""
 
     def __init__(self, config, info):

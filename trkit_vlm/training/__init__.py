@@ -1,0 +1,1 @@
+"""Few-shot adapter training: the run config, ``train()``, the epoch loop, checkpoints, DDP, prefix cache."""
