@@ -29,7 +29,6 @@ from trkit.decompose._split import _cluster, kron_split
 from trkit.decompose._tt_cross import tt_entries, tt_norm
 from trkit.decompose.ring_als import als_against_ring
 from trkit.ring import TensorRing
-from trkit.rounding import _sweep
 
 __all__ = ["round_train", "close_ring"]
 
@@ -43,6 +42,8 @@ def _rounded(cores: list[np.ndarray], delta: float, r_open: int = 1, max_rank: i
     # each of the d - 1 truncations of the open chain gets an equal share; the closing trace
     # can multiply the chain's error by at most sqrt(r_open)
     share = delta / math.sqrt(max(len(cores) - 1, 1) * r_open)
+    from trkit.rounding import _sweep  # here: trkit.rounding imports trkit.decompose, which imports this module
+
     swept, _ = _sweep(_torch(cores), share, max_rank)
     return [c.numpy() for c in swept]
 
