@@ -57,6 +57,9 @@ if TYPE_CHECKING:
         tr_complete as tr_complete,
     )
     from trkit.decompose import (
+        tr_cross as tr_cross,
+    )
+    from trkit.decompose import (
         tr_svd as tr_svd,
     )
     from trkit.io import from_tensorly as from_tensorly
@@ -77,7 +80,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["save", "load", "from_tensorly", "to_tensorly"], "trkit.io"),
     **dict.fromkeys(
-        ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete"],
+        ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete", "tr_cross"],
         "trkit.decompose",
     ),
     "tr_round": "trkit.rounding",

@@ -32,6 +32,20 @@ def mask(ring: TensorRing) -> torch.Tensor:
     return torch.rand(ring.shape, generator=torch.Generator().manual_seed(2)) < 0.6
 
 
+class EntryFunction:
+    """A dense tensor as a function of ``(m, d)`` index batches (the input of ``tr_cross``);
+    multiplying it scales the tensor, as the scale tests do with dense data."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __call__(self, idx) -> torch.Tensor:
+        return self.x[tuple(torch.as_tensor(idx).T)]
+
+    def __mul__(self, factor: float) -> EntryFunction:
+        return EntryFunction(self.x * factor)
+
+
 @dataclass
 class Method:
     name: str
@@ -54,6 +68,13 @@ METHODS = [
         {"rank": 2, "n_samples": 60, "n_holdout": 300, "max_iter": 4, "init": "gaussian"},
     ),
     Method("tr_complete", trkit.tr_complete, noisy, {"rank": 2, "max_iter": 30, "mask": mask}),
+    Method(
+        "tr_cross",
+        trkit.tr_cross,
+        lambda r: EntryFunction(noisy(r)),
+        {"shape": lambda r: r.shape, "rank": 4, "n_holdout": 300},
+        first="f",
+    ),
     Method(
         "tr_round",
         trkit.tr_round,

@@ -5,6 +5,7 @@
 - :func:`tr_als_adaptive`: two-core (DMRG-like) sweeps whose ranks grow/shrink to meet a tolerance.
 - :func:`tr_als_sampled`: ALS on sampled entries (leverage scores or uniform), for huge tensors.
 - :func:`tr_complete`: fit only observed entries (tensor completion).
+- :func:`tr_cross`: cross approximation of a tensor given as a function of its indices.
 - :func:`tr_round`: lower the ranks of a ring without densifying it.
 
 Every function follows one convention (``docs/api/decompose.md``): ``fn(x, rank=None, *, tol=None,
@@ -16,9 +17,11 @@ threshold, ``callback(ring, info)``, and ``return_info=True`` adding a
 from trkit.decompose.adaptive import tr_als_adaptive
 from trkit.decompose.als import tr_als
 from trkit.decompose.completion import tr_complete
+from trkit.decompose.cross import tr_cross
 from trkit.decompose.info import (
     AdaptiveInfo,
     CompletionInfo,
+    CrossInfo,
     DecompositionInfo,
     RoundInfo,
     SampledInfo,
@@ -34,9 +37,11 @@ __all__ = [
     "SampledInfo",
     "CompletionInfo",
     "RoundInfo",
+    "CrossInfo",
     "tr_svd",
     "tr_als",
     "tr_als_adaptive",
     "tr_als_sampled",
     "tr_complete",
+    "tr_cross",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, fields
 
-__all__ = ["DecompositionInfo", "SVDInfo", "AdaptiveInfo", "SampledInfo", "CompletionInfo", "RoundInfo"]
+__all__ = ["DecompositionInfo", "SVDInfo", "AdaptiveInfo", "SampledInfo", "CompletionInfo", "RoundInfo", "CrossInfo"]
 
 
 @dataclass(kw_only=True)
@@ -125,3 +125,31 @@ class RoundInfo(DecompositionInfo):
 
     error_bound: float = 0.0
     input_ranks: tuple[int, ...] = ()
+
+
+@dataclass(kw_only=True)
+class CrossInfo(DecompositionInfo):
+    """:func:`~trkit.tr_cross`: ``rel_error`` and ``history`` are errors on the held-out entries.
+
+    Without held-out entries (``n_holdout=0``) they hold the change made by the last pass that
+    read new entries, roughly the error of the train before that pass: a rough estimate that
+    cannot see noise or features no pivot has touched (``nan`` after the first pass, which has
+    nothing to compare with). Set ``n_holdout`` for a real estimate.
+
+    Attributes:
+        n_evals: distinct entries ``f`` was asked for (held-out entries included).
+        n_cache_hits: entries the cross needed again and took from the cache.
+        heldout_error: relative error of the returned ring on the ``n_holdout`` random entries
+            (None when ``n_holdout=0``).
+        tt_ranks: bond ranks ``(1, R_1, ..., R_{d-1})`` of the train the cross built (after
+            dropping the directions below rounding noise, or within what is left of ``tol``).
+        closed: whether the result closes with a real bond (``r_0 > 1``).
+        stop_reason: ``"tol"``, ``"converged"``, ``"max_iter"``, ``"max_evals"`` or ``"callback"``.
+    """
+
+    n_evals: int = 0
+    n_cache_hits: int = 0
+    heldout_error: float | None = None
+    tt_ranks: tuple[int, ...] = ()
+    closed: bool = False
+    stop_reason: str = ""
