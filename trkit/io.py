@@ -155,8 +155,8 @@ def save_dense(tr: TensorRing, path: str | os.PathLike, *, block_bytes: int = 8 
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
             for index in _blocks(tr.shape, dtype.itemsize, block_bytes):
-                block = ring[index].to_dense()
-                block = (block.float() if block.dtype == torch.bfloat16 else block).cpu().numpy()
+                dense = ring[index].to_dense()
+                block = (dense.float() if dense.dtype == torch.bfloat16 else dense).cpu().numpy()
                 if isinstance(f, io.BufferedWriter):
                     block.tofile(f)  # as np.save does: ~3x faster than f.write for large blocks
                 else:
@@ -185,6 +185,7 @@ def to_tensorly(tr: TensorRing):
     if not isinstance(tr, TensorRing):
         raise InputTypeError(f"to_tensorly expects a TensorRing, got {type(tr).__name__}")
     backend = tl.get_backend()
+    cores: list[torch.Tensor] | list[np.ndarray]
     if backend == "pytorch":
         cores = list(tr.cores)
     elif backend == "numpy":
