@@ -81,3 +81,14 @@ def test_tr_svd_with_small_blocks_equals_tr_svd_with_one_block(monkeypatch, dtyp
     norm = float(torch.linalg.vector_norm(x.double()))
     assert float(torch.linalg.vector_norm(small.to_dense().double() - whole.to_dense().double())) <= tol * norm
     assert small_info.rel_error == pytest.approx(whole_info.rel_error, rel=1e-3, abs=tol)
+
+
+@settings(max_examples=50, deadline=None)
+@given(order=st.integers(1, 12).flatmap(lambda n: st.permutations(list(range(n)))))
+def test_permute_rows_in_place_equals_indexing(order):
+    from trkit.decompose._lowrank import _permute_rows_
+
+    a = torch.randn(len(order), 5, generator=torch.Generator().manual_seed(len(order)))
+    expected = a[torch.tensor(order)]
+    _permute_rows_(a, order)
+    assert torch.equal(a, expected)

@@ -56,4 +56,22 @@ def row_basis(m: torch.Tensor, block_bytes: int = 8 << 20) -> tuple[torch.Tensor
     b = u.mH @ m
     s = torch.linalg.vector_norm(b, dim=1)
     order = torch.argsort(s, descending=True)
-    return u[:, order], s[order], b[order]
+    _permute_rows_(b, order.tolist())  # b is as large as m: b[order] would copy all of it
+    return u[:, order], s[order], b
+
+
+def _permute_rows_(a: torch.Tensor, order: list[int]) -> None:
+    """``a[i] = a[order[i]]`` for every row, in place: one cycle of the permutation at a time,
+    with one row set aside."""
+    placed = [False] * len(order)
+    for start in range(len(order)):
+        if placed[start] or order[start] == start:
+            continue
+        first = a[start].clone()
+        i = start
+        while order[i] != start:
+            a[i] = a[order[i]]
+            placed[i] = True
+            i = order[i]
+        a[i] = first
+        placed[i] = True

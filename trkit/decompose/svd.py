@@ -183,11 +183,13 @@ def _best_for_start(x, s0, ranks, delta, caps, xnorm, seed, budget=math.inf, bas
         # balanced splits first: they are usually best, and later ones then abort early
         pairs.sort(key=lambda p: (abs(math.log(p[0] / p[1])), p[0]))
     lost0 = float((s[R:].double() ** 2).sum())
+    # only the leading R rows are used below: a copy of them lets the rest of b (as large as x) go
+    u_r, y = u[:, :R], b[:R].clone()
+    del b
     best, kron_ok, fixed = None, False, []
     for r1, r2 in pairs:
         if r1 * r2 != R:
             continue
-        u_r, y = u[:, :R], b[:R]
         for structured in (True, False) if r1 > 1 else (False,):
             if not structured and kron_ok and r1 > 1:
                 break  # a Kronecker split was found: the data is ring-like, arbitrary splits lose
