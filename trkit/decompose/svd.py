@@ -290,9 +290,11 @@ def tr_svd(
         # compressible (their row bases are kept for the candidates, the others dropped)
         firsts = []
         for k in range(d):
-            basis = _start_basis(t, k)
-            firsts.append(_rank_for(basis[1], delta, None, None if caps is None else caps[k] * caps[(k + 1) % d]))
-            bases[k] = basis
+            u, s, b = _start_basis(t, k)
+            firsts.append(_rank_for(s, delta, None, None if caps is None else caps[k] * caps[(k + 1) % d]))
+            # _best_for_start uses at most the firsts[k] leading rows: b (as large as t) need not stay
+            bases[k] = (u[:, : firsts[k]], s, b[: firsts[k]].clone())
+            del u, s, b
             keep = sorted(bases, key=lambda j: (firsts[j], j))[:3]
             bases = {j: bases[j] for j in keep}
         starts = [k for k in range(d) if firsts[k] < shape[k]] or [int(np.argmin(firsts))]
