@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import cpu_model, write_json  # noqa: E402
 
 import trkit  # noqa: E402
+import trkit.io  # noqa: E402  (not among trkit's lazy exports)
 
 # Runs one command; reports ru_maxrss (all resident pages, file-backed ones of a memory-mapped
 # input included) and the largest RssAnon seen by a 5 ms poller (memory the process allocated).

@@ -76,19 +76,20 @@ def _out_of_memory_is_an_error(args, x):
 def _decompose(x, method: str, tol, rank, args):
     import trkit
 
-    common = dict(return_info=True)
     if method == "svd":
-        return trkit.tr_svd(x, rank=rank, tol=tol, max_rank=args.max_rank, **common)
+        return trkit.tr_svd(x, rank=rank, tol=tol, max_rank=args.max_rank, return_info=True)
     if method == "adaptive":
         if tol is None:
             raise CLIError("--method adaptive needs --tol")
-        return trkit.tr_als_adaptive(x, tol=tol, max_rank=args.max_rank, seed=args.seed, verbose=args.verbose, **common)
+        return trkit.tr_als_adaptive(
+            x, tol=tol, max_rank=args.max_rank, seed=args.seed, verbose=args.verbose, return_info=True
+        )
     if rank is None:
         raise CLIError(f"--method {method} needs --rank")
     if method == "als":
-        return trkit.tr_als(x, rank, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, **common)
+        return trkit.tr_als(x, rank, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, return_info=True)
     return trkit.tr_als_sampled(
-        x, rank, n_samples=args.samples, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, **common
+        x, rank, n_samples=args.samples, max_iter=args.max_iter, seed=args.seed, verbose=args.verbose, return_info=True
     )
 
 
@@ -185,10 +186,10 @@ def cmd_decompose(args) -> int:
     dtype = _compute_dtype(arr, args)
     check_values(arr, args.input, float32=dtype == torch.float32)
     x = _as_tensor(arr, dtype, args)
-    rank = None
+    rank: int | list[int] | None = None
     if args.rank is not None:
-        rank = _ints(args.rank, "--rank")
-        rank = rank[0] if len(rank) == 1 else rank
+        ranks = _ints(args.rank, "--rank")
+        rank = ranks[0] if len(ranks) == 1 else ranks
     t0 = time.perf_counter()
     with _out_of_memory_is_an_error(args, x):
         ring, info = _decompose(x, args.method, args.tol, rank, args)

@@ -11,7 +11,6 @@ memory.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trkit._blocks import block_indices
 from trkit.errors import InputError, InputTypeError
 from trkit.files import atomic_write, atomic_write_bytes
 from trkit.ring import TensorRing, as_tensor
@@ -122,21 +122,6 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype("float32") if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
 
 
-def _blocks(shape: tuple[int, ...], itemsize: int, max_bytes: int):
-    """Indices that cut a C-ordered tensor into consecutive blocks of at most ``max_bytes``.
-
-    Yields ``(i_0, ..., i_{k-1}, slice(a, b))``: fixed leading indices and a range of mode ``k``,
-    each block covering all later modes, in file order. ``k`` is the first mode whose trailing
-    sub-tensor fits (at worst the last mode, one entry per block).
-    """
-    d = len(shape)
-    k = next((j for j in range(d) if math.prod(shape[j + 1 :]) * itemsize <= max_bytes), d - 1)
-    step = max(1, max_bytes // (math.prod(shape[k + 1 :]) * itemsize))
-    for lead in itertools.product(*(range(n) for n in shape[:k])):
-        for a in range(0, shape[k], step):
-            yield (*lead, slice(a, min(a + step, shape[k])))
-
-
 def save_dense(tr: TensorRing, path: str | os.PathLike, *, block_bytes: int = 8 << 20) -> Path:
     """Write ``tr``'s dense tensor to ``path`` as ``.npy``, one block of ``<= block_bytes`` at a time.
 
@@ -154,9 +139,9 @@ def save_dense(tr: TensorRing, path: str | os.PathLike, *, block_bytes: int = 8 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
-            for index in _blocks(tr.shape, dtype.itemsize, block_bytes):
-                block = ring[index].to_dense()
-                block = (block.float() if block.dtype == torch.bfloat16 else block).cpu().numpy()
+            for index in block_indices(tr.shape, dtype.itemsize, block_bytes):
+                dense = ring[index].to_dense()
+                block = (dense.float() if dense.dtype == torch.bfloat16 else dense).cpu().numpy()
                 if isinstance(f, io.BufferedWriter):
                     block.tofile(f)  # as np.save does: ~3x faster than f.write for large blocks
                 else:
@@ -185,6 +170,7 @@ def to_tensorly(tr: TensorRing):
     if not isinstance(tr, TensorRing):
         raise InputTypeError(f"to_tensorly expects a TensorRing, got {type(tr).__name__}")
     backend = tl.get_backend()
+    cores: list[torch.Tensor] | list[np.ndarray]
     if backend == "pytorch":
         cores = list(tr.cores)
     elif backend == "numpy":

@@ -26,8 +26,10 @@ The ring is rounded at unit norm and scaled back, so huge or tiny rings round li
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -90,7 +92,7 @@ def _proportional(a: list[torch.Tensor], b: list[torch.Tensor]) -> complex | flo
     """``lam`` with ``ring(b) == lam * ring(a)`` when ``b``'s cores are multiples of ``a``'s, else None."""
     if any(x.shape != y.shape for x, y in zip(a, b)):
         return None
-    lam = 1.0
+    lam: complex | float = 1.0
     tol = 64 * torch.finfo(a[0].dtype).eps
     for x, y in zip(a, b):
         xx = float(torch.linalg.vector_norm(x)) ** 2
@@ -172,8 +174,8 @@ def _truncate(target: TensorRing, cores: list[torch.Tensor], tol, cap) -> tuple[
     """Truncated ring and its relative error (see :func:`_error`); unit norm."""
     d = len(cores)
     if tol is None:
-        out, bound = _round_once(cores, lambda r: 0.0, cap)
-        out = TensorRing(out, validate=False)
+        out_cores, bound = _round_once(cores, lambda r: 0.0, cap)
+        out = TensorRing(out_cores, validate=False)
         return out, _error(target, out, bound)
 
     # guaranteed budget: two stages of d - 1 orthogonal truncations, sqrt(r_open) per trace;
@@ -181,16 +183,17 @@ def _truncate(target: TensorRing, cores: list[torch.Tensor], tol, cap) -> tuple[
     def delta_for(mult):
         return lambda r_open: mult * tol / (2 * math.sqrt(max(d - 1, 1) * r_open))
 
-    best = None
+    best: tuple[TensorRing, float] | None = None
     for mult in (1.0, 2.0, 4.0, 8.0, 16.0):
-        out, bound = _round_once(cores, delta_for(mult), cap)
-        out = TensorRing(out, validate=False)
+        out_cores, bound = _round_once(cores, delta_for(mult), cap)
+        out = TensorRing(out_cores, validate=False)
         err = _error(target, out, bound)
         if best is not None and (err > tol or out.n_params >= best[0].n_params):
             break
         best = (out, err)
         if err > tol:  # only possible with a rank cap or at the float floor
             break
+    assert best is not None  # the first pass always keeps its ring
     return best
 
 
@@ -254,7 +257,7 @@ def tr_round(
         cap = min(max(caps), cap) if cap is not None else max(caps)
     cores, log_scale = _unit(ring)
 
-    def as_ring(cs):
+    def as_ring(cs: Sequence[torch.Tensor]) -> TensorRing:
         f = math.exp(log_scale / len(cs)) if math.isfinite(log_scale) else 0.0
         return TensorRing([(c * f).to(ring.dtype) for c in cs], validate=False)
 
@@ -282,7 +285,7 @@ def tr_round(
                 fit_err = ring_error(target, fit)
                 if fit_err < err:
                     out, err = fit, fit_err
-                if log.record(fit_err, lambda f=fit: as_ring(f.cores)):
+                if log.record(fit_err, functools.partial(as_ring, fit.cores)):
                     break
         if log.n_iter and tol is not None:
             log.converged = log.converged or err <= tol

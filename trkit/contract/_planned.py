@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import opt_einsum
 import torch
+from opt_einsum.contract import ContractExpression
 
 __all__ = [
     "DEFAULT_OPTIMIZE",
@@ -29,8 +31,10 @@ __all__ = [
 
 DEFAULT_OPTIMIZE = "best"
 
+PlanT = TypeVar("PlanT")
 
-class PlanCache:
+
+class PlanCache(Generic[PlanT]):
     """Plans kept per key (oldest dropped first beyond ``size``), with hit and miss counts.
 
     Each backend keeps one: here compiled expressions keyed by ``(equation, shapes, optimize,
@@ -38,7 +42,7 @@ class PlanCache:
     """
 
     def __init__(self, size: int = 512):
-        self.entries: OrderedDict[tuple, object] = OrderedDict()
+        self.entries: OrderedDict[tuple, PlanT] = OrderedDict()
         self.size, self.hits, self.misses = size, 0, 0
 
     def trim(self) -> None:
@@ -50,7 +54,7 @@ class PlanCache:
         self.hits = self.misses = 0
 
 
-cache = PlanCache()
+cache: PlanCache[ContractExpression] = PlanCache()
 
 
 def _best_path(equation: str, shapes: Sequence[tuple], memory_limit=None):

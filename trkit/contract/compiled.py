@@ -22,7 +22,8 @@ and call :func:`execute` (no cache lookup per call); everything else goes throug
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,7 +33,11 @@ from trkit.contract.time_model import COST, DP_MAX, ExecCost, Prep, dp_path, pai
 __all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "is_native", "COST", "ExecCost", "DP_MAX"]
 
 
-cache = PlanCache()  # generated plans keyed by (equation, index shapes, runtime shapes, contiguity)
+# the generated function running a plan's steps: fn(operands, bias, out_shape)
+PlanFn = Callable[[Sequence[torch.Tensor], torch.Tensor | None, tuple], torch.Tensor]
+
+
+cache: PlanCache[_Plan] = PlanCache()  # generated plans keyed by (equation, index shapes, runtime shapes, contiguity)
 
 
 class _Step(NamedTuple):
@@ -56,7 +61,7 @@ class _Plan(NamedTuple):
     flops: int
     copies: int
     cost: float
-    fn: object  # the generated function running the steps: fn(operands, bias, out_shape)
+    fn: PlanFn
 
 
 _VIEW, _RESHAPE, _PERMUTE, _T = 0, 1, 2, 3
@@ -74,7 +79,7 @@ def _ops(phys: tuple, logical: tuple, prep: Prep, strided: bool) -> tuple:
     matrix ``prep`` describes. Intermediates (contiguous GEMM results) and contiguous inputs
     regroup by ``view``; strided inputs by ``reshape``."""
     regroup = _RESHAPE if strided else _VIEW
-    ops = []
+    ops: list[tuple[int, tuple | None]] = []
     if prep.perm is not None:
         if phys != logical:
             ops.append((regroup, logical))
@@ -249,7 +254,7 @@ def _expr(name: str, ops: tuple) -> str:
     return name
 
 
-def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool | tuple):
+def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool | tuple) -> PlanFn:
     """Straight-line Python for the steps: no per-op interpretation at call time (the loop
     version measured ~0.5 us of Python per op, a sizeable share of a 1-token forward)."""
     lines = ["def _run(ops, bias, out_shape):", "    " + "".join(f"s{k}, " for k in range(n_in)) + "= ops"]
@@ -279,7 +284,7 @@ def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool | tuple):
         else:
             lines.append("        y = y + bias")
     lines.append("    return y if y.shape == out_shape else y.reshape(out_shape)")
-    namespace = {"torch": torch}
+    namespace: dict[str, Any] = {"torch": torch}
     namespace["__source__"] = "\n".join(lines)
     exec(compile("\n".join(lines) + "\n", "<trkit.contract.compiled plan>", "exec"), namespace)
     return namespace["_run"]

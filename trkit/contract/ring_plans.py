@@ -16,6 +16,9 @@ __all__ = ["RingPlan", "ring_dense_plan", "ring_report", "RING_OPS"]
 
 RING_OPS = ("to_dense", "norm", "inner", "entries")
 
+# an arc's merge order: a core number, or a pair of adjacent sub-trees
+MergeTree = int | tuple["MergeTree", "MergeTree"]
+
 
 @dataclass(frozen=True)
 class RingPlan:
@@ -50,8 +53,8 @@ def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
     total = 1
     for n in shape:
         total *= n
-    size = {}  # (i, L) -> product of the mode sizes of cores i..i+L-1
-    best = {}  # (i, L) -> (flops, largest, tree)
+    size: dict[tuple[int, int], int] = {}  # (i, L) -> product of the mode sizes of cores i..i+L-1
+    best: dict[tuple[int, int], tuple[int, int, MergeTree]] = {}  # (i, L) -> (flops, largest, tree)
     for i in range(d):
         size[i, 1] = shape[i]
         best[i, 1] = (0, 0, i)
@@ -64,7 +67,7 @@ def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
                 (fa, la, ta), (fb, lb, tb) = best[i, s], best[(i + s) % d, length - s]
                 cands.append((fa + fb + 2 * out * ranks[(i + s) % d], max(la, lb, out), (ta, tb)))
             best[i, length] = min(cands, key=lambda c: (c[0], c[1]))
-    choice = None
+    choice: tuple[int, int, tuple[int, int], tuple[MergeTree, MergeTree], int] | None = None
     for p in range(d):
         for length in range(1, d):
             q = (p + length) % d
@@ -73,6 +76,7 @@ def ring_dense_plan(shape: tuple, ranks: tuple) -> RingPlan:
             score = flops + (total if p else 0)
             if choice is None or score < choice[0]:
                 choice = (score, flops, (p, q), (ta, tb), max(la, lb, total))
+    assert choice is not None  # d >= 2: at least one cut was scored
     _, flops, cut, tree, largest = choice
     return RingPlan(cut=cut, tree=tree, path=_tree_path(d, tree), flops=flops, largest_intermediate=largest)
 

@@ -109,7 +109,7 @@ def pair_layout(a: str, b: str, needed: set, out: str, sizes: dict, final: bool)
         return "".join(sorted(f, key=lambda c: (0, rank[c]) if c in rank else (1, term.index(c))))
 
     flops = prod(sizes, set(a) | set(b)) * (2 if any(c in b and c not in needed for c in a) else 1)
-    best = None
+    best: tuple[tuple[float, bool, int], PairLayout] | None = None
     for swap, (a, b) in enumerate(((a, b), (b, a))):  # noqa: B020 (the pair is built before the loop)
         batch = "".join(c for c in a if c in b and c in needed)
         contr = [c for c in a if c in b and c not in needed]
@@ -139,6 +139,7 @@ def pair_layout(a: str, b: str, needed: set, out: str, sizes: dict, final: bool)
             key = (cost, res != out_sorted(list(res), res), swap)
             if best is None or key < best[0]:
                 best = (key, PairLayout(cost, flops, copies, a, b, pa, pb, res, fa_s, fb_s, batch, view))
+    assert best is not None  # the loops above always run
     return best[1]
 
 
@@ -148,7 +149,7 @@ def dp_path(terms: list[str], out: str, sizes: dict) -> list[tuple[int, int]]:
     n = len(terms)
     full = (1 << n) - 1
     letters_of = [set(t) for t in terms]
-    best: dict[int, tuple[float, str, tuple | None]] = {1 << i: (0.0, terms[i], None) for i in range(n)}
+    best: dict[int, tuple[float, str, tuple[int, int] | None]] = {1 << i: (0.0, terms[i], None) for i in range(n)}
 
     def needed_outside(mask: int) -> set:
         s = set(out)
@@ -162,7 +163,7 @@ def dp_path(terms: list[str], out: str, sizes: dict) -> list[tuple[int, int]]:
             continue
         low = mask & -mask
         needed = needed_outside(mask)
-        cand = None
+        cand: tuple[float, str, tuple[int, int]] | None = None
         sub = (mask - 1) & mask
         while sub:
             if sub & low and sub != mask:  # each split once: the part holding the lowest operand
@@ -174,6 +175,7 @@ def dp_path(terms: list[str], out: str, sizes: dict) -> list[tuple[int, int]]:
                 if cand is None or c < cand[0]:
                     cand = (c, p.res, (sub, other))
             sub = (sub - 1) & mask
+        assert cand is not None  # a mask of two or more operands has a split (the lowest operand alone)
         best[mask] = cand
     # replay the tree bottom-up as positions into the shrinking operand list
     order: list[tuple[int, int]] = []

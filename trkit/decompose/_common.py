@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from trkit._blocks import block_indices
 from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
@@ -169,10 +170,19 @@ def relative_residual(pred: torch.Tensor, vals: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def relative_error(x: torch.Tensor, ring: TensorRing, x_norm: float | None = None) -> float:
-    """Dense ``||x - ring|| / ||x||`` (x is dense anyway for the callers)."""
+def relative_error(x: torch.Tensor, ring: TensorRing, x_norm: float | None = None, block_bytes: int = 8 << 20) -> float:
+    """Dense ``||x - ring|| / ||x||`` (x is dense anyway for the callers).
+
+    The ring is expanded and subtracted a block of ``x`` (about ``block_bytes``) at a time: a whole
+    dense copy and a whole difference would each be as large as ``x``.
+    """
     xn = float(torch.linalg.vector_norm(x)) if x_norm is None else x_norm
-    diff = float(torch.linalg.vector_norm(x - ring.to_dense()))
+    squares = 0.0
+    for index in block_indices(tuple(x.shape), x.element_size(), block_bytes):
+        block = ring[index]
+        assert isinstance(block, TensorRing)  # every index keeps one mode (a slice)
+        squares += float(torch.linalg.vector_norm(x[index] - block.to_dense())) ** 2
+    diff = math.sqrt(squares)
     return diff / xn if xn > 0 else diff
 
 

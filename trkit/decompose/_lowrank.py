@@ -17,11 +17,30 @@ import torch
 __all__ = ["row_basis"]
 
 
-def row_basis(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _wide_gram(m: torch.Tensor, block_bytes: int) -> torch.Tensor:
+    """``m @ m^H`` ``(p, p)`` in double precision (a single-precision Gram would keep ~3 digits).
+
+    A single-precision ``m`` is widened a column block (about ``block_bytes``) at a time: a widened
+    copy of all of ``m`` would be twice its size.
+    """
+    wide = torch.complex128 if m.is_complex() else torch.float64
+    if m.dtype == wide:
+        return m @ m.mH
+    p, q = m.shape
+    step = max(1, block_bytes // (p * wide.itemsize))
+    gram = torch.zeros(p, p, dtype=wide, device=m.device)
+    for j in range(0, q, step):
+        block = m[:, j : j + step].to(wide)
+        gram += block @ block.mH
+    return gram
+
+
+def row_basis(m: torch.Tensor, block_bytes: int = 8 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``m = u @ b`` with ``u`` orthonormal and the rows of ``b`` ordered by decreasing norm.
 
     Args:
         m: matrix ``(p, q)``.
+        block_bytes: size of the column blocks the Gram matrix is summed over (see :func:`_wide_gram`).
 
     Returns:
         ``u`` ``(p, k)`` (orthonormal columns, ``u^H u = I``), ``s`` ``(k,)`` (row norms of ``b``,
@@ -32,11 +51,27 @@ def row_basis(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     if p > q or p < 2:  # tall (the last, small TT-SVD steps): a plain SVD is cheap and best
         u, s, vh = torch.linalg.svd(m, full_matrices=False)
         return u, s, s[:, None] * vh
-    wide = torch.complex128 if m.is_complex() else torch.float64
-    md = m.to(wide)  # a single-precision Gram would keep ~3 digits
-    _, v = torch.linalg.eigh(md @ md.mH)
+    _, v = torch.linalg.eigh(_wide_gram(m, block_bytes))
     u = v.to(m.dtype)
     b = u.mH @ m
     s = torch.linalg.vector_norm(b, dim=1)
     order = torch.argsort(s, descending=True)
-    return u[:, order], s[order], b[order]
+    _permute_rows_(b, order.tolist())  # b is as large as m: b[order] would copy all of it
+    return u[:, order], s[order], b
+
+
+def _permute_rows_(a: torch.Tensor, order: list[int]) -> None:
+    """``a[i] = a[order[i]]`` for every row, in place: one cycle of the permutation at a time,
+    with one row set aside."""
+    placed = [False] * len(order)
+    for start in range(len(order)):
+        if placed[start] or order[start] == start:
+            continue
+        first = a[start].clone()
+        i = start
+        while order[i] != start:
+            a[i] = a[order[i]]
+            placed[i] = True
+            i = order[i]
+        a[i] = first
+        placed[i] = True

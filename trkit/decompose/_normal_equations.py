@@ -34,7 +34,7 @@ class ShiftedTensor:
     def __init__(self, x: torch.Tensor, cache_bytes: int = 1 << 30):
         self.x, self.shape = x, list(x.shape)
         d = x.ndim
-        self.cache = {} if x.numel() * x.element_size() * d <= cache_bytes else None
+        self.cache: dict[int, torch.Tensor] | None = {} if x.numel() * x.element_size() * d <= cache_bytes else None
 
     def get(self, k: int) -> torch.Tensor:
         if k == 0:

@@ -173,7 +173,7 @@ def tr_als_adaptive(
             )
             if improved:
                 best = (ring, err)
-            if log.record(err, lambda cs=cores: as_ring(cs), check=False, params=ring.n_params):
+            if log.record(err, functools.partial(as_ring, cores), check=False, params=ring.n_params):
                 break
             if err <= tol:
                 if not improved:

@@ -146,10 +146,11 @@ def als_sweeps(t: torch.Tensor, cores: list[torch.Tensor], log: IterationLog, *,
     floor = exact_floor(t.dtype)
     trans = [transfer_matrix(g) for g in cores]  # kept current core by core during the sweeps
     while True:
-        suffix = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
+        suffix: list[torch.Tensor | None] = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
         for k in range(d - 1, 0, -1):
-            suffix[k] = trans[k] if suffix[k + 1] is None else trans[k] @ suffix[k + 1]
-        prefix = None  # E_0 ... E_{k-1} with this sweep's updated cores
+            later = suffix[k + 1]
+            suffix[k] = trans[k] if later is None else trans[k] @ later
+        prefix: torch.Tensor | None = None  # E_0 ... E_{k-1} with this sweep's updated cores
         near_exact = err < 1e-5
         for k in range(d):
             ra, nk, rb = cores[k].shape

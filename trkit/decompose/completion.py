@@ -148,7 +148,8 @@ def tr_complete(
 
     as_ring = functools.partial(scaled_ring, scale=scale, dtype=out_dtype)
     floor = exact_floor(dtype)
-    best, best_key = None, math.inf
+    best: list[torch.Tensor] | None = None
+    best_key = math.inf
     with IterationLog(
         "tr_complete",
         tol=tol,
@@ -175,6 +176,8 @@ def tr_complete(
             if stop_tol > 0 and train_err < floor:
                 log.converged = True
                 break
+        if best is None:  # every error was NaN: the last iterate
+            best = cores
         ring = TensorRing(best, validate=False)
         out = as_ring(best)
         if not return_info:

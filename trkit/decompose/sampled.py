@@ -225,7 +225,8 @@ def tr_als_sampled(
         if isinstance(init, TensorRing):
             kind, cores = "given", start_cores(init, shape, src.scale, dtype, device)
         else:
-            kinds = [starts[init]] if starts[init] else ["sketch", "gaussian"]
+            named = starts[init]
+            kinds = [named] if named is not None else ["sketch", "gaussian"]
             if init == "auto" and not hold_val.is_complex() and bool((hold_val >= 0).all()):
                 kinds.append("positive")
             trials = []
@@ -239,7 +240,8 @@ def tr_als_sampled(
                         sampler.sweep(cs)
                 trials.append((heldout_error(cs), kind, cs))
             _, kind, cores = min(trials, key=lambda tr: tr[0])
-        best, best_err = None, math.inf
+        best: list[torch.Tensor] | None = None
+        best_err = math.inf
         while log.n_iter < max_iter:
             sampler.sweep(cores)
             err = heldout_error(cores)
@@ -250,7 +252,7 @@ def tr_als_sampled(
             if stop_tol > 0 and err < exact_floor(dtype):  # exact to working precision
                 log.converged = True
                 break
-        out = as_ring(best)
+        out = as_ring(best if best is not None else cores)  # None: every error was NaN
         if not return_info:
             return out
         return out, log.info(

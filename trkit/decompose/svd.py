@@ -24,6 +24,7 @@ __all__ = ["tr_svd"]
 def _rank_for(s: torch.Tensor, delta: float | None, fixed: int | None, cap: int | None) -> int:
     """Smallest rank whose discarded tail has norm <= delta (or the fixed rank), capped."""
     if fixed is None:
+        assert delta is not None  # no fixed rank means tolerance mode, which always has a delta
         return truncation_rank(s, delta, cap)
     return max(1, min(fixed, cap if cap is not None else fixed, int(s.numel())))
 
@@ -56,7 +57,7 @@ def _tail(
     ranks: list[int] | None,
     caps: list[int] | None,
     budget: float = math.inf,
-):
+) -> tuple[list[torch.Tensor], float] | None:
     """TT-SVD of the remainder ``y`` (``R x prod(shape[1:])``) with the ``a`` bond carried last.
 
     ``ranks`` (fixed ranks) and ``caps`` (per-bond caps in tolerance mode) are in the order of
@@ -68,7 +69,8 @@ def _tail(
     rest = y.reshape([r1, r2] + shape[1:])
     perm = [1] + list(range(2, d + 1)) + [0]
     m = rest.permute(perm).contiguous()  # (r2, n2, ..., nd, r1)
-    cores, r_prev, lost = [], r2, 0.0
+    cores: list[torch.Tensor] = []
+    r_prev, lost = r2, 0.0
     for k in range(1, d - 1):
         mat = m.reshape(r_prev * shape[k], -1)
         if delta is not None and math.isfinite(budget):
@@ -159,8 +161,8 @@ def _factor_pairs(R: int, cap0: float, cap1: float) -> tuple[int, list[tuple[int
     return 1, [(1, 1)]
 
 
-def _rotate(values: list[int] | None, s0: int) -> list[int] | None:
-    return None if values is None else values[s0:] + values[:s0]
+def _rotate(values: list[int], s0: int) -> list[int]:
+    return values[s0:] + values[:s0]
 
 
 def _best_for_start(x, s0, ranks, delta, caps, xnorm, seed, budget=math.inf, basis=None):
@@ -170,7 +172,8 @@ def _best_for_start(x, s0, ranks, delta, caps, xnorm, seed, budget=math.inf, bas
     xs = _rotated(x, s0)
     sshape = list(xs.shape)
     u, s, b = _start_basis(x, s0) if basis is None else basis
-    rr, cc = _rotate(ranks, s0), _rotate(caps, s0)
+    rr = None if ranks is None else _rotate(ranks, s0)
+    cc = None if caps is None else _rotate(caps, s0)
     if rr is not None:
         R = rr[0] * rr[1]
         pairs = [(rr[0], rr[1])]
@@ -180,11 +183,13 @@ def _best_for_start(x, s0, ranks, delta, caps, xnorm, seed, budget=math.inf, bas
         # balanced splits first: they are usually best, and later ones then abort early
         pairs.sort(key=lambda p: (abs(math.log(p[0] / p[1])), p[0]))
     lost0 = float((s[R:].double() ** 2).sum())
+    # only the leading R rows are used below: a copy of them lets the rest of b (as large as x) go
+    u_r, y = u[:, :R], b[:R].clone()
+    del b
     best, kron_ok, fixed = None, False, []
     for r1, r2 in pairs:
         if r1 * r2 != R:
             continue
-        u_r, y = u[:, :R], b[:R]
         for structured in (True, False) if r1 > 1 else (False,):
             if not structured and kron_ok and r1 > 1:
                 break  # a Kronecker split was found: the data is ring-like, arbitrary splits lose
@@ -285,9 +290,11 @@ def tr_svd(
         # compressible (their row bases are kept for the candidates, the others dropped)
         firsts = []
         for k in range(d):
-            basis = _start_basis(t, k)
-            firsts.append(_rank_for(basis[1], delta, None, None if caps is None else caps[k] * caps[(k + 1) % d]))
-            bases[k] = basis
+            u, s, b = _start_basis(t, k)
+            firsts.append(_rank_for(s, delta, None, None if caps is None else caps[k] * caps[(k + 1) % d]))
+            # _best_for_start uses at most the firsts[k] leading rows: b (as large as t) need not stay
+            bases[k] = (u[:, : firsts[k]], s, b[: firsts[k]].clone())
+            del u, s, b
             keep = sorted(bases, key=lambda j: (firsts[j], j))[:3]
             bases = {j: bases[j] for j in keep}
         starts = [k for k in range(d) if firsts[k] < shape[k]] or [int(np.argmin(firsts))]
@@ -300,6 +307,7 @@ def tr_svd(
         found = _best_for_start(t, s_try, ranks, delta, caps, 1.0, seed, budget, bases.pop(s_try, None))
         if found is not None and (best is None or found[0] < best[0]):
             best = found + (s_try,)
+    assert best is not None  # the first start runs without a budget, so it always yields a ring
     s0 = best[-1]
     _, cores, bound, structured, split, _ = best
     cores = [cores[(k - s0) % d] for k in range(d)]
@@ -316,6 +324,7 @@ def tr_svd(
     ring = scaled_ring(cores, work.scale, work.out_dtype)
     if not return_info:
         return ring
+    assert err is not None  # computed above whenever return_info
     info = SVDInfo(
         method="tr_svd",
         rel_error=err,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trkit.errors import InputError
+from trkit.nn.fit import load_ring_
 from trkit.nn.precondition import ring_cores
 
 __all__ = [
@@ -47,18 +48,24 @@ def ring_params(modes, ranks) -> int:
 
 def attach_bond_masks(module: nn.Module) -> list[torch.Tensor]:
     """Register one all-true boolean buffer per bond (``bond_mask_0`` ...) unless present; returns them."""
-    cores = ring_cores(module)
-    if bond_masks(module) is None:
-        for k, c in enumerate(cores):
-            module.register_buffer(f"bond_mask_{k}", torch.ones(c.shape[0], dtype=torch.bool, device=c.device))
-    return bond_masks(module)
+    masks = bond_masks(module)
+    if masks is not None:
+        return masks
+    masks = [torch.ones(c.shape[0], dtype=torch.bool, device=c.device) for c in ring_cores(module)]
+    for k, mask in enumerate(masks):
+        module.register_buffer(f"bond_mask_{k}", mask)
+    return masks
 
 
 def bond_masks(module: nn.Module) -> list[torch.Tensor] | None:
     """The module's bond masks, or ``None`` when none are attached."""
-    d = len(ring_cores(module))
-    masks = [getattr(module, f"bond_mask_{k}", None) for k in range(d)]
-    return None if any(m is None for m in masks) else masks
+    masks = []
+    for k in range(len(ring_cores(module))):
+        mask = getattr(module, f"bond_mask_{k}", None)
+        if mask is None:
+            return None
+        masks.append(mask)
+    return masks
 
 
 def kept_ranks(module: nn.Module) -> tuple[int, ...]:
@@ -99,6 +106,7 @@ def _rebuild(module: nn.Module, cores: list[torch.Tensor]) -> nn.Module:
 
     ranks = [int(c.shape[0]) for c in cores]
     kw = {"dtype": cores[0].dtype, "device": cores[0].device}
+    new: CrossLayerTR | TRLinear
     if isinstance(module, CrossLayerTR):
         many_in, many_out = len(module.in_modes) > 1, len(module.out_modes) > 1
         new = CrossLayerTR(
@@ -125,11 +133,7 @@ def _rebuild(module: nn.Module, cores: list[torch.Tensor]) -> nn.Module:
             path=module.path,
             **kw,
         )
-    with torch.no_grad():
-        for p, c in zip(ring_cores(new), cores):
-            p.copy_(c)
-        if module.bias is not None:
-            new.bias.copy_(module.bias)
+    load_ring_(new, cores, module.bias)
     new.train(module.training)
     return new
 
@@ -156,8 +160,12 @@ def prune(module: nn.Module) -> nn.Module:
 
 def _dense_weights(module: nn.Module) -> torch.Tensor:
     from trkit.nn.cross_layer import CrossLayerTR
+    from trkit.nn.linear import TRLinear
 
-    return module.weights() if isinstance(module, CrossLayerTR) else module.weight
+    if isinstance(module, CrossLayerTR):
+        return module.weights()
+    assert isinstance(module, TRLinear)  # built by _rebuild, which makes only these two
+    return module.weight
 
 
 @torch.no_grad()

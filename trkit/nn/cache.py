@@ -38,6 +38,12 @@ class DenseCacheMixin:
     """Mixin for modules whose dense weight may be cached by :func:`dense_weights_cache`."""
 
     _cache_depth: int = 0
+    # set by _init_cache (through __dict__, see there)
+    _cache_value: torch.Tensor | None
+    _cache_stale: bool
+    _cache_plist: list[torch.Tensor]
+    _cache_versions: list[int]
+    _cache_grad: bool
 
     def _init_cache(self) -> None:
         # Plain attributes, never buffers: the cache must not enter state_dict or DDP broadcasts.
@@ -73,7 +79,7 @@ class DenseCacheMixin:
         """True inside a :func:`dense_weights_cache` context covering this module."""
         return self._cache_depth > 0
 
-    def _cache_params(self) -> list:
+    def _cache_params(self) -> list[torch.Tensor]:
         return list(self.parameters())  # type: ignore[attr-defined]
 
     def has_valid_cache(self) -> bool:
@@ -90,6 +96,7 @@ class DenseCacheMixin:
         if self._cache_depth == 0:
             return build()
         if self.has_valid_cache():
+            assert self._cache_value is not None  # has_valid_cache checks it
             return self._cache_value
         value = build()
         plist = self._cache_params()
@@ -119,7 +126,7 @@ def dense_weights_cache(*modules: nn.Module) -> Iterator[None]:
     Nested contexts are allowed; the cache is dropped when the outermost one covering a
     module exits.
     """
-    targets = []
+    targets: list[DenseCacheMixin] = []
     for mod in modules:
         if not isinstance(mod, nn.Module):
             raise InputTypeError(f"dense_weights_cache expects nn.Module arguments, got {type(mod).__name__}")

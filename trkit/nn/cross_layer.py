@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,11 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     ``forward_all`` applies every layer at once. Inside :func:`trkit.nn.dense_weights_cache`
     the dense weights are built at most once and shared by all layers' calls.
     """
+
+    # per-layer (W_l^T, b_l) views of the cached weights and the tensor they view (set through
+    # __dict__ by _set, see DenseCacheMixin)
+    _views: list[tuple[torch.Tensor, torch.Tensor | None]]
+    _views_src: torch.Tensor | None
 
     def __init__(
         self,
@@ -137,7 +143,9 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """All cores in ring order: in-cores, out-cores, layer core."""
         # straight from the registries: nn.Module.__getattr__ and ParameterList iteration cost
         # ~0.5-1.5 us per core, a visible share of a small layer's call
-        p, m = self._parameters, self._modules
+        # Any: these names are registered in __init__, never None
+        p: dict[str, Any] = self._parameters
+        m: dict[str, Any] = self._modules
         return [
             p["g_in"],
             *m["g_in_rest"]._parameters.values(),
@@ -166,6 +174,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """Dense ``W_layer`` of shape ``(d_in, d_out)`` (from the cache when one is valid)."""
         layer = self._check_layer(layer)
         if self.has_valid_cache():
+            assert self._cache_value is not None  # has_valid_cache checks it
             return self._cache_value[layer]
         return self._weight_one(layer)
 
@@ -178,7 +187,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         """All layers at once, shape ``(n_layers, d_in, d_out)`` (cached inside a cache context)."""
         return self._cached(self._weights_all)
 
-    def _layer_views(self) -> list:
+    def _layer_views(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per-layer ``(W_l^T, b_l)`` views of the cached weights, made with one ``unbind`` each:
         its backward stacks the layer gradients once instead of scattering each into a zero
         ``(L, d_in, d_out)`` tensor as ``weights()[l]`` would."""
@@ -301,6 +310,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             self._plans.clear()
         which, x_shape = key[0], key[1]
         *shared, g_layer = self._core_shapes
+        last: tuple[int, ...]
         if which == "one":
             eq, last = self._eq_fwd, (g_layer[0], g_layer[2])
         else:
@@ -389,7 +399,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         (total parameters, biases included) or ``ranks``; none gives the exact ring.
         ``module.fit_info`` holds ``rel_error`` (stacked) and ``layer_rel_errors`` (per layer).
         """
-        from trkit.nn.fit import fit_ring
+        from trkit.nn.fit import fit_ring, load_ring_
 
         if isinstance(matrices, torch.Tensor):
             stack = matrices.detach()
@@ -425,11 +435,8 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             out_modes=o_modes if len(o_modes) > 1 else None,
             path=path,
         )
+        load_ring_(module, ring.cores, biases)
         with torch.no_grad():
-            for p, c in zip(module.cores, ring.cores):
-                p.copy_(c)
-            if biases is not None:
-                module.bias.copy_(biases)
             approx = module._weights_all()
             err = torch.linalg.matrix_norm(approx - stack) / torch.linalg.matrix_norm(stack).clamp_min(1e-300)
         info["layer_rel_errors"] = [float(e) for e in err]

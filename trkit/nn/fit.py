@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,7 +23,11 @@ from trkit.decompose._common import check_tol
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
-__all__ = ["fit_ring"]
+if TYPE_CHECKING:
+    from trkit.nn.cross_layer import CrossLayerTR
+    from trkit.nn.linear import TRLinear
+
+__all__ = ["fit_ring", "load_ring_"]
 
 _EXACT_TOL = 1e-12
 _TOL_BISECT_STEPS = 14
@@ -36,6 +42,18 @@ def _svd(x: torch.Tensor, x_norm: float, **kw) -> tuple[TensorRing, float]:
         ring = trkit.tr_svd(x, **kw)
     err = float(torch.linalg.vector_norm(ring.to_dense() - x)) / max(x_norm, 1e-300)
     return ring, err
+
+
+@torch.no_grad()
+def load_ring_(module: TRLinear | CrossLayerTR, cores: Sequence[torch.Tensor], bias: torch.Tensor | None) -> None:
+    """Copy ``cores`` (ring order, the module's core shapes) and ``bias`` into a freshly built layer."""
+    from trkit.nn.precondition import ring_cores
+
+    for p, c in zip(ring_cores(module), cores):
+        p.copy_(c)
+    if bias is not None:
+        assert module.bias is not None  # callers build the layer with bias=bias is not None
+        module.bias.copy_(bias)
 
 
 def fit_ring(

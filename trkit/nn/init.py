@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,8 +25,26 @@ __all__ = ["target_std", "core_std", "init_ring_"]
 
 _SCHEMES = ("kaiming", "xavier", "torch")
 
+# the names torch.nn.init.calculate_gain accepts
+Nonlinearity = Literal[
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+]
 
-def target_std(fan_in: int, fan_out: int, scheme: str | float = "kaiming", nonlinearity: str = "relu") -> float:
+
+def target_std(
+    fan_in: int, fan_out: int, scheme: str | float = "kaiming", nonlinearity: Nonlinearity = "relu"
+) -> float:
     """Standard deviation a dense ``(fan_out, fan_in)`` weight would get.
 
     Args:

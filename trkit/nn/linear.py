@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,10 @@ class TRLinear(DenseCacheMixin, nn.Module):
     Forward: ``x (..., in_features) -> (..., out_features)``, equal to
     ``F.linear(x, self.weight, self.bias)``.
     """
+
+    # inference factors (cores, their versions, A^T, B^T), see _inference_factors; set through
+    # __dict__ by _set (see DenseCacheMixin)
+    _factors: tuple[tuple[torch.Tensor, ...], list[int], torch.Tensor, torch.Tensor] | None
 
     def __init__(
         self,
@@ -179,7 +184,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         c_factored = None if grad else self._factored_cost(tokens)
         if c_factored is not None:
             costs["factored"] = c_factored
-        choice = self._choices[key] = min(costs, key=costs.get)
+        choice = self._choices[key] = min(costs, key=costs.__getitem__)
         return choice
 
     @torch.compiler.disable  # a Python-side cache keyed by parameter identity and version
@@ -247,7 +252,8 @@ class TRLinear(DenseCacheMixin, nn.Module):
         if choice == "dense":
             return F.linear(x, self.weight, self.bias)
         # Cores straight from the registry: ParameterList iteration costs ~6 us per call.
-        cores = tuple(self._modules["cores"]._parameters.values())
+        registry: dict[str, Any] = self._modules  # "cores" is registered in __init__
+        cores = tuple(registry["cores"]._parameters.values())
         x2 = x.reshape(tokens, self.in_features)
         if choice == "factored":
             a_t, b_t = self._inference_factors(cores)
@@ -295,7 +301,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         given; with none, the ring is exact (full TR-SVD). The achieved relative error and
         ranks are in ``layer.fit_info`` (``layer.fit_info["rel_error"]``).
         """
-        from trkit.nn.fit import fit_ring
+        from trkit.nn.fit import fit_ring, load_ring_
 
         if isinstance(linear, nn.Linear):
             weight, bias = linear.weight.detach(), (linear.bias.detach() if linear.bias is not None else None)
@@ -325,11 +331,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
             dtype=weight.dtype,
             device=weight.device,
         )
-        with torch.no_grad():
-            for p, c in zip(layer.cores, ring.cores):
-                p.copy_(c)
-            if bias is not None:
-                layer.bias.copy_(bias)
+        load_ring_(layer, ring.cores, bias)
         info["n_params"] = layer.n_params
         info["compression"] = layer.dense_params / layer.n_params
         layer.fit_info = info

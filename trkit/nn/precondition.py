@@ -139,10 +139,11 @@ class _NormalEquations:
         mixed = [_transfer(f, v, *sh) for f, v, sh in zip(self.flats, u, self.shapes)]
         out = []
         for k in range(d):
-            s = t = None
+            s: torch.Tensor | None = None
+            t: torch.Tensor | None = None
             for j in range(1, d):
                 idx = (k + j) % d
-                if s is None:
+                if s is None or t is None:  # the first step sets both
                     s, t = self.transfers[idx], mixed[idx]
                 else:
                     s, t = s @ self.transfers[idx], t @ self.transfers[idx] + s @ mixed[idx]
@@ -247,7 +248,7 @@ def tangent_projection(
     def jvp(v):
         return torch.func.jvp(dense, cs, tuple(v))[1]
 
-    _, vjp_fn = torch.func.vjp(dense, *cs)
+    vjp_fn = torch.func.vjp(dense, *cs)[1]  # (output, vjp function)
     r = list(vjp_fn(dense_grad.detach()))
     u = [torch.zeros_like(c) for c in cs]
     p = [t.clone() for t in r]

@@ -44,8 +44,8 @@ def slice_magnitudes(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         z = torch.eye(r * r, dtype=torch.float64, device=cs[0].device)
         for j in range(d):  # all the way round, opened at bond k: rows and columns (a, a') of bond k
             z = z @ transfers[(k + j) % d]
-        j = torch.arange(r, device=z.device)
-        out.append(z.reshape(r, r, r, r)[j, j, j, j].clamp_min(0).sqrt().to(cores[0].dtype))
+        diag = torch.arange(r, device=z.device)
+        out.append(z.reshape(r, r, r, r)[diag, diag, diag, diag].clamp_min(0).sqrt().to(cores[0].dtype))
     return out
 
 
@@ -75,8 +75,8 @@ def allocate_slices(
         New masks. Raises :class:`~trkit.errors.InputError` when even ``min_rank`` everywhere does
         not fit.
     """
-    masks = [[m.clone().bool() for m in ring] for ring in masks]
-    ranks = [[int(m.sum()) for m in ring] for ring in masks]
+    new = [[m.clone().bool() for m in ring] for ring in masks]
+    ranks = [[int(m.sum()) for m in ring] for ring in new]
     floor = _smallest(modes, ranks, min_rank, fixed_params)
     if floor > budget:
         raise InputError(
@@ -85,23 +85,24 @@ def allocate_slices(
         )
     total = fixed_params + sum(bonds.ring_params(md, rk) for md, rk in zip(modes, ranks))
     while total > budget:
-        best = None
+        best: tuple[float, int, int, int, int] | None = None
         for i, (md, rk) in enumerate(zip(modes, ranks)):
             here = bonds.ring_params(md, rk)
             for k, r in enumerate(rk):
                 if r <= min_rank:
                     continue
-                kept = masks[i][k].nonzero().flatten()
+                kept = new[i][k].nonzero().flatten()
                 j = int(kept[torch.argmin(scores[i][k][kept])])
                 saved = here - bonds.ring_params(md, rk[:k] + [r - 1] + rk[k + 1 :])
                 value = float(scores[i][k][j]) / saved
                 if best is None or value < best[0]:
                     best = (value, i, k, j, saved)
+        assert best is not None  # total > budget >= floor: some bond is still above min_rank
         _, i, k, j, saved = best
-        masks[i][k][j] = False
+        new[i][k][j] = False
         ranks[i][k] -= 1
         total -= saved
-    return masks
+    return new
 
 
 class RankAllocator:
@@ -151,6 +152,8 @@ class RankAllocator:
         from trkit.nn.cross_layer import CrossLayerTR
         from trkit.nn.linear import TRLinear
 
+        named: dict[str, nn.Module]
+        self.root: nn.Module | None
         if isinstance(model, nn.Module):
             self.root = model
             named = {n: m for n, m in model.named_modules() if isinstance(m, (TRLinear, CrossLayerTR))}
@@ -259,7 +262,9 @@ class RankAllocator:
         if self.score == "sensitivity" and not self._ipt:
             raise InputError("no sensitivities yet: call accumulate() after each backward pass, before update()")
         fixed = self.extra_params + sum(bonds.non_core_params(m) for m in mods)
-        old = [[mk.cpu() for mk in bonds.bond_masks(m)] for m in mods]
+        # attach returns the masks registered in __init__ (and registers new ones on modules that
+        # prune() replaced)
+        old = [[mk.cpu() for mk in bonds.attach_bond_masks(m)] for m in mods]
         new = allocate_slices(
             [[c.shape[1] for c in ring_cores(m)] for m in mods],
             old,
@@ -270,7 +275,7 @@ class RankAllocator:
         )
         changed = False
         for m, before, after in zip(mods, old, new):
-            for mk, b, a in zip(bonds.bond_masks(m), before, after):
+            for mk, b, a in zip(bonds.attach_bond_masks(m), before, after):
                 if not torch.equal(a, b):
                     mk.copy_(a)
                     changed = True
