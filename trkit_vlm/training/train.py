@@ -17,6 +17,7 @@ import torch
 
 from trkit.errors import InputError
 from trkit_vlm.adapters import AdapterConfig, adapter_config_from_dict, add_adapters, get_adapters, remove_adapters
+from trkit_vlm.adapters.io import load_initial_weights
 from trkit_vlm.data import (
     ClassificationData,
     check_usable,
@@ -30,6 +31,7 @@ from trkit_vlm.data.transforms import check_files
 from trkit_vlm.models import ClipBundle, load_clip, register_model_config, registered_model_config
 from trkit_vlm.training.config import RunConfig, save_config
 from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from trkit_vlm.training.init_adapters import check_init_adapters
 from trkit_vlm.training.loop import Trainer
 from trkit_vlm.training.seeding import seed_everything
 
@@ -78,16 +80,27 @@ def prepare_data(
 def build_model(
     cfg: RunConfig, bundle: ClipBundle | None, device: torch.device
 ) -> tuple[ClipBundle, torch.nn.Module, AdapterConfig]:
-    """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed)."""
+    """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed, or with
+    the weights of ``cfg.init_adapters``)."""
     if bundle is None:
         if cfg.model_config is not None:
             register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
+        cfg.pretrained = bundle.pretrained  # a provided model's name resolves to its weights: record them
     elif get_adapters(bundle.model) is not None:
-        raise InputError("the model passed in already has adapters; pass a bundle without them")
+        raise InputError(
+            "the model passed in already has adapters; pass a bundle without them (trkit_vlm.remove_adapters) "
+            "and start from their weights with cfg.init_adapters = <adapter file or run folder>"
+        )
     adapter_cfg = adapter_config_from_dict({"method": cfg.method, **cfg.adapter})
     torch.manual_seed(cfg.seed)
     model = add_adapters(bundle.model.to(device), adapter_cfg)
+    if cfg.init_adapters is not None:
+        try:
+            load_initial_weights(model, cfg.init_adapters)
+        except Exception:
+            remove_adapters(model)  # a bundle passed in is left as it came
+            raise
     return bundle, model, adapter_cfg
 
 
@@ -103,7 +116,8 @@ def train(
 
     Args:
         cfg: the run (see :class:`trkit_vlm.training.config.RunConfig`).
-        bundle: an already-loaded :class:`~trkit_vlm.models.ClipBundle` (without adapters); its model
+        bundle: an already-loaded :class:`~trkit_vlm.models.ClipBundle` (without adapters: a model with
+            adapters is refused; to continue from adapter weights set ``cfg.init_adapters``); its model
             gets adapters for the run and has them removed again at the end, so it can be reused.
         data: in-memory :class:`ClassificationData` (all classes) instead of ``cfg.data.dataset``.
         progress: tqdm bars (rank 0 only).
@@ -115,6 +129,7 @@ def train(
         (``{"stopped_after_epoch": e, ...}`` when stopped early).
     """
     cfg.validate()
+    check_init_adapters(cfg)
     info = init_distributed(cfg.device)
     own_bundle = bundle is None
     model = None
