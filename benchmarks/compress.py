@@ -96,9 +96,8 @@ def run(args) -> dict:
         for budget in args.budgets:
             out = work / "compressed" / f"seed{seed}" / f"budget{budget:g}"
             t0 = time.perf_counter()
-            res = compress_run(
-                mma["run_dir"], out, budget=budget, heal_epochs=args.heal_epochs, bundle=bundle, data=data
-            )
+            heal = args.heal_epochs if budget in args.heal_budgets else 0
+            res = compress_run(mma["run_dir"], out, budget=budget, heal_epochs=heal, bundle=bundle, data=data)
             elapsed = time.perf_counter() - t0
             settings = res["result"].settings
             runs.append({"variant": "compressed", "seed": seed, "budget": budget, **_keep(res["metrics"])})
@@ -110,12 +109,17 @@ def run(args) -> dict:
             if res["heal"] is not None:
                 runs.append({"variant": "compressed + heal", "seed": seed, "budget": budget, **_keep(res["heal"])})
                 line += f", + heal {res['heal']['hm']:.2f}"
-            if not args.no_scratch:
+            if budget in args.scratch_budgets:
                 scratch = _scratch(bundle, data, seed, out, work / "scratch" / f"budget{budget:g}")
                 runs.append({"variant": "AdaRing from scratch", "seed": seed, "budget": budget, **_keep(scratch)})
                 line += f", AdaRing from scratch {scratch['hm']:.2f}"
             print(line + f" ({runs[-1]['n_trainable']:,} params, {elapsed:.0f} s)", flush=True)
-    rows = summarise(runs, zs)
+        if args.out:  # what is done so far survives an interrupted run
+            write_json(args.out, {**_result(args, zs, runs), "partial": True})
+    return _result(args, zs, runs)
+
+
+def _result(args, zs: dict, runs: list[dict]) -> dict:
     return {
         "task": "quickstart: Fashion-MNIST under the contrast shift, 16 shots of 5 base classes",
         "split": args.split,
@@ -123,7 +127,9 @@ def run(args) -> dict:
         "seeds": args.seeds,
         "budgets": args.budgets,
         "heal_epochs": args.heal_epochs,
-        "rows": rows,
+        "heal_budgets": args.heal_budgets,
+        "scratch_budgets": args.scratch_budgets,
+        "rows": summarise(runs, zs),
         "runs": runs,
         "threads": args.threads,
         "env": env_info(),
@@ -222,12 +228,19 @@ def plot_png(result: dict) -> bytes:
     return buf.getvalue()
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
-    p.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.05, 0.1, 0.2, 0.5, 1.0])
+    p.add_argument("--budgets", type=_floats, default=[0.05, 0.1, 0.2, 0.5, 1.0])
     p.add_argument("--heal-epochs", type=int, default=10)
-    p.add_argument("--no-scratch", action="store_true", help="skip AdaRing from scratch")
+    p.add_argument("--heal-budgets", type=_floats, default=[0.05, 0.1, 0.2], help="budgets also healed")
+    p.add_argument(
+        "--scratch-budgets", type=_floats, default=[0.1], help="budgets whose ranks AdaRing also trains from scratch"
+    )
     p.add_argument("--split", default="test", choices=["test", "val"], help="scored images (val: for choices)")
     p.add_argument("--work", default="output/bench_compress", help="run folders")
     p.add_argument("--out", default=str(RESULTS / "compress.json"))

@@ -82,7 +82,7 @@ def test_compress_heal_and_eval_reproduce_every_metrics_file(mma_run, tmp_path):
     healed = _reproduces(heal_dir)
     assert healed["method"] == "adaring (mma, budget 0.6, heal 1 ep)"
     heal_cfg = config_from_dict(json.loads((heal_dir / "config.json").read_text()))
-    assert heal_cfg.init_adapters == str(out) and heal_cfg.optim.lr == 0.01
+    assert heal_cfg.init_adapters == str(out) and heal_cfg.optim.lr == 0.01 and heal_cfg.optim.name == "adamw"
     assert (out / "report.json").is_file() and json.loads((out / "report.json").read_text())["fraction"] <= 0.6
 
 

@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change the heal recipe (the source run's), e.g. --heal-set optim.lr=0.01 (repeatable)",
+        help="change the heal recipe (the source run's with AdamW, lr 3e-4), e.g. --heal-set optim.lr=0.001 "
+        "(repeatable)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(cores, 4))")
 
