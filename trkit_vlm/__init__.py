@@ -1,7 +1,7 @@
 """trkit_vlm: AdaRing cross-layer tensor-ring adapters (and the MMA baseline) for open_clip CLIP models.
 
 Packages by role: ``models``, ``adapters/`` (one package per method, found through a registry),
-``losses``, ``data/`` and ``compress`` are the library; ``training/`` and ``evaluation/`` run it;
+``losses``, ``data/`` and ``compression/`` are the library; ``training/`` and ``evaluation/`` run it;
 ``demo/`` is the offline quickstart; ``cli/`` is the ``trkit-vlm`` command line. The names below load
 on first use, so the command line starts without importing torch.
 """
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from trkit_vlm.adapters import register_adapter_method as register_adapter_method
     from trkit_vlm.adapters import remove_adapters as remove_adapters
     from trkit_vlm.adapters import trainable_summary as trainable_summary
-    from trkit_vlm.compress import compress_mma as compress_mma
+    from trkit_vlm.compression import compress_mma as compress_mma
     from trkit_vlm.models import ClipBundle as ClipBundle
     from trkit_vlm.models import load_clip as load_clip
     from trkit_vlm.models import register_model_config as register_model_config
@@ -40,7 +40,7 @@ _EXPORTS = {
         ],
         "trkit_vlm.adapters",
     ),
-    "compress_mma": "trkit_vlm.compress",
+    "compress_mma": "trkit_vlm.compression",
 }
 __all__ = ["__version__", *_EXPORTS]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

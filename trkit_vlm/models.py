@@ -28,6 +28,7 @@ __all__ = [
     "load_clip",
     "register_model_config",
     "registered_model_configs",
+    "provided_model",
     "encode_text",
     "encode_image",
     "clip_logits",
@@ -51,6 +52,26 @@ TINY_CONFIG: dict = {
 # Configs added with register_model_config; re-inserted before every build because
 # open_clip.add_model_config rebuilds its registry from files and would drop them.
 _CUSTOM_CONFIGS: dict[str, dict] = {}
+
+# Models the project provides itself, by name: the module whose ``provide_model(name)`` registers the
+# config and returns the default weights file. Imported on first use: the demo imports this module.
+_PROVIDED_MODELS = {"trkit-small-clip-28": "trkit_vlm.demo.small_clip"}
+
+
+def provided_model(name: str, weights: bool = True) -> str | None:
+    """For a model the project provides (``"trkit-small-clip-28"``, the small CLIP of the quickstart):
+    register its config and, with ``weights``, return its default weights file (the cached pre-trained
+    weights). ``None`` for any other name.
+
+    Raises:
+        FileNotFoundError: ``weights`` asked and not made yet (``trkit-vlm pretrain-small`` makes them).
+    """
+    module = _PROVIDED_MODELS.get(name)
+    if module is None:
+        return None
+    import importlib
+
+    return importlib.import_module(module).provide_model(name, weights)
 
 
 @dataclass
@@ -119,10 +140,11 @@ def load_clip(
     """Build an open_clip CLIP model, its train/val transforms and tokenizer.
 
     Args:
-        name: an open_clip model name (``"ViT-B-16"``, ``"ViT-B-32"``, ``"ViT-L-14"``, ...) or one
-            added with :func:`register_model_config`.
-        pretrained: ``None`` (random weights, warns loudly), a local checkpoint file, or a hub tag
-            such as ``"openai"`` (needs internet).
+        name: an open_clip model name (``"ViT-B-16"``, ``"ViT-B-32"``, ``"ViT-L-14"``, ...), one
+            added with :func:`register_model_config`, or one the project provides (``"trkit-small-clip-28"``:
+            its config is registered on first use, see :func:`provided_model`).
+        pretrained: ``None`` (random weights, warns loudly; for a provided model its cached weights), a
+            local checkpoint file, or a hub tag such as ``"openai"`` (needs internet).
         device, precision: passed to open_clip.
         quick_gelu: force QuickGELU (OpenAI's weights were trained with it). ``None``: on for
             OpenAI TorchScript files, else as the model config says.
@@ -131,6 +153,9 @@ def load_clip(
 
     if not isinstance(name, str):
         raise InputTypeError(f"model name must be a string, got {type(name).__name__}")
+    if name in _PROVIDED_MODELS:
+        default = provided_model(name, weights=pretrained is None)
+        pretrained = default if pretrained is None else pretrained
     _sync_configs()
     if open_clip.get_model_config(name.replace("/", "-")) is None:
         raise InputError(
@@ -313,6 +338,7 @@ def tower_info_from_config(name: str) -> dict[str, dict[str, int]]:
     """Like :func:`tower_info` but from the open_clip config alone (no model is built)."""
     import open_clip
 
+    provided_model(name, weights=False)
     _sync_configs()
     cfg = open_clip.get_model_config(name.replace("/", "-"))
     if cfg is None:

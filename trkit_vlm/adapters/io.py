@@ -34,6 +34,8 @@ __all__ = [
     "mma_config_from_state_dict",
     "import_mma_checkpoint",
     "add_adapters_with_weights",
+    "adapter_file_of",
+    "load_initial_weights",
     "FORMAT",
 ]
 
@@ -77,14 +79,19 @@ def read_adapter_file(path: str | os.PathLike):
     return adapter_config_from_dict(json.loads(meta["config"])), json.loads(meta["towers"]), tensors
 
 
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Add the adapters stored in ``path`` to ``model`` (a fresh backbone) and load their weights.
+def adapter_file_of(source: str | os.PathLike) -> Path:
+    """The adapter file ``source`` names: the file itself, or a run folder's ``adapters.safetensors``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "adapters.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{source} is a folder without adapters.safetensors (not a finished run folder)")
+    elif not path.is_file():
+        raise FileNotFoundError(f"adapter file or run folder not found: {source}")
+    return path
 
-    If the model already has adapters of the same config, their weights are replaced. Raises ValueError
-    naming the tower, layer or tensor that disagrees when the file was made for another backbone.
-    """
-    config, towers, tensors = read_adapter_file(path)
-    have = tower_info(model)
+
+def _check_towers(path, towers: dict, have: dict) -> None:
     for t in ("text", "image"):
         for what in ("width", "depth"):
             if towers[t][what] != have[t][what]:
@@ -92,6 +99,45 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                     f"adapter file {path} was made for a {t} tower of {what} {towers[t][what]}; "
                     f"this backbone's {t} tower has {what} {have[t][what]}"
                 )
+
+
+def load_initial_weights(model: nn.Module, source: str | os.PathLike) -> AdapterSet:
+    """Copy saved adapter weights (an adapter file or a run folder) into the adapters ``model`` already has.
+
+    The saved adapters must be of the model's method and config (every field equal: the weights mean
+    something only under the config they were trained with) and backbone; raises InputError naming
+    what differs.
+    """
+    path = adapter_file_of(source)
+    config, towers, tensors = read_adapter_file(path)
+    aset = get_adapters(model)
+    if aset is None:
+        raise InputError("the model has no adapters to load initial weights into")
+    if config.method != aset.config.method:
+        raise InputError(f"{source} holds {config.method} adapters; this run trains {aset.config.method}")
+    saved, mine = config.to_dict(), aset.config.to_dict()
+    differ = sorted(k for k in saved if saved[k] != mine.get(k))
+    if differ:
+        raise InputError(
+            f"{source} holds {config.method} adapters with "
+            + ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            + "; this run's adapter config has "
+            + ", ".join(f"{k}={mine.get(k)!r}" for k in differ)
+            + ": give the run the saved adapters' fields (trkit-vlm train --init-adapters does)"
+        )
+    _check_towers(path, towers, tower_info(model))
+    _check_and_copy(aset, tensors, str(path))
+    return aset
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Add the adapters stored in ``path`` to ``model`` (a fresh backbone) and load their weights.
+
+    If the model already has adapters of the same config, their weights are replaced. Raises ValueError
+    naming the tower, layer or tensor that disagrees when the file was made for another backbone.
+    """
+    config, towers, tensors = read_adapter_file(path)
+    _check_towers(path, towers, tower_info(model))
     add_adapters_with_weights(model, config, tensors, str(path))
     return model
 

@@ -21,6 +21,9 @@ EXAMPLES = """examples:
   # resume an interrupted run (same config and output dir)
   trkit-vlm train -c configs/mma_vitb16.yaml --resume
 
+  # continue from saved adapters (a run folder: its model, data and recipe too; here a compressed run)
+  trkit-vlm train --init-adapters ring/ --set optim.epochs=10
+
   # 4 processes (DDP: nccl on GPUs, gloo on CPU)
   torchrun --nproc_per_node 4 -m trkit_vlm train -c configs/mma_vitb16.yaml
 """
@@ -53,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", "-o", help="results root (run folder is <root>/<dataset>/<method>/shots_K/seedS)"
     )
+    parser.add_argument(
+        "--init-adapters",
+        metavar="FILE_OR_RUN",
+        help="start from saved adapters (an adapter file or a run folder): their method and adapter config are "
+        "used; a run folder without -c also gives the model, data and recipe",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     parser.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (simulates preemption)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -63,8 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     """The run config: the file (or the defaults), then the shortcut flags, then ``--set`` overrides."""
     from trkit_vlm.training.config import RunConfig, apply_overrides, load_config
+    from trkit_vlm.training.init_adapters import config_with_init_adapters
 
-    cfg = load_config(args.config) if args.config else RunConfig()
+    cfg = load_config(args.config) if args.config else None
+    if args.init_adapters is not None:
+        cfg = config_with_init_adapters(cfg, args.init_adapters)
+    cfg = cfg if cfg is not None else RunConfig()
     flags = {
         "method": args.method,
         "data.dataset": args.dataset,

@@ -120,6 +120,24 @@ def register_small_clip(config: dict | None = None, name: str = SMALL_CLIP_NAME)
     return name
 
 
+def provide_model(name: str = SMALL_CLIP_NAME, weights: bool = True) -> str | None:
+    """What ``trkit_vlm.models.load_clip(SMALL_CLIP_NAME)`` resolves the name to: the default config,
+    registered, and (``weights``) the cached weights of the default recipe.
+
+    Raises:
+        FileNotFoundError: ``weights`` asked and the default recipe is not pre-trained yet.
+    """
+    register_small_clip(SMALL_CLIP_CONFIG, name)
+    if not weights:
+        return None
+    path = weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name}: no pre-trained weights at {path}; run 'trkit-vlm pretrain-small' (or pass a weights file)"
+        )
+    return str(path)
+
+
 def _model_name_for(config: dict) -> str:
     """The default config keeps the public name; any other gets a name of its own (hash-suffixed)."""
     if config == SMALL_CLIP_CONFIG:

@@ -81,6 +81,7 @@ class RunConfig:
     model_config: dict[str, Any] | None = None  # open_clip config registered under `model` (custom models)
     method: str = "adaring"  # a registered adapter method: trkit_vlm.adapters.available_methods()
     adapter: dict[str, Any] = field(default_factory=dict)  # fields of that method's config (MMAConfig, ...)
+    init_adapters: str | None = None  # start from saved adapters: a file or run folder of this method and config
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -18,6 +18,7 @@ import torch
 
 from trkit.errors import InputError
 from trkit_vlm.adapters import AdapterConfig, adapter_config_from_dict, add_adapters, get_adapters, remove_adapters
+from trkit_vlm.adapters.io import load_initial_weights
 from trkit_vlm.data import (
     ClassificationData,
     check_usable,
@@ -28,10 +29,11 @@ from trkit_vlm.data import (
 )
 from trkit_vlm.data.tasks import apply_task
 from trkit_vlm.data.transforms import check_files
-from trkit_vlm.models import ClipBundle, load_clip, register_model_config, registered_model_config
+from trkit_vlm.models import ClipBundle, load_clip, provided_model, register_model_config, registered_model_config
 from trkit_vlm.training.checkpoint import fingerprint
 from trkit_vlm.training.config import RunConfig, save_config
 from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, on_main, shutdown
+from trkit_vlm.training.init_adapters import check_init_adapters
 from trkit_vlm.training.loop import Trainer
 from trkit_vlm.training.run_folder import finished_metrics, lock_run_folder, resume_point, start_fresh
 from trkit_vlm.training.seeding import seed_everything
@@ -81,16 +83,26 @@ def prepare_data(
 def build_model(
     cfg: RunConfig, bundle: ClipBundle | None, device: torch.device
 ) -> tuple[ClipBundle, torch.nn.Module, AdapterConfig]:
-    """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed)."""
+    """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed, or with
+    the weights of ``cfg.init_adapters``)."""
     if bundle is None:
         if cfg.model_config is not None:
             register_model_config(cfg.model, cfg.model_config)
         bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
     elif get_adapters(bundle.model) is not None:
-        raise InputError("the model passed in already has adapters; pass a bundle without them")
+        raise InputError(
+            "the model passed in already has adapters; pass a bundle without them (trkit_vlm.remove_adapters) "
+            "and start from their weights with cfg.init_adapters = <adapter file or run folder>"
+        )
     adapter_cfg = adapter_config_from_dict({"method": cfg.method, **cfg.adapter})
     torch.manual_seed(cfg.seed)
     model = add_adapters(bundle.model.to(device), adapter_cfg)
+    if cfg.init_adapters is not None:
+        try:
+            load_initial_weights(model, cfg.init_adapters)
+        except Exception:
+            remove_adapters(model)  # a bundle passed in is left as it came
+            raise
     return bundle, model, adapter_cfg
 
 
@@ -106,7 +118,8 @@ def train(
 
     Args:
         cfg: the run (see :class:`trkit_vlm.training.config.RunConfig`).
-        bundle: an already-loaded :class:`~trkit_vlm.models.ClipBundle` (without adapters); its model
+        bundle: an already-loaded :class:`~trkit_vlm.models.ClipBundle` (without adapters: a model with
+            adapters is refused; to continue from adapter weights set ``cfg.init_adapters``); its model
             gets adapters for the run and has them removed again at the end, so it can be reused.
         data: in-memory :class:`ClassificationData` (all classes) instead of ``cfg.data.dataset``.
         progress: tqdm bars (rank 0 only).
@@ -123,12 +136,15 @@ def train(
         TrainingDiverged: a non-finite loss (unless ``optim.skip_nonfinite``); no metrics are written.
     """
     cfg.validate()
+    check_init_adapters(cfg)
     info = init_distributed(cfg.device)
     own_bundle = bundle is None
     model, lock = None, None
     try:
         seed_everything(cfg.seed)
         run_dir = cfg.run_dir()
+        if own_bundle and cfg.pretrained is None:  # a provided model's name stands for its cached weights
+            cfg.pretrained = provided_model(cfg.model)
         if cfg.model_config is None:  # a custom model: its config goes into the run folder, to rebuild it
             cfg.model_config = registered_model_config(cfg.model)
         lock = on_main(lambda: lock_run_folder(run_dir), info)
