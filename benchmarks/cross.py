@@ -43,6 +43,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit  # noqa: E402
 
+_ = trkit.tr_cross  # resolve the lazy export now: its first use imports torch._dynamo (seconds), not timed
+
 torch.set_num_threads(1)
 
 from _common import cpu_model, write_json  # noqa: E402
