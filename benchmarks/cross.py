@@ -14,6 +14,7 @@ random first pivots); evaluations, times and errors are medians over them.
 
     python benchmarks/cross.py            # full (about 15 minutes on one core)
     python benchmarks/cross.py --quick    # 3 functions, small grids
+    python benchmarks/cross.py --wide --only gauss_chain,ackley,abs_sin   # one rank and sweep further
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trkit  # noqa: E402
 
+_ = trkit.tr_cross  # resolve the lazy export now: its first use imports torch._dynamo (seconds), not timed
+
 torch.set_num_threads(1)
 
 from _common import cpu_model, write_json  # noqa: E402
@@ -60,13 +63,14 @@ class Case:
     formula: str
     ranks: list[int]  # grid for every fixed-rank method
     tols: list[float] = field(default_factory=list)  # trkit's tolerance mode
+    wide: list[int] = field(default_factory=list)  # ranks past the grid's edge (--wide)
 
 
 def _grid(a: float, b: float, n: int) -> np.ndarray:
     return np.linspace(a, b, n)
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, wide: bool = False) -> list[Case]:
     x16 = _grid(0, 1, 16)
     xa = _grid(-32.768, 32.768, 33)  # contains 0, where Ackley has its kink
     x8 = _grid(0, 1, 8)
@@ -100,14 +104,16 @@ def cases(quick: bool) -> list[Case]:
         Case("cyclic_cos", 10, 16, "periodic, cyclic coupling", cyclic_cos,
              "prod_k (1+cos(t_k-t_{k+1})/2), t_11=t_1, 16 angles", [4, 9, 10, 12], [1e-10]),
         Case("gauss_chain", 50, 8, "smooth, d=50", gauss_chain, "exp(-2 sum_k (x_k-x_{k+1})^2), x on 8 points of [0,1]",
-             [4, 6, 8, 10], [1e-6]),
+             [4, 6, 8, 10], [1e-6], [12]),
         Case("cauchy", 6, 64, "smooth, n=64", cauchy, "1/(1+|x|^2), x on 64 points of [-2,2]", [6, 9, 12, 16],
              [1e-8]),
         Case("ackley", 7, 33, "non-smooth (kink at 0)", ackley, "Ackley, x on 33 points of [-32.768,32.768]",
-             [4, 8, 12, 16], [1e-4]),
+             [4, 8, 12, 16], [1e-4], [20]),
         Case("abs_sin", 8, 16, "non-smooth (kinks)", abs_sin, "|sin(2(x1+..+x8))|+0.1, x on 16 points of [0,1]",
-             [9, 16, 25], [3e-2]),
+             [9, 16, 25], [3e-2], [36]),
     ]  # fmt: skip
+    if wide:
+        all_cases = [Case(**{**c.__dict__, "ranks": c.ranks + c.wide}) for c in all_cases]
     if quick:
         keep = {"inv_sum": [8, 10, 12], "cyclic_cos": [9, 12], "cauchy": [6, 9]}
         return [Case(**{**c.__dict__, "ranks": keep[c.name], "tols": c.tols[:1]}) for c in all_cases if c.name in keep]
@@ -297,9 +303,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 functions, small grids")
     ap.add_argument("--out", default=None, help="JSON path (default results/cross[_quick].json)")
     ap.add_argument("--only", default=None, help="comma-separated function names")
+    ap.add_argument("--wide", action="store_true",
+                    help="one rank past the grid on gauss_chain, ackley, abs_sin; 4 sweeps, 8 passes")  # fmt: skip
     args = ap.parse_args(argv)
     if args.out is None:
-        args.out = str(Path(__file__).parent / "results" / ("cross_quick.json" if args.quick else "cross.json"))
+        name = "cross_quick" if args.quick else "cross_wide" if args.wide else "cross"
+        args.out = str(Path(__file__).parent / "results" / f"{name}.json")
     import teneva
 
     try:
@@ -319,9 +328,12 @@ def main(argv=None) -> int:
         "quick": args.quick,
     }
     print(f"# threads: torch {torch.get_num_threads()}, BLAS 1 (threadpoolctl); CPU: {env['cpu']}")
+    # one teneva (or tntorch) sweep is two passes, left-to-right and right-to-left
     sweeps, passes, seeds = (2, [2, 3, 4], 1) if args.quick else (3, [2, 3, 4, 5, 6], 3)
+    if args.wide:
+        sweeps, passes = 4, [2, 3, 4, 5, 6, 7, 8]
     tables, verdicts, details = [], [], {}
-    selected = [c for c in cases(args.quick) if args.only is None or c.name in args.only.split(",")]
+    selected = [c for c in cases(args.quick, args.wide) if args.only is None or c.name in args.only.split(",")]
     with threadpool_limits(limits=1):
         for case in selected:
             print(f"# {case.name}: {case.formula}, shape {case.n}^{case.d}", flush=True)
@@ -348,7 +360,7 @@ def main(argv=None) -> int:
               f"{r['heldout_error']:9.2e} {r['params']:8d}")  # fmt: skip
     targets = [target_line(v) for v in verdicts]
     print("\n".join(targets))
-    command = "python benchmarks/cross.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/cross.py" + (" --quick" if args.quick else "") + (" --wide" if args.wide else "")
     data = {
         "title": "Cross approximation (tr_cross vs teneva, tntorch)",
         "command": command,
