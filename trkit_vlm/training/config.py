@@ -23,6 +23,7 @@ from trkit_vlm.adapters.registry import adapter_config_from_dict, available_meth
 from trkit_vlm.data.datasets import canonical_name
 from trkit_vlm.data.tasks import TaskSpec
 from trkit_vlm.files import atomic_write_text
+from trkit_vlm.templates import check_templates
 from trkit_vlm.typecheck import check_field_types
 
 
@@ -63,10 +64,13 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Generalisation-aware loss weights (0 switches a term off)."""
+    """Generalisation-aware loss weights (0 switches a term off; see ``trkit_vlm.losses``)."""
 
-    lambda_text: float = 0.0  # lambda_t * (1 - cos(text_adapted, text_frozen))
-    lambda_image: float = 0.0  # lambda_v * L1(image_adapted, image_frozen)
+    lambda_text: float = 0.0  # KgCoOp: lambda * mean(1 - cos(text_adapted, text_frozen))
+    lambda_image: float = 0.0  # PromptSRC: lambda * L1(image_adapted, image_frozen)
+    lambda_text_l1: float = 0.0  # PromptSRC: lambda * L1(text_adapted, text_frozen)
+    lambda_logits: float = 0.0  # PromptSRC: lambda * KL(frozen logits || adapted logits)
+    frozen_templates: str | list[str] | None = None  # frozen text averaged over these (None: data.template)
 
 
 @dataclass
@@ -131,6 +135,10 @@ class RunConfig:
             raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        for name in ("lambda_text", "lambda_image", "lambda_text_l1", "lambda_logits"):
+            if getattr(self.loss, name) < 0:
+                raise InputError(f"loss.{name} must be >= 0, got {getattr(self.loss, name)}")
+        check_templates(self.loss.frozen_templates, "loss.frozen_templates")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise InputError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.prefix_cache not in ("auto", "memory", "disk", "off"):

@@ -21,7 +21,6 @@ from trkit.errors import InputError
 from trkit_vlm.adapters import (
     adapter_parameters,
     adapter_regularization,
-    adapters_disabled,
     count_trainable,
     get_adapters,
     save_adapters,
@@ -30,8 +29,9 @@ from trkit_vlm.data import ClassificationData
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
 from trkit_vlm.evaluation.evaluate import evaluate_base_novel
 from trkit_vlm.files import atomic_write_text
-from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features
+from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features, frozen_text_features
 from trkit_vlm.models import ClipBundle
+from trkit_vlm.templates import resolve_templates
 from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from trkit_vlm.training.config import RunConfig
@@ -115,7 +115,10 @@ class Trainer:
                 f"optim.batch_size={cfg.optim.batch_size} must be divisible by the {info.world_size} processes"
             )
         self.local_bs = cfg.optim.batch_size // info.world_size
-        self.loss_fn = GeneralizationAwareLoss(cfg.loss.lambda_text, cfg.loss.lambda_image)
+        lc = cfg.loss
+        self.loss_fn = GeneralizationAwareLoss(
+            lc.lambda_text, lc.lambda_image, lambda_text_l1=lc.lambda_text_l1, lambda_logits=lc.lambda_logits
+        )
         self.timing: dict[str, float] = {}
 
         # Text side: prompts never change, so the frozen text prefix is computed once.
@@ -125,9 +128,9 @@ class Trainer:
         use_cache = cfg.prefix_cache != "off"
         n_text = pc.first_adapted_layer(model, "text") - 1
         self.text_frozen = None
-        if cfg.loss.lambda_text > 0:
-            with torch.no_grad(), adapters_disabled(model):
-                self.text_frozen = model.encode_text(text_ids, normalize=True).float()
+        if self.loss_fn.needs_frozen_text:
+            templates = resolve_templates(lc.frozen_templates, cfg.data.template)
+            self.text_frozen = frozen_text_features(model, bundle.tokenizer, train_data.classnames, templates)
         text_states = None
         split_text = pc.text_prefix_supported(model) is None
         if split_text:
@@ -160,7 +163,7 @@ class Trainer:
                 fn,
                 n_views,
                 self.n_image,
-                frozen_features=cfg.loss.lambda_image > 0,
+                frozen_features=self.loss_fn.needs_frozen_image,
                 batch_size=cfg.optim.eval_batch_size,
                 disk_dir=disk,
                 describe=desc,
@@ -228,7 +231,7 @@ class Trainer:
         for x, y, _ in loader:
             x = x.to(dev, non_blocking=True)
             frozen = None
-            if self.cfg.loss.lambda_image > 0:
+            if self.loss_fn.needs_frozen_image:
                 with self._autocast():
                     frozen = frozen_image_features(self.model, x).float()
             yield x, y.to(dev), frozen
@@ -297,7 +300,8 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits, img, txt = fwd(x, self.cached)
-                loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen)
+                scale = self.model.logit_scale.exp().detach()
+                loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen, scale)
                 loss = loss + adapter_regularization(self.model)
                 self.scaler.scale(loss / accum).backward()
             if last:
