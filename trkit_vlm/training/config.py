@@ -26,6 +26,8 @@ from trkit_vlm.files import atomic_write_text
 from trkit_vlm.templates import check_templates
 from trkit_vlm.typecheck import check_field_types
 
+PRECONDITIONERS = ("none", "gauss_newton", "scaled_gd")
+
 
 @dataclass
 class DataConfig:
@@ -59,7 +61,8 @@ class OptimConfig:
     eval_batch_size: int = 100
     warmup_epochs: float = 0.0  # linear warm-up, then cosine to 0, stepped per optimiser step
     grad_accum: int = 1  # micro-batches per optimiser step
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = None  # clip the (preconditioned) gradient's norm; None: no clipping
+    precondition: str = "none"  # tensor-ring cores: "none", "gauss_newton" or "scaled_gd" (trkit.nn.RingPreconditioner)
 
 
 @dataclass
@@ -135,6 +138,8 @@ class RunConfig:
             raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        if self.optim.precondition not in PRECONDITIONERS:
+            raise InputError(f"optim.precondition must be one of {PRECONDITIONERS}, got {self.optim.precondition!r}")
         for name in ("lambda_text", "lambda_image", "lambda_text_l1", "lambda_logits"):
             if getattr(self.loss, name) < 0:
                 raise InputError(f"loss.{name} must be >= 0, got {getattr(self.loss, name)}")

@@ -34,6 +34,7 @@ from trkit_vlm.models import ClipBundle
 from trkit_vlm.templates import resolve_templates
 from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from trkit_vlm.training.conditioning import StepConditioning
 from trkit_vlm.training.config import RunConfig
 from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
 from trkit_vlm.training.seeding import rng_state, seed_everything, set_rng_state
@@ -194,6 +195,8 @@ class Trainer:
             self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch))
         )
         self.scaler = torch.amp.GradScaler(dev.type, enabled=(self.amp == torch.float16))
+        # After the optimiser: a rank allocator attaches its masks (buffers) to the adapters here.
+        self.conditioning = StepConditioning(get_adapters(model), o, total)
         self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
@@ -258,6 +261,7 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self.conditioning.load_state_dict(state.get("conditioning", {}))
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
             # Drop log lines of the interrupted epoch; they are written again.
@@ -277,6 +281,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "conditioning": self.conditioning.state_dict(),
             "rng": rng_state(),
         }
         save_checkpoint(state, self.run_dir / "checkpoint.pt")
@@ -305,14 +310,14 @@ class Trainer:
                 loss = loss + adapter_regularization(self.model)
                 self.scaler.scale(loss / accum).backward()
             if last:
-                if cfg.optim.max_grad_norm:
-                    self.scaler.unscale_(self.opt)
-                    torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model), cfg.optim.max_grad_norm)
+                self.scaler.unscale_(self.opt)
+                self.conditioning.before_step()  # grad norm, rank scores, preconditioning, clipping
                 self.scaler.step(self.opt)
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
                 self.step += 1
+                self.conditioning.after_step(self.step)
             n = len(y)
             correct = (logits.argmax(1) == y).sum().item()
             sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
@@ -332,7 +337,8 @@ class Trainer:
             bar.update(1)
         bar.close()
         sums = all_reduce_sum(sums, self.info)
-        return {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
+        grads = self.conditioning.epoch_stats()
+        return {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2]), **grads}
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_base_novel(
@@ -364,6 +370,7 @@ class Trainer:
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
                 return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
         train_time = time.perf_counter() - t_start
+        ranks = self.conditioning.finish()  # rank adaptation: the adapters shrink to their final shapes
         metrics: dict[str, Any] = {}
         if self.info.is_main:
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
@@ -379,6 +386,8 @@ class Trainer:
                 "subsample": cfg.data.subsample,
                 **acc,
                 "n_trainable": count_trainable(self.model),
+                **self.conditioning.describe(),
+                "rank_adaptation": ranks,
                 "epochs": cfg.optim.epochs,
                 "final_train_loss": stats.get("loss"),
                 "final_train_acc": stats.get("acc"),
