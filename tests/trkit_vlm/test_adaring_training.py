@@ -89,7 +89,7 @@ def test_gauss_newton_step_is_the_projected_dense_step(init):
         before = {n: _dense(m) for n, m in _rings(aset).items()}
         saved = [p.detach().clone() for p in aset.parameters()]
         grads = [None if p.grad is None else p.grad.clone() for p in aset.parameters()]
-        cond = StepConditioning(aset, OptimConfig(precondition=method), total_steps=1)
+        cond = StepConditioning(aset, OptimConfig(precondition=method, precondition_damping=1e-3), total_steps=1)
         cond.before_step()
         torch.optim.SGD(adapter_parameters(model), lr=lr).step()
         for name, m in _rings(aset).items():
@@ -125,7 +125,7 @@ def test_preconditioned_update_follows_the_dense_gradient_in_training():
     for method in ("gauss_newton", "scaled_gd"):
         cores = {n: [c.detach().clone() for c in ring_cores(m)] for n, m in _rings(aset).items()}
         grads = {n: [c.grad.clone() for c in ring_cores(m)] for n, m in _rings(aset).items()}
-        StepConditioning(aset, OptimConfig(precondition=method), total_steps=1).before_step()
+        StepConditioning(aset, OptimConfig(precondition=method, precondition_damping=1e-3), total_steps=1).before_step()
         for n, m in _rings(aset).items():
             u = [c.grad for c in ring_cores(m)]
             # first-order move of the weights along -u: a jvp of the ring's reconstruction
@@ -138,11 +138,19 @@ def test_preconditioned_update_follows_the_dense_gradient_in_training():
     assert all(c > 0.85 for c in cosines.values()), cosines  # ScaledGD counts some directions twice
 
 
+def test_the_run_config_sets_the_preconditioner():
+    aset = get_adapters(tv.add_adapters(tiny_model(), AdaRingConfig(hidden=4, ranks=[1, 2])))
+    cond = StepConditioning(aset, OptimConfig(precondition="scaled_gd", precondition_damping=0.5), total_steps=3)
+    assert (cond.pre.method, cond.pre.damping) == ("scaled_gd", 0.5) and len(cond.pre.modules) == 10
+    assert cond.describe() == {"precondition": "scaled_gd", "precondition_damping": 0.5, "max_grad_norm": None}
+    assert StepConditioning(aset, OptimConfig(), total_steps=3).pre is None
+
+
 def test_dense_adapters_get_no_preconditioner():
     model = tv.add_adapters(tiny_model(), MMAConfig(hidden=4))
     cond = StepConditioning(get_adapters(model), OptimConfig(precondition="gauss_newton"), total_steps=3)
     assert cond.pre is None and cond.ranks is None
-    assert cond.describe() == {"precondition": None, "max_grad_norm": None}
+    assert cond.describe() == {"precondition": None, "precondition_damping": None, "max_grad_norm": None}
 
 
 def _ranked(**over) -> dict:
@@ -238,6 +246,7 @@ def test_run_config_checks_the_training_options():
     assert ok.optim.precondition == "scaled_gd"
     for bad, msg in (
         ("optim.precondition=newton", "optim.precondition must be one of"),
+        ("optim.precondition_damping=0", "precondition_damping must be > 0"),
         ("loss.lambda_logits=-1", "loss.lambda_logits must be >= 0"),
         ("loss.frozen_templates=imagenet", "unknown template set"),
         ("loss.frozen_templates=[no placeholder]", "containing"),

@@ -122,12 +122,13 @@ class AdapterSet(nn.Module):
         p = next(self.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
 
-    def preconditioner(self, method: str) -> RingPreconditioner | None:
-        """A ``trkit.nn.RingPreconditioner`` (``method``: "gauss_newton" or "scaled_gd") over the tensor-ring
-        layers in this set, or None when it has none (a dense weight needs no preconditioning)."""
+    def preconditioner(self, method: str, damping: float = 1e-3) -> RingPreconditioner | None:
+        """A ``trkit.nn.RingPreconditioner`` (``method``: "gauss_newton" or "scaled_gd", ``damping`` in gain
+        units) over the tensor-ring layers in this set, or None when it has none (a dense weight needs no
+        preconditioning)."""
         if not any(isinstance(m, (TRLinear, CrossLayerTR)) for m in self.modules()):
             return None
-        return RingPreconditioner(self, method=method)
+        return RingPreconditioner(self, method=method, damping=damping)
 
     def rank_allocator(self, total_steps: int) -> RankAdaptation | None:
         """What adapts this set's ranks over ``total_steps`` optimiser steps, or None (fixed shapes).

@@ -51,7 +51,9 @@ class StepConditioning:
         self.adapters = adapters
         self.max_norm = optim.max_grad_norm
         self.precondition = optim.precondition
-        self.pre = None if optim.precondition == "none" else adapters.preconditioner(optim.precondition)
+        self.pre = None
+        if optim.precondition != "none":
+            self.pre = adapters.preconditioner(optim.precondition, damping=optim.precondition_damping)
         self.ranks = adapters.rank_allocator(total_steps)
         self.params = list(adapters.parameters())
         self._reset()
@@ -114,7 +116,11 @@ class StepConditioning:
 
     def describe(self) -> dict[str, Any]:
         """For metrics.json: which preconditioner acted (None when the adapters have no tensor rings)."""
-        return {"precondition": self.precondition if self.pre is not None else None, "max_grad_norm": self.max_norm}
+        return {
+            "precondition": self.precondition if self.pre is not None else None,
+            "precondition_damping": self.pre.damping if self.pre is not None else None,
+            "max_grad_norm": self.max_norm,
+        }
 
     def state_dict(self) -> dict:
         return {"ranks": self.ranks.state_dict() if self.ranks is not None else None}

@@ -63,6 +63,7 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     max_grad_norm: float | None = None  # clip the (preconditioned) gradient's norm; None: no clipping
     precondition: str = "none"  # tensor-ring cores: "none", "gauss_newton" or "scaled_gd" (trkit.nn.RingPreconditioner)
+    precondition_damping: float = 1e-3  # its damping in gain units: no direction moves past 1/damping x plain SGD
 
 
 @dataclass
@@ -140,6 +141,8 @@ class RunConfig:
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
         if self.optim.precondition not in PRECONDITIONERS:
             raise InputError(f"optim.precondition must be one of {PRECONDITIONERS}, got {self.optim.precondition!r}")
+        if not self.optim.precondition_damping > 0:
+            raise InputError(f"optim.precondition_damping must be > 0, got {self.optim.precondition_damping}")
         for name in ("lambda_text", "lambda_image", "lambda_text_l1", "lambda_logits"):
             if getattr(self.loss, name) < 0:
                 raise InputError(f"loss.{name} must be >= 0, got {getattr(self.loss, name)}")
