@@ -246,8 +246,8 @@ def test_run_config_checks_the_training_options():
     assert ok.optim.precondition == "scaled_gd"
     for bad, msg in (
         ("optim.precondition=newton", "optim.precondition must be one of"),
-        ("optim.precondition_damping=0", "precondition_damping must be > 0"),
-        ("loss.lambda_logits=-1", "loss.lambda_logits must be >= 0"),
+        ("optim.precondition_damping=0", "precondition_damping must be a finite number > 0"),
+        ("loss.lambda_logits=-1", "loss.lambda_logits must be a finite number >= 0"),
         ("loss.frozen_templates=imagenet", "unknown template set"),
         ("loss.frozen_templates=[no placeholder]", "containing"),
         ("adapter.rank_budget=0", "rank_budget must be > 0"),
