@@ -50,7 +50,9 @@ class AdaRingConfig(PairedAdapterConfig):
             starts exactly at the frozen one while that core still receives gradient; ``"kaiming"``: all
             cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale.
         diversity_weight: weight of the branch-diversity regulariser (mean squared cosine similarity of
-            branch outputs); 0 disables it.
+            branch outputs); 0 disables it. The default 0.1 was chosen on validation from 0, 0.01, 0.1, 1
+            and 10 (``benchmarks/adaring_validation.py --study diversity``; differences there were within
+            0.3 HM, see docs/concepts/adaring.md).
         branch_scale_init: initial value of each branch scale.
         learn_branch_scale: train the branch scales (True) or keep them fixed (a buffer, not counted as
             parameters). A scale is redundant with its branch's layer cores, and the preconditioner
@@ -74,7 +76,7 @@ class AdaRingConfig(PairedAdapterConfig):
     ranks: list = field(default_factory=lambda: [2, 4])
     bias: str = "hidden"
     init: str = "zero_up"
-    diversity_weight: float = 0.0
+    diversity_weight: float = 0.1
     branch_scale_init: float = 1.0
     learn_branch_scale: bool = True
     rank_budget: float | None = None
