@@ -71,14 +71,20 @@ class _ToyHook:
 TOY = registry_module.AdapterMethod(
     "toy_image_head", ToyHeadConfig, f"{__name__}:ToyHeadSet", "test only", {"gain": 0.5}
 )
-METHODS = [*available_methods(), TOY.name]
+# AdaRing after rank adaptation: larger starting ranks, adapted to a budget (see _adapted), so the set
+# the contract runs on is the pruned one whose config lists per-projection ranks.
+RANK_ADAPTED = "adaring, rank-adapted"
+RANK_ADAPTED_FIELDS = {"hidden": 8, "ranks": [2, (2, 3, 2)], "init": "kaiming", "scale": 0.5, "rank_budget": 2000}
+METHODS = [*available_methods(), TOY.name, RANK_ADAPTED]
 
 
 @pytest.fixture(params=METHODS)
 def method(request, monkeypatch):
-    """Each registered method, and the toy one (registered for the test only)."""
+    """Each registered method, the toy one (registered for the test only) and rank-adapted AdaRing."""
     if request.param == TOY.name:
         monkeypatch.setitem(registry_module._METHODS, TOY.name, TOY)
+    if request.param == RANK_ADAPTED:
+        return dataclasses.replace(get_method("adaring"), test_config=RANK_ADAPTED_FIELDS)
     return get_method(request.param)
 
 
@@ -87,10 +93,24 @@ def _config(method):
 
 
 def _adapted(method, seed=0):
+    """The method's adapters on the tiny model, perturbed to non-zero everywhere (AdaRing's zero_up starts
+    at the frozen model). A method that adapts its ranks runs its allocator over a few steps of random
+    gradients and finishes, so the set is its final, pruned one."""
     model = tv.add_adapters(tiny_model(seed=seed), _config(method))
     g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # non-zero everywhere (AdaRing's zero_up starts at the frozen model)
+    aset = get_adapters(model)
+    allocator = aset.rank_allocator(total_steps=3)
+    for step in range(1, 4 if allocator is not None else 1):
         for p in adapter_parameters(model):
+            p.grad = torch.randn(p.shape, generator=g)
+        allocator.accumulate()
+        allocator.update(step)
+    if allocator is not None:
+        summary = allocator.finish()
+        assert summary["n_params"] <= summary["budget"] and get_adapters(model).config.rank_budget is None
+    with torch.no_grad():
+        for p in adapter_parameters(model):
+            p.grad = None
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     return model
 
@@ -183,6 +203,7 @@ def test_save_load_round_trip(method, batch, tmp_path):
     for a, b in zip(_outputs(model, batch), _outputs(fresh, batch)):
         assert torch.equal(a, b)
     assert get_adapters(fresh).config == get_adapters(model).config
+    assert count_trainable(fresh) == count_trainable(model)  # pruned shapes are rebuilt from the config
 
 
 def test_config_dict_round_trip(method):

@@ -63,6 +63,7 @@ def test_default_budget_on_vit_b16(vit_b16):
         AdaRingConfig(ranks=[4]),
         AdaRingConfig(ranks=[(2, 3, 4), 1], bias="all"),
         AdaRingConfig(ranks=[{p: (1, 2, 3) for p in PROJECTIONS}], bias="none"),
+        AdaRingConfig(ranks=[1, 2], learn_branch_scale=False),
     ],
 )
 def test_closed_form_count(cfg):

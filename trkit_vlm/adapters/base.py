@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from trkit.errors import InputError, InputTypeError
+from trkit.nn import CrossLayerTR, RingPreconditioner, TRLinear
 from trkit_vlm.adapters.config import AdapterConfig
 from trkit_vlm.adapters.registry import available_methods, get_method
 from trkit_vlm.models import ClipBundle, clip_towers, tower_info
 
 __all__ = [
+    "RankAdaptation",
     "ADAPTER_ATTR",
     "TOWERS",
     "AdapterSet",
@@ -39,6 +42,17 @@ ADAPTER_ATTR = "trkit_adapters"
 TOWERS = ("text", "image")
 
 
+class RankAdaptation(Protocol):
+    """Rank adaptation of an adapter set during training (see :meth:`AdapterSet.rank_allocator`)."""
+
+    def accumulate(self) -> None: ...
+    def update(self, step: int) -> bool: ...
+    def finish(self) -> dict[str, Any]: ...
+    def n_params(self) -> int: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 class AdapterSet(nn.Module):
     """Base of every adapter method's module: it holds the method's parameters and hooks them into the model.
 
@@ -53,7 +67,11 @@ class AdapterSet(nn.Module):
       the blocks before the first of them once, and adapter files record them.
     - optionally :meth:`tower_pre_forward` / :meth:`tower_post_forward` (per-pass state, e.g. weights
       built once per pass), :meth:`regularization` (an extra loss term), :meth:`parts` (the summary
-      table), :meth:`split_forward_reason`.
+      table), :meth:`split_forward_reason`, :meth:`rank_allocator` (rank adaptation during training).
+
+    **Training hooks.** The training loop asks the set for :meth:`preconditioner` (tensor-ring cores
+    found in the set get ``trkit.nn.RingPreconditioner``; others None) and :meth:`rank_allocator`, and
+    never for the method's name.
 
     **The tower-pass rule.** ``add_adapters`` hooks each tower's transformer so that
     :meth:`tower_pre_forward` runs before and :meth:`tower_post_forward` after each pass. Code that
@@ -103,6 +121,25 @@ class AdapterSet(nn.Module):
         """Extra loss term of the method (0 when it has none)."""
         p = next(self.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
+
+    def preconditioner(self, method: str, damping: float = 1e-3) -> RingPreconditioner | None:
+        """A ``trkit.nn.RingPreconditioner`` (``method``: "gauss_newton" or "scaled_gd", ``damping`` in gain
+        units) over the tensor-ring layers in this set, or None when it has none (a dense weight needs no
+        preconditioning)."""
+        if not any(isinstance(m, (TRLinear, CrossLayerTR)) for m in self.modules()):
+            return None
+        return RingPreconditioner(self, method=method, damping=damping)
+
+    def rank_allocator(self, total_steps: int) -> RankAdaptation | None:
+        """What adapts this set's ranks over ``total_steps`` optimiser steps, or None (fixed shapes).
+
+        The object has ``accumulate()`` (after backward, before any preconditioning), ``update(step)``
+        (after each optimiser step, ``step`` from 1), ``finish() -> dict`` (at the end: shrinks the set to
+        its final ranks in place, makes :attr:`config` describe the new shapes, returns a summary for
+        metrics.json), ``n_params()`` (the set's size at the ranks kept so far) and ``state_dict()`` /
+        ``load_state_dict()`` (checkpoints).
+        """
+        return None
 
     def parts(self) -> dict[str, int]:
         """Parameter count per named part, for ``trainable_summary``."""

@@ -37,9 +37,9 @@ from trkit_vlm.training.train import train
 # (benchmarks/results/small_clip_quickstart_tuning.json), never on test. Batch 16, momentum 0.9, weight
 # decay 5e-4 and the cosine schedule are MMA's; only lr, epochs and clipping were searched.
 MMA_OPTIM = {"name": "sgd", "lr": 0.05, "epochs": 20, "batch_size": 16, "weight_decay": 5e-4}
-# The tensor-ring product of three cores under MMA's 1/scale gradient rule diverges at these learning
-# rates without gradient-norm clipping (chance accuracy on validation); with it, it needs more epochs.
-ADARING_OPTIM = {"name": "sgd", "lr": 0.1, "epochs": 40, "batch_size": 16, "weight_decay": 5e-4, "max_grad_norm": 1.0}
+# AdaRing trains at MMA's recipe, unclipped, with its cores' Gauss-Newton preconditioner
+# (trkit.nn.RingPreconditioner, damping 0.1): without it the three-core product diverges at these rates.
+ADARING_OPTIM = {**MMA_OPTIM, "precondition": "gauss_newton", "precondition_damping": 0.1}
 OPTIM = MMA_OPTIM  # the default recipe for a variant that names none
 # Fixed views (no random crops at 28 px), so the frozen prefix (layers 1-2) is computed once per image.
 DATA = {"augment": False}
@@ -49,13 +49,25 @@ DATA = {"augment": False}
 GA_LOSS = {"lambda_text": 8.0, "lambda_image": 0.0}
 NO_LOSS = {"lambda_text": 0.0, "lambda_image": 0.0}
 
+# AdaRing: branches of TR rank 2 and 4 adapted down to 10% of MMA's parameters during training, fixed
+# branch scales, Kaiming-initialised cores, the branch-diversity term. All chosen on validation
+# (benchmarks/adaring_validation.py, docs/tutorials/quickstart.md).
+ADARING = {
+    "hidden": 32,
+    "ranks": [2, 4],
+    "rank_budget": 0.1,
+    "learn_branch_scale": False,
+    "init": "kaiming",
+    "diversity_weight": 0.1,
+}
+
 # label -> (method, adapter fields, loss weights, optimiser). MMA's design scaled to the small model:
 # hidden 32, the last two thirds of the 6 layers (3..6) of both towers, scale 0.001 with gradient scaling.
 VARIANTS: dict[str, tuple] = {
     "MMA": ("mma", {"hidden": 32}, NO_LOSS, MMA_OPTIM),
-    "AdaRing": ("adaring", {"hidden": 32, "ranks": [1, 2]}, GA_LOSS, ADARING_OPTIM),
-    "AdaRing, single rank": ("adaring", {"hidden": 32, "ranks": [2]}, GA_LOSS, ADARING_OPTIM),
-    "AdaRing, no GA loss": ("adaring", {"hidden": 32, "ranks": [1, 2]}, NO_LOSS, ADARING_OPTIM),
+    "AdaRing": ("adaring", ADARING, GA_LOSS, ADARING_OPTIM),
+    "AdaRing, single branch": ("adaring", {**ADARING, "ranks": [4], "diversity_weight": 0.0}, GA_LOSS, ADARING_OPTIM),
+    "AdaRing, no GA loss": ("adaring", ADARING, NO_LOSS, ADARING_OPTIM),
 }
 ZERO_SHOT = "zero-shot"
 

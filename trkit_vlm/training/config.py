@@ -25,7 +25,10 @@ from trkit_vlm.adapters.registry import adapter_config_from_dict, available_meth
 from trkit_vlm.data.datasets import canonical_name
 from trkit_vlm.data.tasks import TaskSpec
 from trkit_vlm.files import atomic_write_text
+from trkit_vlm.templates import check_templates
 from trkit_vlm.typecheck import check_field_types
+
+PRECONDITIONERS = ("none", "gauss_newton", "scaled_gd")
 
 
 @dataclass
@@ -60,16 +63,23 @@ class OptimConfig:
     eval_batch_size: int = 100
     warmup_epochs: float = 0.0  # linear warm-up, then cosine to 0, stepped per optimiser step
     grad_accum: int = 1  # micro-batches per optimiser step
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = None  # clip the (preconditioned) gradient's norm; None: no clipping
+    precondition: str = "none"  # tensor-ring cores: "none", "gauss_newton" or "scaled_gd" (trkit.nn.RingPreconditioner)
+    # Its damping in gain units (no direction moves past 1/damping x plain SGD); 0.1 was chosen on validation
+    # over 1e-3 and 1 (benchmarks/adaring_validation.py --study precondition).
+    precondition_damping: float = 0.1
     skip_nonfinite: bool = False  # skip optimiser steps whose loss is NaN/inf (counted) instead of stopping the run
 
 
 @dataclass
 class LossConfig:
-    """Generalisation-aware loss weights (0 switches a term off)."""
+    """Generalisation-aware loss weights (0 switches a term off; see ``trkit_vlm.losses``)."""
 
-    lambda_text: float = 0.0  # lambda_t * (1 - cos(text_adapted, text_frozen))
-    lambda_image: float = 0.0  # lambda_v * L1(image_adapted, image_frozen)
+    lambda_text: float = 0.0  # KgCoOp: lambda * mean(1 - cos(text_adapted, text_frozen))
+    lambda_image: float = 0.0  # PromptSRC: lambda * L1(image_adapted, image_frozen)
+    lambda_text_l1: float = 0.0  # PromptSRC: lambda * L1(text_adapted, text_frozen)
+    lambda_logits: float = 0.0  # PromptSRC: lambda * KL(frozen logits || adapted logits)
+    frozen_templates: str | list[str] | None = None  # frozen text averaged over these (None: data.template)
 
 
 @dataclass
@@ -135,6 +145,9 @@ class RunConfig:
             raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        if self.optim.precondition not in PRECONDITIONERS:
+            raise InputError(f"optim.precondition must be one of {PRECONDITIONERS}, got {self.optim.precondition!r}")
+        check_templates(self.loss.frozen_templates, "loss.frozen_templates")
         if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", self.device):
             raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or 'mps', 'xpu'), got {self.device!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -184,8 +197,11 @@ def _check_numbers(cfg: RunConfig) -> None:
         ("optim.betas[0]", o.betas[0], 0.0, 1.0, "in [0, 1)", True),
         ("optim.betas[1]", o.betas[1], 0.0, 1.0, "in [0, 1)", True),
         ("optim.warmup_epochs", o.warmup_epochs, 0.0, math.inf, ">= 0", True),
+        ("optim.precondition_damping", o.precondition_damping, 0.0, math.inf, "> 0", False),
         ("loss.lambda_text", cfg.loss.lambda_text, 0.0, math.inf, ">= 0", True),
         ("loss.lambda_image", cfg.loss.lambda_image, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_text_l1", cfg.loss.lambda_text_l1, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_logits", cfg.loss.lambda_logits, 0.0, math.inf, ">= 0", True),
     ]
     if o.max_grad_norm is not None:
         checks.append(("optim.max_grad_norm", o.max_grad_norm, 0.0, math.inf, "> 0 (or null)", False))

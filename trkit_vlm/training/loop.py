@@ -21,7 +21,6 @@ from trkit.errors import InputError
 from trkit_vlm.adapters import (
     adapter_parameters,
     adapter_regularization,
-    adapters_disabled,
     count_trainable,
     get_adapters,
     save_adapters,
@@ -30,10 +29,12 @@ from trkit_vlm.data import ClassificationData
 from trkit_vlm.data.transforms import ImageDataset, build_transforms, preprocess_config
 from trkit_vlm.evaluation.evaluate import evaluate_base_novel
 from trkit_vlm.files import atomic_write_text
-from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features
+from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features, frozen_text_features
 from trkit_vlm.models import ClipBundle
+from trkit_vlm.templates import resolve_templates
 from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from trkit_vlm.training.conditioning import StepConditioning
 from trkit_vlm.training.config import RunConfig
 from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
 from trkit_vlm.training.divergence import diverged, finite_or_none, grads_finite, nonfinite_anywhere
@@ -116,7 +117,10 @@ class Trainer:
                 f"optim.batch_size={cfg.optim.batch_size} must be divisible by the {info.world_size} processes"
             )
         self.local_bs = cfg.optim.batch_size // info.world_size
-        self.loss_fn = GeneralizationAwareLoss(cfg.loss.lambda_text, cfg.loss.lambda_image)
+        lc = cfg.loss
+        self.loss_fn = GeneralizationAwareLoss(
+            lc.lambda_text, lc.lambda_image, lambda_text_l1=lc.lambda_text_l1, lambda_logits=lc.lambda_logits
+        )
         self.timing: dict[str, float] = {}
 
         # Text side: prompts never change, so the frozen text prefix is computed once.
@@ -126,9 +130,9 @@ class Trainer:
         use_cache = cfg.prefix_cache != "off"
         n_text = pc.first_adapted_layer(model, "text") - 1
         self.text_frozen = None
-        if cfg.loss.lambda_text > 0:
-            with torch.no_grad(), adapters_disabled(model):
-                self.text_frozen = model.encode_text(text_ids, normalize=True).float()
+        if self.loss_fn.needs_frozen_text:
+            templates = resolve_templates(lc.frozen_templates, cfg.data.template)
+            self.text_frozen = frozen_text_features(model, bundle.tokenizer, train_data.classnames, templates)
         text_states = None
         split_text = pc.text_prefix_supported(model) is None
         if split_text:
@@ -161,7 +165,7 @@ class Trainer:
                 fn,
                 n_views,
                 self.n_image,
-                frozen_features=cfg.loss.lambda_image > 0,
+                frozen_features=self.loss_fn.needs_frozen_image,
                 batch_size=cfg.optim.eval_batch_size,
                 disk_dir=disk,
                 describe=desc,
@@ -192,6 +196,8 @@ class Trainer:
             self.opt, cosine_with_warmup(total, round(o.warmup_epochs * self.steps_per_epoch))
         )
         self.scaler = torch.amp.GradScaler(dev.type, enabled=(self.amp == torch.float16))
+        # After the optimiser: a rank allocator attaches its masks (buffers) to the adapters here.
+        self.conditioning = StepConditioning(get_adapters(model), o, total)
         self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
@@ -231,7 +237,7 @@ class Trainer:
         for x, y, _ in loader:
             x = x.to(dev, non_blocking=True)
             frozen = None
-            if self.cfg.loss.lambda_image > 0:
+            if self.loss_fn.needs_frozen_image:
                 with self._autocast():
                     frozen = frozen_image_features(self.model, x).float()
             yield x, y.to(dev), frozen
@@ -255,6 +261,7 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self.conditioning.load_state_dict(state.get("conditioning", {}))
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history.update(state.get("history", {}))
         if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
@@ -278,6 +285,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "conditioning": self.conditioning.state_dict(),
             "rng": rng_state(),
             "history": self.history,
         }
@@ -303,7 +311,8 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits, img, txt = fwd(x, self.cached)
-                loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen)
+                scale = self.model.logit_scale.exp().detach()
+                loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen, scale)
                 loss = loss + adapter_regularization(self.model)
                 self.scaler.scale(loss / accum).backward()
             loss_value = loss.item()
@@ -311,15 +320,15 @@ class Trainer:
             if last:
                 skip = self._bad_step(bad, epoch, loss_value)
                 if not skip:
-                    if cfg.optim.max_grad_norm:
-                        self.scaler.unscale_(self.opt)
-                        torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model), cfg.optim.max_grad_norm)
+                    self.scaler.unscale_(self.opt)
+                    self.conditioning.before_step()  # grad norm, rank scores, preconditioning, clipping
                     self.scaler.step(self.opt)
                     self.scaler.update()
                 skipped, bad = skipped + skip, False
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
                 self.step += 1
+                self.conditioning.after_step(self.step)
             n = len(y)
             correct = (logits.argmax(1) == y).sum().item()
             if math.isfinite(loss_value):
@@ -340,9 +349,10 @@ class Trainer:
             bar.update(1)
         bar.close()
         sums = all_reduce_sum(sums, self.info)
+        grads = self.conditioning.epoch_stats()
         if sums[2] == 0:  # every step skipped
-            return {"loss": None, "acc": None, "skipped_steps": skipped}
-        stats = {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
+            return {"loss": None, "acc": None, "skipped_steps": skipped, **grads}
+        stats = {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2]), **grads}
         return {**stats, "skipped_steps": skipped} if cfg.optim.skip_nonfinite else stats
 
     def _bad_step(self, bad: bool, epoch: int, loss_value: float) -> bool:
@@ -404,6 +414,7 @@ class Trainer:
                 "the adapter weights are not finite", cfg.optim.epochs, self.step, self.sched.get_last_lr()[0]
             )
         stats = history["last_epoch"]
+        ranks = self.conditioning.finish()  # rank adaptation: the adapters shrink to their final shapes
         metrics: dict[str, Any] = {}
         if self.info.is_main:
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
@@ -419,6 +430,8 @@ class Trainer:
                 "subsample": cfg.data.subsample,
                 **acc,
                 "n_trainable": count_trainable(self.model),
+                **self.conditioning.describe(),
+                "rank_adaptation": ranks,
                 "epochs": cfg.optim.epochs,
                 "final_train_loss": stats.get("loss"),
                 "final_train_acc": stats.get("acc"),

@@ -7,12 +7,14 @@ from typing import Any, ClassVar
 
 from trkit.errors import InputError
 from trkit_vlm.adapters.config import PairedAdapterConfig, resolve_layers
+from trkit_vlm.adapters.mma.config import mma_param_count
 
-__all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count"]
+__all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count", "rank_budget_params"]
 
 PROJECTIONS = ("down_text", "down_image", "shared", "up_text", "up_image")
 _BIAS_MODES = {"hidden": ("down_text", "down_image", "shared"), "all": PROJECTIONS, "none": ()}
 _INITS = ("zero_up", "kaiming")
+_RANK_SCORES = ("sensitivity", "magnitude")
 
 
 def _three(r: Any, where: str) -> tuple[int, int, int]:
@@ -48,8 +50,25 @@ class AdaRingConfig(PairedAdapterConfig):
             starts exactly at the frozen one while that core still receives gradient; ``"kaiming"``: all
             cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale.
         diversity_weight: weight of the branch-diversity regulariser (mean squared cosine similarity of
-            branch outputs); 0 disables it.
-        branch_scale_init: initial value of each learnable branch scale.
+            branch outputs); 0 disables it. The default 0.1 was chosen on validation from 0, 0.01, 0.1, 1
+            and 10 (``benchmarks/adaring_validation.py --study diversity``; differences there were within
+            0.3 HM, see docs/concepts/adaring.md).
+        branch_scale_init: initial value of each branch scale.
+        learn_branch_scale: train the branch scales (True) or keep them fixed (a buffer, not counted as
+            parameters). A scale is redundant with its branch's layer cores, and the preconditioner
+            (``optim.precondition``) acts on cores only.
+        rank_budget: rank adaptation during training (``trkit.nn.RankAllocator``): ``ranks`` are the
+            starting ranks, and bond slices are removed until the adapter's parameters (cores, biases,
+            branch scales) fit this budget: a number <= 1 is a fraction of MMA's parameter count at the
+            same width and layers, a larger one a parameter count. None: fixed ranks.
+        rank_warmup, rank_final: fractions of the training steps before the first removal and after
+            the budget is reached (AdaLoRA's cubic schedule in between).
+        rank_every: optimiser steps between re-allocations.
+        rank_score: slice importance, ``"sensitivity"`` (AdaLoRA's smoothed ``|theta * grad|``) or
+            ``"magnitude"`` (the slice's norm in the dense tensor).
+
+    After rank adaptation the saved adapter's config lists the ranks each projection kept (one dict per
+    branch) and has ``rank_budget=None``: loading it rebuilds the pruned shapes.
 
     Default on ViT-B-16 (hidden 32, ranks (2, 4), bias "hidden"): 57,378 parameters = 8.51% of MMA's 674,560.
     """
@@ -57,8 +76,14 @@ class AdaRingConfig(PairedAdapterConfig):
     ranks: list = field(default_factory=lambda: [2, 4])
     bias: str = "hidden"
     init: str = "zero_up"
-    diversity_weight: float = 0.0
+    diversity_weight: float = 0.1
     branch_scale_init: float = 1.0
+    learn_branch_scale: bool = True
+    rank_budget: float | None = None
+    rank_warmup: float = 0.1
+    rank_final: float = 0.3
+    rank_every: int = 5
+    rank_score: str = "sensitivity"
     method: ClassVar[str] = "adaring"
 
     def __post_init__(self) -> None:
@@ -78,6 +103,18 @@ class AdaRingConfig(PairedAdapterConfig):
             raise InputError(f"init must be one of {_INITS}, got {self.init!r}")
         if self.diversity_weight < 0:
             raise InputError(f"diversity_weight must be >= 0, got {self.diversity_weight}")
+        if self.rank_budget is not None and not self.rank_budget > 0:
+            raise InputError(f"rank_budget must be > 0 (<= 1: a fraction of MMA's parameters), got {self.rank_budget}")
+        if self.rank_budget is not None and self.rank_budget > 1 and self.rank_budget != int(self.rank_budget):
+            raise InputError(f"rank_budget above 1 is a parameter count and must be whole, got {self.rank_budget}")
+        if not (0 <= self.rank_warmup and 0 <= self.rank_final and self.rank_warmup + self.rank_final <= 1):
+            raise InputError(
+                f"rank_warmup and rank_final must be >= 0 with a sum <= 1, got {self.rank_warmup}, {self.rank_final}"
+            )
+        if self.rank_every < 1:
+            raise InputError(f"rank_every must be >= 1, got {self.rank_every}")
+        if self.rank_score not in _RANK_SCORES:
+            raise InputError(f"rank_score must be one of {_RANK_SCORES}, got {self.rank_score!r}")
 
     @property
     def n_branches(self) -> int:
@@ -108,13 +145,25 @@ def projection_dims(info: dict, hidden: int) -> dict[str, tuple[int, int]]:
     return {"down_text": (dt, h), "down_image": (dv, h), "shared": (h, h), "up_text": (h, dt), "up_image": (h, dv)}
 
 
+def rank_budget_params(config: AdaRingConfig, info: dict) -> int | None:
+    """``config.rank_budget`` as a parameter count (a fraction is of MMA's count at the same hidden width and
+    layers, rounded down); None without rank adaptation."""
+    if config.rank_budget is None:
+        return None
+    if config.rank_budget > 1:
+        return int(config.rank_budget)
+    tl, _ = resolve_layers(config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"])
+    mma = mma_param_count(info["text"]["width"], info["image"]["width"], config.hidden, len(tl))
+    return int(config.rank_budget * mma)
+
+
 def adaring_param_count(config: AdaRingConfig, info: dict) -> int:
     """Closed form: per branch and projection ``R1 R2 d_in + R2 R3 d_out + R3 R1 L`` (+ ``L d_out`` bias),
-    plus one scale per branch."""
+    plus one scale per branch when they are learned."""
     tl, _ = resolve_layers(config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"])
     n_layers = len(tl)
     dims = projection_dims(info, config.hidden)
-    n = config.n_branches
+    n = config.n_branches if config.learn_branch_scale else 0
     for b in range(config.n_branches):
         for p, (r1, r2, r3) in config.branch_ranks(b).items():
             d_in, d_out = dims[p]

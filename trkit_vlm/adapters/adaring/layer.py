@@ -10,6 +10,7 @@ from torch import nn
 
 from trkit.nn import CrossLayerTR
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, projection_dims
+from trkit_vlm.adapters.adaring.ranks import AdaRingRankAdaptation
 from trkit_vlm.adapters.paired import PairedAdapterSet
 
 __all__ = ["AdaRingAdapterSet", "branch_similarity"]
@@ -49,7 +50,11 @@ class AdaRingAdapterSet(PairedAdapterSet):
                     {p: CrossLayerTR(dims[p][0], dims[p][1], L, ranks[p], bias=config.has_bias(p)) for p in PROJECTIONS}
                 )
             )
-        self.branch_scale = nn.Parameter(torch.full((config.n_branches,), float(config.branch_scale_init)))
+        scales = torch.full((config.n_branches,), float(config.branch_scale_init))
+        if config.learn_branch_scale:
+            self.branch_scale = nn.Parameter(scales)
+        else:  # a buffer keeps the state-dict keys of a learned scale
+            self.register_buffer("branch_scale", scales)
         # Latest diversity term per (tower, pair); a dict keeps memory bounded if nobody reads it.
         self._similarity: dict[tuple[str, int], torch.Tensor] = {}
         # Dense per-layer weights built once per tower forward pass (see tower_pre_forward).
@@ -128,10 +133,16 @@ class AdaRingAdapterSet(PairedAdapterSet):
         self._similarity = {}
         return reg
 
+    def rank_allocator(self, total_steps: int) -> AdaRingRankAdaptation | None:
+        """With ``rank_budget`` set: the ranks are adapted over ``total_steps`` (``AdaRingRankAdaptation``)."""
+        if self.config.rank_budget is None:
+            return None
+        return AdaRingRankAdaptation(self, total_steps)
+
     def parts(self) -> dict[str, int]:
         out = {p: 0 for p in PROJECTIONS}
         for md in self.branches:
             for p, tr in md.items():
                 out[p] += sum(q.numel() for q in tr.parameters())
-        out["branch_scale"] = self.branch_scale.numel()
+        out["branch_scale"] = self.branch_scale.numel() if self.config.learn_branch_scale else 0
         return out
