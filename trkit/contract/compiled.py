@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from trkit._compile import not_traced
 from trkit.contract._planned import PlanCache, contract_path
 from trkit.contract.time_model import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, prod, same_layout
 
@@ -94,7 +95,7 @@ def _ops(phys: tuple, logical: tuple, prep: Prep, strided: bool) -> tuple:
     return tuple(ops)
 
 
-@torch.compiler.disable  # planning is Python-only; dynamo need not trace it
+@not_traced  # planning is Python-only; dynamo need not trace it
 def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -> _Plan:
     ins, out = equation.split("->")
     terms = ins.split(",")

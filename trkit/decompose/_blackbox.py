@@ -105,7 +105,7 @@ class BlackBox:
     def evaluate(self, idx: np.ndarray) -> np.ndarray:
         """Call ``f`` once on ``idx`` (no cache) and check what comes back."""
         m = idx.shape[0]
-        arg = np.array(idx, dtype=np.int64)  # a copy: f may not alter the cross's index sets
+        arg: np.ndarray | torch.Tensor = np.array(idx, dtype=np.int64)  # a copy: f may not alter the cross's index sets
         if self.index_type == "torch":
             arg = torch.from_numpy(arg).to(self.index_device or "cpu")
         batch = f"a ({m}, {self.d}) int64 {self.index_type} index batch"

@@ -16,6 +16,8 @@ fibres' numerical ranks, capped per bond.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from trkit.decompose._blackbox import BlackBox
@@ -34,7 +36,7 @@ def tt_entries(cores: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
 
 def tt_norm(cores: list[np.ndarray]) -> float:
     """``||train||`` through a left-orthogonalising QR sweep (no cancellation, unlike inner products)."""
-    carry = np.ones((1, 1))
+    carry: Any = np.ones((1, 1))  # np.linalg.qr's stubs do not know that mode="r" returns the array
     for g in cores:
         g = np.einsum("ab,bjc->ajc", carry, g)
         ra, n, rb = g.shape
@@ -79,8 +81,8 @@ def _rows_of(previous: np.ndarray | None, base: np.ndarray, cut: int, count: int
         extra = previous[:, 0]
     if any(j is None for j in found):
         return None
-    found = np.asarray(found)
-    return found * count + extra if pivot_first else extra * count + found
+    pos = np.asarray(found)
+    return pos * count + extra if pivot_first else extra * count + pos
 
 
 class TTCross:
@@ -96,8 +98,9 @@ class TTCross:
         self.box, self.shape, self.d = box, box.shape, box.d
         self.caps, self.rank_tol = caps, rank_tol
         self.rng = rng
-        self.left = [np.zeros((1, 0), np.int64)] + [None] * self.d
-        self.right = [None] * self.d + [np.zeros((1, 0), np.int64)]
+        # pivot sets: row k holds the multi-indices of bond k; the first pass fills the Nones
+        self.left: list[Any] = [np.zeros((1, 0), np.int64)] + [None] * self.d
+        self.right: list[Any] = [None] * self.d + [np.zeros((1, 0), np.int64)]
         self.saturated = 0  # fibres of the last pass that were full-rank in their columns
 
     def random_right(self, size: int) -> None:
@@ -161,7 +164,7 @@ class TTCross:
         the last complete train if the evaluation budget runs out halfway).
         """
         d = self.d
-        cores: list[np.ndarray] = [None] * d
+        cores: list[Any] = [None] * d
         self.saturated = 0
         for k in range(d - 1) if left_to_right else range(d - 1, 0, -1):
             if left_to_right:

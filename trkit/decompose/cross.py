@@ -281,7 +281,7 @@ def tr_cross(
         adaptive = tol is not None
         # fixed rank keeps every direction a fibre shows (dropping near-dependent ones early loses
         # pivots); with tol each fibre is truncated at a share of it
-        eng = TTCross(box, caps, max(tol, 1e-15) / (10 * math.sqrt(d)) if adaptive else 0.0, rng=rng)
+        eng = TTCross(box, caps, max(tol, 1e-15) / (10 * math.sqrt(d)) if tol is not None else 0.0, rng=rng)
         if init is not None:
             wide = torch.complex128 if init.dtype.is_complex else torch.float64
             eng.right_from_train([c.detach().cpu().to(wide).numpy() for c in init.cores])
@@ -313,7 +313,7 @@ def tr_cross(
         if not return_info:
             return result
         heldout = None
-        if n_holdout:
+        if n_holdout and hold_val is not None:
             heldout = _relative(_working_ring(cores).entries(torch.from_numpy(hold_idx)).numpy(), hold_val)
         return result, log.info(
             heldout if heldout is not None else history[-1],

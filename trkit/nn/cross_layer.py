@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit._compile import not_traced
 from trkit._kernels import einsum_letters
 from trkit.contract import compiled as _exec
 from trkit.errors import InputError, InputTypeError
@@ -240,7 +241,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
         choice = self._choices.get(key)  # hot path: a dict hit, no planning
         return choice if choice is not None else self._decide(key)
 
-    @torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
+    @not_traced  # planning is Python-only; dynamo need not trace opt_einsum
     def _decide(self, key: tuple) -> str:
         c_contract, c_dense = self._costs(*key[:3])
         choice = self._choices[key] = "dense" if c_dense <= c_contract else "contract"
@@ -304,7 +305,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
             plan = self._plans[key] = self._make_plan(key, ops)
         return plan
 
-    @torch.compiler.disable  # planning is Python-only
+    @not_traced  # planning is Python-only
     def _make_plan(self, key: tuple, ops: tuple):
         if len(self._plans) >= 64:  # many distinct batch sizes: start over rather than grow without bound
             self._plans.clear()

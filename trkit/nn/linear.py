@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit._compile import not_traced
 from trkit._kernels import einsum_letters
 from trkit.contract import compiled as _exec
 from trkit.errors import InputError, InputTypeError
@@ -176,7 +177,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         choice = self._choices.get(key)  # hot path: a dict hit, no planning
         return choice if choice is not None else self._decide(key)
 
-    @torch.compiler.disable  # planning is Python-only; dynamo need not trace opt_einsum
+    @not_traced  # planning is Python-only; dynamo need not trace opt_einsum
     def _decide(self, key: tuple) -> str:
         tokens, cached, grad = key
         c_contract, c_dense = self._costs(tokens, cached)
@@ -187,7 +188,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
         choice = self._choices[key] = min(costs, key=costs.__getitem__)
         return choice
 
-    @torch.compiler.disable  # a Python-side cache keyed by parameter identity and version
+    @not_traced  # a Python-side cache keyed by parameter identity and version
     def _inference_factors(self, cores: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A^T (in, rank), B^T (rank, out))`` with ``W = B @ A``, rebuilt when a core changes."""
         f = self._factors
@@ -267,7 +268,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
             plan = self._plans[key] = self._get_plan(key)
         return _exec.execute(plan, (x2, *cores), self.bias, (*lead, self.out_features))
 
-    @torch.compiler.disable  # planning is Python-only
+    @not_traced  # planning is Python-only
     def _get_plan(self, key: tuple):
         if len(self._plans) >= 64:  # many distinct batch sizes: start over rather than grow without bound
             self._plans.clear()
