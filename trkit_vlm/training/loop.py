@@ -120,7 +120,7 @@ class Trainer:
 
         # Text side: prompts never change, so the frozen text prefix is computed once.
         t0 = time.perf_counter()
-        prompts = [cfg.data.template.format(c.replace("_", " ")) for c in train_data.classnames]
+        prompts = [cfg.prompt_template().format(c.replace("_", " ")) for c in train_data.classnames]
         text_ids = bundle.tokenizer(prompts).to(dev)
         use_cache = cfg.prefix_cache != "off"
         n_text = pc.first_adapted_layer(model, "text") - 1
@@ -335,7 +335,7 @@ class Trainer:
             self.model,
             self.bundle.tokenizer,
             self.eval_data,
-            self.cfg.data.template,
+            self.cfg.prompt_template(),
             batch_size=self.cfg.optim.eval_batch_size,
             num_workers=self.cfg.data.num_workers,
             amp_dtype=self.amp,
