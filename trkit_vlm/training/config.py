@@ -89,6 +89,7 @@ class RunConfig:
     cache_dir: str | None = None  # disk prefix cache folder (default: <output_dir>/cache)
     log_every: int = 10  # JSONL step-log interval (optimiser steps)
     eval_every: int = 0  # > 0: evaluate every that many epochs as well as at the end
+    checkpoint: bool = True  # checkpoint.pt after every epoch (for resume); False: only the final adapters
 
     def run_dir(self) -> Path:
         """``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""

@@ -11,6 +11,7 @@ Run folder ``output_dir/<dataset>/<method>/shots_<K>/seed<S>/``: ``config.json``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -98,6 +99,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     stop_after_epoch: int | None = None,
+    evaluator: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train adapters on ``cfg`` and evaluate them.
 
@@ -109,6 +111,9 @@ def train(
         progress: tqdm bars (rank 0 only).
         resume: continue from ``checkpoint.pt`` in the run folder when there is one.
         stop_after_epoch: stop after that epoch (after its checkpoint), as a preempted job would.
+        evaluator: ``f(model) -> {"base", "novel", "hm", "all", ...}`` scoring the trained model instead of
+            the default evaluation of the test split (a benchmark's :class:`~trkit_vlm.evaluation.cached.
+            PrefixEvaluator`, which scores the same images from a frozen prefix computed once).
 
     Returns:
         metrics: ``base``, ``novel``, ``hm``, ``all`` (%), ``n_trainable``, ``train_time_s``, ``run_dir``...
@@ -128,7 +133,7 @@ def train(
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.json")
-        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress)
+        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress, evaluator=evaluator)
         if resume:
             trainer.try_resume()
         elif info.is_main and (run_dir / "log.jsonl").exists():
