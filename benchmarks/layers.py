@@ -329,7 +329,7 @@ def targets_and_notes(linear, cross, alloc) -> tuple[list, list]:
     notes = [
         "Ratios are side by side in one run (variants interleaved round by round); the machine is shared "
         "with other jobs, so absolute times drift between runs.",
-        "TRLinear contracts through trkit.nn._exec: a path chosen by modelled time (FLOPs + per-call overhead "
+        "TRLinear contracts through trkit.contract.compiled: a path chosen by modelled time (FLOPs + per-call overhead "
         "+ copies) and run as generated straight-line code of views and mm/bmm/addmm calls (no einsum per step).",
         "Forward rows run under no_grad, where TRLinear's automatic choice may take the factored path "
         "(W = B @ A cut between output and input cores; the two factors cached while the cores are unchanged, "

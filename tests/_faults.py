@@ -9,6 +9,8 @@ in the middle of a write, and memory limits.
   half way, so the test can ``SIGKILL`` it at a known point.
 - :func:`kill_at` is Python source for a child that makes it ``SIGKILL`` itself at the n-th
   call of a chosen function (``os.replace`` onto a checkpoint, say), before or after the call.
+- :func:`killed_runs` runs several such children cheaply: one child imports once, then forks a
+  grandchild per fault, so a dozen kill points cost one start-up of torch.
 - :func:`run_limited` calls a command line's ``main`` in a child, each call under ``RLIMIT_AS``
   = the child's size just before the call plus a budget, and returns exit codes and stderr.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -157,6 +160,46 @@ def kill_at(target: str, nth: int = 1, *, match: str = "", after: bool = False) 
     )
 
 
+_FORKING_CHILD = """
+import json, os, sys
+PRELUDE
+results = {}
+for name, (fault, body) in RUNS.items():
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            exec(fault, {})
+            exec(body, dict(globals()))
+            code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    results[name] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+print(json.dumps(results))
+"""
+
+
+def killed_runs(prelude: str, runs: dict[str, tuple[str, str]], timeout: float = 600) -> dict[str, int]:
+    """Run each ``name: (fault, body)`` in its own process and return its exit status (``-9`` when it
+    was killed). ``prelude`` (imports, set-up) runs once in a child, which then forks a grandchild per
+    run that executes ``fault`` (e.g. a :func:`kill_at`) and then ``body`` (which sees the prelude's names).
+    """
+    code = _FORKING_CHILD.replace("PRELUDE", textwrap.dedent(prelude)).replace(
+        "RUNS", repr({k: (textwrap.dedent(f), textwrap.dedent(b)) for k, (f, b) in runs.items()})
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 _LIMITED_CHILD = """
 import contextlib, importlib, io, json, resource, sys, traceback
 module, func = ENTRY.split(":")
@@ -198,8 +241,6 @@ def run_limited(entry: str, steps: dict, warmup: list = (), timeout: float = 300
 
     Returns ``{name: {"rc": exit code or "exception", "stderr": text}}``; stdout is discarded.
     """
-    import json
-
     code = (
         _LIMITED_CHILD.replace("ENTRY", repr(entry))
         .replace("WARMUP", repr([list(map(str, a)) for a in warmup]))

@@ -64,7 +64,8 @@ if TYPE_CHECKING:
     from trkit.io import save as save
     from trkit.io import to_tensorly as to_tensorly
     from trkit.ring import TensorRing as TensorRing
-    from trkit.rounding import round as round  # noqa: A004  (shadows the builtin inside trkit only)
+    from trkit.rounding import round as round  # noqa: A004  (deprecated alias of tr_round)
+    from trkit.rounding import tr_round as tr_round
 
 
 _EXPORTS = {
@@ -79,7 +80,9 @@ _EXPORTS = {
         ["DecompositionInfo", "tr_svd", "tr_als", "tr_als_adaptive", "tr_als_sampled", "tr_complete"],
         "trkit.decompose",
     ),
-    "round": "trkit.rounding",
+    "tr_round": "trkit.rounding",
 }
 __all__ = ["__version__", *_EXPORTS]
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# trkit.round: the deprecated name of tr_round, reachable as an attribute but kept out of __all__
+# (``from trkit import *`` must not shadow the builtin round).
+__getattr__, __dir__ = lazy_exports(__name__, {**_EXPORTS, "round": "trkit.rounding"})

@@ -65,7 +65,8 @@ def _transfer_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor]) -> tuple[tor
         m = m / s
         log_scale = log_scale + torch.log(s)
         m = _contract.contract("xyab,aic,bie->xyce", m, ca[k], cb[k])
-    t = torch.einsum("xyxy->", m)
+    x, y = m.shape[0], m.shape[1]
+    t = torch.diagonal(m.reshape(x * y, x * y)).sum()  # close the ring: m[x, y, x, y] summed
     return t, log_scale
 
 
@@ -140,7 +141,7 @@ def hadamard(a, b) -> TensorRing:
     out = []
     for x, y in zip(ca, cb):
         (ra, n, ra1), (rb, _, rb1) = x.shape, y.shape
-        out.append(torch.einsum("aib,cid->acibd", x, y).reshape(ra * rb, n, ra1 * rb1))
+        out.append(_contract.contract("aib,cid->acibd", x, y).reshape(ra * rb, n, ra1 * rb1))
     return TensorRing(out, validate=False)
 
 
@@ -162,7 +163,7 @@ def mode_product(a, matrix, mode: int) -> TensorRing:
         )
     m = m.to(torch.promote_types(m.dtype, a.dtype)) if m.is_floating_point() else m.to(a.dtype)
     cores = [c.to(m.dtype) for c in a.cores]
-    cores[mode] = torch.einsum("jn,anb->ajb", m, cores[mode])
+    cores[mode] = _contract.contract("jn,anb->ajb", m, cores[mode])
     return TensorRing(cores, validate=False)
 
 
@@ -181,7 +182,7 @@ def contract_vectors(a, vectors: Sequence) -> torch.Tensor:
         if v.ndim != 1 or v.shape[0] != a.shape[k]:
             raise InputError(f"contract_vectors: vector {k} must have shape ({a.shape[k]},), got {tuple(v.shape)}")
         dtype = torch.promote_types(v.dtype, g.dtype)
-        mats.append(torch.einsum("anb,n->ab", g.to(dtype), v.to(dtype)))
+        mats.append(_contract.contract("anb,n->ab", g.to(dtype), v.to(dtype)))
     start = min(range(a.ndim), key=lambda k: a.ranks[k])
     prod = mats[start]
     for j in range(1, a.ndim):

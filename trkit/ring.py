@@ -11,16 +11,17 @@ This is tensorly's convention, so ``from_tensorly``/``to_tensorly`` only convert
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from trkit import contract as _contract
+from trkit._kernels import merge_chain
+from trkit._kernels import ring_equation as dense_equation
 from trkit.errors import InputError, InputTypeError
 
-__all__ = ["TensorRing", "as_tensor"]
+__all__ = ["TensorRing", "as_tensor", "dense_equation"]
 
 
 def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
@@ -35,21 +36,6 @@ def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype or t.dtype, device=device or t.device)
     return t
-
-
-def _letters(n: int) -> list[str]:
-    letters = string.ascii_letters
-    if n > len(letters):
-        raise InputError(f"too many indices ({n}) for one einsum equation")
-    return list(letters[:n])
-
-
-def dense_equation(d: int) -> str:
-    """Einsum equation contracting d cores into the dense tensor, e.g. 'aib,bjc,cka->ijk'."""
-    letters = _letters(2 * d)
-    bonds, modes = letters[:d], letters[d:]
-    terms = [bonds[k] + modes[k] + bonds[(k + 1) % d] for k in range(d)]
-    return ",".join(terms) + "->" + "".join(modes)
 
 
 class TensorRing:
@@ -189,6 +175,15 @@ class TensorRing:
     def to_numpy(self) -> np.ndarray:
         return self.to_dense().detach().cpu().numpy()
 
+    # numpy: np.asarray(ring) densifies once through to_dense (not entry by entry through
+    # __getitem__); ufuncs and operators with numpy operands defer to the ring's own methods
+    # (np.float64(2) * ring scales the ring instead of densifying it).
+    __array_ufunc__ = None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.to_numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def entries(self, index, chunk_size: int | None = None) -> torch.Tensor:
         """Values ``X[index[j]]`` for an integer array ``index`` of shape ``(m, d)``; returns ``(m,)``.
 
@@ -213,12 +208,13 @@ class TensorRing:
         rmax = max(self.ranks)
         # ~2 MB of float64 state per chunk: bounded memory, and small batches run faster in cache
         chunk = chunk_size or max(1, (1 << 18) // (self.ranks[start] * rmax))
+        slices = [c.permute(1, 0, 2) for c in self._cores]  # (n, r, r'): a gather gives contiguous batches
         out = []
         for lo_ in range(0, idx.shape[0], chunk):
             sub = idx[lo_ : lo_ + chunk]
-            prod = self._cores[order[0]][:, sub[:, order[0]], :].permute(1, 0, 2)
+            prod = slices[order[0]][sub[:, order[0]]]
             for k in order[1:]:
-                prod = torch.bmm(prod, self._cores[k][:, sub[:, k], :].permute(1, 0, 2))
+                prod = torch.bmm(prod, slices[k][sub[:, k]])
             out.append(torch.diagonal(prod, dim1=1, dim2=2).sum(-1))
         if not out:
             return torch.zeros(0, dtype=self.dtype, device=self.device)
@@ -239,9 +235,9 @@ class TensorRing:
         cores = list(self._cores)
         nxt, prv = (mode + 1) % d, (mode - 1) % d
         if self.ranks[nxt] >= self.ranks[mode]:
-            cores[nxt] = torch.einsum("ab,bjc->ajc", s, cores[nxt])
+            cores[nxt] = _contract.contract("ab,bjc->ajc", s, cores[nxt])
         else:
-            cores[prv] = torch.einsum("ajb,bc->ajc", cores[prv], s)
+            cores[prv] = _contract.contract("ajb,bc->ajc", cores[prv], s)
         del cores[mode]
         return TensorRing(cores, validate=False)
 
@@ -294,7 +290,7 @@ class TensorRing:
         d = self.ndim
         if not (0 <= start < stop <= d):
             raise InputError(f"merge_modes needs 0 <= start < stop <= {d}, got start={start}, stop={stop}")
-        merged = _merge_chain(self._cores[start:stop])
+        merged = merge_chain(self._cores[start:stop])
         return TensorRing(self._cores[:start] + [merged] + self._cores[stop:], validate=False)
 
     def split_mode(self, mode: int, sizes: Sequence[int], max_rank: int | None = None, tol: float = 0.0) -> TensorRing:
@@ -381,17 +377,7 @@ def _merge_tree(cores: Sequence[torch.Tensor], tree) -> torch.Tensor:
     """Merge an arc of cores following a plan tree (leaves: core numbers) into one core."""
     if isinstance(tree, int):
         return cores[tree]
-    return _merge_chain([_merge_tree(cores, tree[0]), _merge_tree(cores, tree[1])])
-
-
-def _merge_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract a chain of cores into one ``(r_first, prod n, r_last)`` core by matmuls."""
-    out = cores[0]
-    r0 = out.shape[0]
-    for g in cores[1:]:
-        r, n, r1 = g.shape
-        out = (out.reshape(-1, r) @ g.reshape(r, n * r1)).reshape(r0, -1, r1)
-    return out
+    return merge_chain([_merge_tree(cores, tree[0]), _merge_tree(cores, tree[1])])
 
 
 def _check_mode(mode, d: int) -> int:

@@ -73,7 +73,12 @@ def _describe(hint: Any) -> str:
         plural = {str: "strings", int: "integers", float: "numbers"}
         return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
     if origin is tuple or hint is tuple:
-        return f"a list of {len(args)} values" if args and args[-1] is not Ellipsis else "a list"
+        if not args or args[-1] is Ellipsis:
+            return "a list"
+        kinds = {_describe(a) for a in args}
+        plural = {"a number": "numbers", "an integer": "integers", "a string": "strings"}
+        what = plural.get(kinds.pop(), "values") if len(kinds) == 1 else "values"
+        return f"a list of {len(args)} {what}"
     if origin is dict or hint is dict:
         return "a mapping"
     return getattr(hint, "__name__", str(hint))

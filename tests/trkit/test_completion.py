@@ -11,7 +11,7 @@ def test_recovers_exact_ring_from_30_percent():
     tr = TensorRing.random((8, 8, 8, 8), 2, seed=3)
     x = tr.to_dense()
     mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.3
-    ring, info = tr_complete(x, mask, 2, return_info=True)
+    ring, info = tr_complete(x, 2, mask=mask, return_info=True)
     dense = ring.to_dense()
     unobs = float((dense - x)[~mask].norm() / x[~mask].norm())  # independent dense reference
     assert unobs < 1e-6
@@ -33,11 +33,11 @@ def test_index_value_form_and_holdout_zero():
 @pytest.mark.parametrize(
     "args,kw,match",
     [
-        ((torch.ones(3, 3), torch.zeros(3, 3, dtype=torch.bool), 1), {}, "observes no entries"),
-        ((torch.ones(3, 3), torch.ones(3, 4, dtype=torch.bool), 1), {}, "mask shape"),
-        ((torch.ones(3, 3), torch.ones(3, 3), 1), {}, None),
+        ((torch.ones(3, 3), 1), {"mask": torch.zeros(3, 3, dtype=torch.bool)}, "observes no entries"),
+        ((torch.ones(3, 3), 1), {"mask": torch.ones(3, 4, dtype=torch.bool)}, "mask shape"),
+        ((torch.ones(3, 3), 1), {"mask": torch.ones(3, 3)}, None),
         (((np.zeros((2, 2), int), np.zeros(2)),), {"rank": 1}, "shape"),
-        ((torch.ones(3, 3), torch.ones(3, 3, dtype=torch.bool), 0), {}, "rank"),
+        ((torch.ones(3, 3), 0), {"mask": torch.ones(3, 3, dtype=torch.bool)}, "rank"),
     ],
 )
 def test_bad_input(args, kw, match):

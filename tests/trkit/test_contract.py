@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import trkit
 from trkit import contract as C
+from trkit.contract import _planned
 from trkit.ring import TensorRing, dense_equation
 
 
@@ -48,11 +49,11 @@ def test_cached_plan_is_much_cheaper_than_planning():
     tr = TensorRing.random([3] * 9, 3, seed=0)
     eq, shapes = dense_equation(9), [c.shape for c in tr.cores]
     t0 = time.perf_counter()
-    C._expression(eq, tuple(map(tuple, shapes)), "best", None)
+    _planned.expression(eq, tuple(map(tuple, shapes)), "best", None)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(10):
-        C._expression(eq, tuple(map(tuple, shapes)), "best", None)
+        _planned.expression(eq, tuple(map(tuple, shapes)), "best", None)
     cached = (time.perf_counter() - t0) / 10
     assert cached < 0.05 * first
 
@@ -136,7 +137,7 @@ def test_memory_limit_is_respected():
     shapes = [(8, 8), (8, 8), (8, 8)]
     out = C.contract("ij,jk,kl->il", *[torch.randn(*s) for s in shapes], memory_limit=64)
     assert out.shape == (8, 8)
-    _, info = C._plan("ij,jk,kl->il", shapes, "best", memory_limit=64)
+    _, info = _planned.plan("ij,jk,kl->il", shapes, "best", memory_limit=64)
     assert info.largest_intermediate <= 64
 
 
@@ -149,3 +150,49 @@ def test_to_dense_gradients_flow_through_planned_cut():
     tr = TensorRing.random((2, 3, 2, 2), (2, 3, 1, 2), seed=5).requires_grad_()
     assert torch.autograd.gradcheck(lambda *c: TensorRing(c, validate=False).to_dense(), tuple(tr.cores))
     assert trkit.contract is C
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 10**6), st.booleans())
+def test_backends_agree_with_einsum_on_ring_equations(d, seed, complex_):
+    """Both backends (and "auto") give torch.einsum's result, real or complex, with gradients."""
+    g = torch.Generator().manual_seed(seed)
+    shape = torch.randint(1, 5, (d,), generator=g).tolist()
+    ranks = torch.randint(1, 4, (d,), generator=g).tolist()
+    dtype = torch.complex128 if complex_ else torch.float64
+    cores = [torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=g, dtype=dtype) for k in range(d)]
+    eq = dense_equation(d)
+    want = torch.einsum(eq, *cores)
+    for backend in ("auto", "compiled", "opt_einsum"):
+        torch.testing.assert_close(C.contract(eq, *cores, backend=backend), want, rtol=1e-12, atol=1e-12)
+    leaves = [c.clone().requires_grad_() for c in cores]
+    C.contract(eq, *leaves, backend="compiled").abs().sum().backward()
+    ref = [c.clone().requires_grad_() for c in cores]
+    torch.einsum(eq, *ref).abs().sum().backward()
+    for a, b in zip(leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_backend_choice_and_bad_backend():
+    assert C.choose_backend("ab,bc->ac", 2) == "compiled"
+    assert C.choose_backend("ab,bc->ac", 2, memory_limit=10) == "opt_einsum"  # only opt_einsum caps memory
+    assert C.choose_backend("ab,bc->ac", 2, optimize="greedy") == "opt_einsum"
+    assert C.choose_backend("aa->", 1) == "opt_einsum"  # a trace is not a matrix product
+    assert C.choose_backend(dense_equation(9), 9) == "opt_einsum"  # beyond the exhaustive path search
+    with pytest.raises(ValueError, match="backend must be one of"):
+        C.contract("ab,bc->ac", torch.ones(2, 2), torch.ones(2, 2), backend="numpy")
+    rep = C.explain("ab,bc->ac", (2, 3), (3, 4), file=io.StringIO())
+    assert "'compiled' backend" in rep["strategy"]
+
+
+def test_ring_modules_call_contract_not_einsum():
+    """One contraction layer: the format, the algebra and rounding contract through trkit.contract."""
+    import inspect
+
+    import trkit.algebra
+    import trkit.decompose.ring_als
+    import trkit.ring
+    import trkit.rounding
+
+    for mod in (trkit.ring, trkit.algebra, trkit.rounding, trkit.decompose.ring_als):
+        assert "torch.einsum(" not in inspect.getsource(mod), mod.__name__

@@ -79,7 +79,7 @@ def test_unreachable_rank_is_clamped_with_warning():
     [
         (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {"tol": 0.1}, "NaN"),
         (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), {"tol": 0.1}, "Inf"),
-        (torch.ones(3, 3), {"tol": 0.0}, "tol"),
+        (torch.ones(3, 3), {"tol": float("nan")}, "tol"),
         (torch.ones(3, 3), {"tol": -1.0}, "tol"),
         (torch.ones(3, 3), {"rank": 0}, "rank"),
         (torch.ones(3, 3), {}, "rank"),

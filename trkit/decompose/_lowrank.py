@@ -24,17 +24,19 @@ def row_basis(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         m: matrix ``(p, q)``.
 
     Returns:
-        ``u`` ``(p, k)``, ``s`` ``(k,)`` (row norms of ``b``, the singular values for the SVD
-        path) and ``b`` ``(k, q)``, ``k = min(p, q)``; ``||m - u[:, :r] b[:r]|| = ||s[r:]||``.
+        ``u`` ``(p, k)`` (orthonormal columns, ``u^H u = I``), ``s`` ``(k,)`` (row norms of ``b``,
+        the singular values for the SVD path) and ``b`` ``(k, q)``, ``k = min(p, q)``;
+        ``||m - u[:, :r] b[:r]|| = ||s[r:]||``.
     """
     p, q = m.shape
     if p > q or p < 2:  # tall (the last, small TT-SVD steps): a plain SVD is cheap and best
         u, s, vh = torch.linalg.svd(m, full_matrices=False)
         return u, s, s[:, None] * vh
-    md = m if m.dtype == torch.float64 else m.double()  # float32 Gram would keep ~3 digits
-    _, v = torch.linalg.eigh(md @ md.T)
+    wide = torch.complex128 if m.is_complex() else torch.float64
+    md = m.to(wide)  # a single-precision Gram would keep ~3 digits
+    _, v = torch.linalg.eigh(md @ md.mH)
     u = v.to(m.dtype)
-    b = u.T @ m
+    b = u.mH @ m
     s = torch.linalg.vector_norm(b, dim=1)
     order = torch.argsort(s, descending=True)
     return u[:, order], s[order], b[order]

@@ -46,12 +46,13 @@ def _null_basis(m: np.ndarray, dim: int):
     _, s, vt = np.linalg.svd(m)
     if dim < len(s) and s[-dim - 1] <= 0:
         return None
-    return vt[-dim:].T
+    return vt[-dim:].conj().T
 
 
 def _invariant_blocks(e: np.ndarray, r2: int):
-    """Bases of ``e``'s real invariant subspaces of width ``r2`` (real eigenvalue clusters) or
-    ``2 r2`` (complex pairs); None when the eigenvalues do not cluster that way."""
+    """Bases of ``e``'s invariant subspaces of width ``r2`` (one per eigenvalue cluster; for a real
+    ``e`` a complex-conjugate pair gives one real subspace of width ``2 r2``); None when the
+    eigenvalues do not cluster that way."""
     m = e.shape[0]
     found = _cluster(np.linalg.eigvals(e), r2)
     if found is None:
@@ -59,7 +60,9 @@ def _invariant_blocks(e: np.ndarray, r2: int):
     centers, spread = found
     blocks = []
     for c in centers:
-        if abs(c.imag) <= 10 * spread:
+        if np.iscomplexobj(e):  # complex data: every eigenvalue cluster is its own block
+            b = _null_basis(e - c * np.eye(m), r2)
+        elif abs(c.imag) <= 10 * spread:
             b = _null_basis(e - c.real * np.eye(m), r2)
         elif c.imag > 0:  # real invariant subspace of the conjugate pair
             b = _null_basis(e @ e - 2 * c.real * e + abs(c) ** 2 * np.eye(m), 2 * r2)

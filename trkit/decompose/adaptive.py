@@ -13,125 +13,158 @@ one with the fewest parameters among the iterates that met ``tol`` (else the low
 
 from __future__ import annotations
 
+import functools
 import math
-import time
+import warnings
 
 import torch
 
+from trkit._kernels import transfer_matrix, truncation_rank
 from trkit.decompose._common import (
-    DecompositionInfo,
+    check_max_iter,
     check_max_rank,
+    check_stop_tol,
     check_tensor,
     check_tol,
-    progress,
+    normalize_ranks,
     relative_error,
     solve_spd,
-    start_cores,
 )
-from trkit.decompose.als import _gram, _rhs, _Shifted, _split_point, _transfer, als_sweeps
+from trkit.decompose._normal_equations import ShiftedTensor, gram_matrix, rhs_matrix, split_point
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, to_working
+from trkit.decompose.als import als_sweeps
+from trkit.decompose.info import AdaptiveInfo
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
 __all__ = ["tr_als_adaptive"]
 
 
-def _two_core_update(shifted: _Shifted, shape, cores, k: int, rel_cut: float, max_rank, ridge):
+def _two_core_update(shifted: ShiftedTensor, shape, cores, k: int, rel_cut: float, cap: int, ridge):
     d = len(cores)
     k1 = (k + 1) % d
     ra, nk, _ = cores[k].shape
     _, nk1, rb = cores[k1].shape
     others = [(k + 2 + j) % d for j in range(d - 2)]
-    prod = _transfer(cores[others[0]])
+    prod = transfer_matrix(cores[others[0]])
     for j in others[1:]:
-        prod = prod @ _transfer(cores[j])
-    gram = _gram(prod, ra, rb)
+        prod = prod @ transfer_matrix(cores[j])
+    gram = gram_matrix(prod, ra, rb)
     merged_shape = [nk * nk1] + [shape[j] for j in others]
     placeholder = cores[k].new_empty(ra, nk * nk1, rb)
     ring_cores = [placeholder] + [cores[j] for j in others]
     # x cyclically shifted to start at mode k, with modes k and k+1 merged (a reshape)
     xk = shifted.get(k)
-    rhs = _rhs(xk, ring_cores, 0, _split_point(merged_shape, 0))
+    rhs = rhs_matrix(xk, ring_cores, 0, split_point(merged_shape, 0))
     sol = solve_spd(gram, rhs.T, ridge).T  # (nk nk1, ra rb)
     w = sol.reshape(nk, nk1, ra, rb).permute(2, 0, 1, 3).reshape(ra * nk, nk1 * rb)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    tail = torch.flip(torch.cumsum(torch.flip(s.double() ** 2, [0]), 0), [0]).sqrt()
-    above = (tail > rel_cut * float(tail[0])).nonzero()
-    r = int(above[-1]) + 1 if above.numel() else 1
     # grow by at most half (and 2) per update: a bond that jumps to full rank keeps fit noise
-    r = min(r, max_rank, cores[k].shape[2] + max(2, cores[k].shape[2] // 2))
+    grow = cores[k].shape[2] + max(2, cores[k].shape[2] // 2)
+    r = truncation_rank(s, rel_cut * float(torch.linalg.vector_norm(s)), min(cap, grow))
     cores[k] = u[:, :r].reshape(ra, nk, r)
     cores[k1] = (s[:r, None] * vh[:r]).reshape(r, nk1, rb)
 
 
 def tr_als_adaptive(
     x,
-    tol: float,
-    max_rank: int | None = None,
+    rank=None,
     *,
+    tol: float | None = None,
+    stop_tol: float = 1e-4,
     max_iter: int = 20,
     init=None,
     seed: int | None = 0,
+    callback=None,
     verbose: bool = False,
-    ridge: float = 0.0,
     return_info: bool = False,
+    max_rank: int | None = None,
+    ridge: float = 0.0,
 ):
     """Tensor ring with ranks adapted per bond until ``||x - x_tr|| <= tol ||x||``.
 
     Args:
-        x: dense tensor ``(n_1, ..., n_d)``, ``d >= 3`` (for ``d = 2`` TR-SVD is already optimal
-            and is used).
-        tol: relative error target (> 0).
-        max_rank: cap on every bond rank (default 32: the normal equations of a merged core
-            have ``(r_k r_{k+2})^2`` entries); ``tol`` may then be missed (``info.converged``).
+        x: dense tensor ``(n_1, ..., n_d)``, real or complex (for ``d = 2`` TR-SVD is already
+            optimal and is used).
+        rank: cap on each bond (an int for all, or one per bond); ``tol`` may then be missed
+            (``info.tol_met``). Default: ``max_rank``.
+        tol: relative error target (required; 0 means as exact as the caps allow).
+        stop_tol: once every bond is at its cap, stop when the error changes by less than this
+            (relative) between sweeps.
         max_iter: maximum number of two-core sweeps.
         init: starting ring; default TR-SVD at ranks 2 (small ranks to grow from).
-        seed, verbose, ridge: as in :func:`tr_als`.
-        return_info: also return :class:`DecompositionInfo` (``history``: dense error per sweep;
-            ``extra['params_history']``).
+        seed: unused (the method is deterministic); accepted for the common signature.
+        callback: ``callback(ring, info)`` after each sweep; returning ``True`` stops.
+        verbose: tqdm progress bar over sweeps.
+        return_info: also return an :class:`~trkit.decompose.info.AdaptiveInfo`
+            (``history``: dense error per sweep; ``params_history``).
+        max_rank: cap on every bond (default 32: the normal equations of a merged core have
+            ``(r_k r_{k+2})^2`` entries).
+        ridge: extra relative ridge for the normal equations, as in :func:`~trkit.tr_als`.
 
     Returns:
-        ``TensorRing`` [, ``DecompositionInfo``].
+        ``TensorRing`` [, ``AdaptiveInfo``].
     """
     from trkit.decompose.svd import tr_svd
 
-    t0 = time.perf_counter()
+    if tol is None and isinstance(rank, float):
+        warnings.warn(
+            "tr_als_adaptive(x, tol) is deprecated: the second argument is the rank cap now; pass tol=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        rank, tol = None, rank
     x = check_tensor(x)
+    if tol is None:
+        raise InputError("tr_als_adaptive needs tol (a relative error target)")
     tol = check_tol(tol)
+    stop_tol, max_iter = check_stop_tol(stop_tol), check_max_iter(max_iter)
     max_rank = check_max_rank(max_rank)
-    max_rank = 32 if max_rank is None else max_rank
-    d = x.ndim
-    xnorm = float(torch.linalg.vector_norm(x))
-    if d < 3:
-        ring = tr_svd(x, tol=tol, max_rank=max_rank)
-        err = relative_error(x, ring, xnorm)
-        info = DecompositionInfo(err, [err], ring.ranks, time.perf_counter() - t0, 0, err <= tol)
-        return (ring, info) if return_info else ring
-    if init is None:
-        import warnings
+    work = to_working(x)
+    t = work.t
+    d, shape = t.ndim, list(t.shape)
+    caps = [32 if max_rank is None else max_rank] * d
+    if rank is not None:
+        caps = [min(c, r) for c, r in zip(caps, normalize_ranks(rank, shape, caps=[t.numel() ** 2] * d, warn=False))]
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # rank 2 may be clamped on tiny modes; fine for a start
-            ring = tr_svd(x, rank=min(2, max_rank))
-    elif isinstance(init, TensorRing):
-        ring = TensorRing(start_cores(init, x.shape, x.dtype, x.device), validate=False)
-    else:
-        raise InputError("init must be None or a TensorRing")
-    cores = [c.clone() for c in ring.cores]
-    shifted = _Shifted(x)
-    shape = list(x.shape)
-    err = relative_error(x, ring, xnorm)
-    shrink = 1.0
-    history, params = [err], [ring.n_params]
-    best = (ring, err)
-    n_iter = 0
-    with progress(max_iter, verbose, "TR-ALS adaptive") as bar:
-        for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
+    as_ring = functools.partial(scaled_ring, scale=work.scale, dtype=work.out_dtype)
+    with IterationLog(
+        "tr_als_adaptive",
+        tol=tol,
+        stop_tol=stop_tol,
+        max_iter=max_iter,
+        callback=callback,
+        verbose=verbose,
+        info_cls=AdaptiveInfo,
+    ) as log:
+        if d < 3:
+            ring = tr_svd(t, caps, tol=tol)
+            err = relative_error(t, ring, 1.0)
+            log.converged = err <= tol
+            log.history.append(err)
+            out = as_ring(ring.cores)
+            info = log.info(err, out.ranks, n_iter=0, params_history=[out.n_params])
+            return (out, info) if return_info else out
+        if init is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # rank 2 may be clamped on tiny modes; fine for a start
+                ring = tr_svd(t, [min(2, c) for c in caps])
+        else:
+            ring = TensorRing(start_cores(init, shape, work.scale, t.dtype, t.device), validate=False)
+        cores = [c.clone() for c in ring.cores]
+        shifted = ShiftedTensor(t)
+        err = relative_error(t, ring, 1.0)
+        shrink = 1.0
+        history, params = [err], [ring.n_params]
+        best = (ring, err)
+        while log.n_iter < max_iter:
             rel_cut = shrink * max(tol, 0.5 * err) / math.sqrt(d)
             for k in range(d):
-                _two_core_update(shifted, shape, cores, k, rel_cut, max_rank, ridge)
-            cores, *_ = als_sweeps(x, cores, max_iter=10, tol=1e-3, ridge=ridge)
+                _two_core_update(shifted, shape, cores, k, rel_cut, caps[(k + 1) % d], ridge)
+            polish = IterationLog("tr_als", tol=None, stop_tol=1e-3, max_iter=10)
+            cores = als_sweeps(t, cores, polish, ridge=ridge)
             ring = TensorRing([c.clone() for c in cores], validate=False)
-            err = relative_error(x, ring, xnorm)
+            err = relative_error(t, ring, 1.0)
             history.append(err)
             params.append(ring.n_params)
             b_ring, b_err = best
@@ -140,8 +173,8 @@ def tr_als_adaptive(
             )
             if improved:
                 best = (ring, err)
-            bar.update(1)
-            bar.set_postfix(rel_error=f"{err:.3e}", params=ring.n_params)
+            if log.record(err, lambda cs=cores: as_ring(cs), check=False, params=ring.n_params):
+                break
             if err <= tol:
                 if not improved:
                     break  # a shrink attempt gained nothing: keep the smallest ring that met tol
@@ -149,13 +182,14 @@ def tr_als_adaptive(
             else:
                 if b_err <= tol:
                     break  # shrinking went too far; the best ring already meets tol
-                if all(r >= max_rank for r in ring.ranks) and len(history) > 2 and abs(history[-2] - err) <= 1e-4 * err:
+                at_caps = all(ring.ranks[j] >= caps[j] for j in range(d))
+                if at_caps and len(history) > 2 and abs(history[-2] - err) <= stop_tol * err:
                     break  # capped and stalled
                 if params[-1] <= params[-2]:
                     shrink *= 0.5  # ranks did not grow: cut deeper next round
-    ring, err = best
-    if not return_info:
-        return ring
-    return ring, DecompositionInfo(
-        err, history, ring.ranks, time.perf_counter() - t0, n_iter, err <= tol, extra={"params_history": params}
-    )
+        ring, err = best
+        log.converged = err <= tol
+        out = as_ring(ring.cores)
+        if not return_info:
+            return out
+        return out, log.info(err, out.ranks, params_history=params[1:])

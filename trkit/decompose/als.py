@@ -1,138 +1,82 @@
 """TR-ALS: one core at a time by least squares, through normal equations built from contractions.
 
-For core ``k`` the model is ``X_(k) = G_k S_k`` with ``S_k`` the product of the other cores
-(the "subchain", ``r_k r_{k+1} x N / n_k``). ``S_k`` is never formed:
+The normal equations of each core update come from :mod:`trkit.decompose._normal_equations`
+(the subchain is never formed); a sweep costs ``O(d r^6 + d n r^4)`` for all Grams (prefix
+products carried along the sweep, suffix products computed once per sweep) plus one
+``2 N r^2`` GEMM per core for the right-hand sides. After each solve the core is
+QR-orthogonalised and the triangular factor pushed into the next core; the represented tensor
+does not change but the next Gram stays well-conditioned.
 
-- ``Gram = S_k S_k^T`` is the ring product of the transfer matrices
-  ``E_j = sum_i G_j[:, i, :] kron G_j[:, i, :]`` (``r^2 x r^2``) of the other cores; prefix
-  products are carried along the sweep and suffix products computed once per sweep, so a sweep
-  costs ``O(d r^6 + d n r^4)`` for all Grams.
-- ``RHS = X_(k) S_k^T`` contracts ``x`` (cyclically shifted to start at mode ``k``) with two
-  short chains: the next ``p`` cores (``A``) and the remaining ones (``B``), split so that no
-  intermediate has more than about ``r^2 sqrt(N)`` entries. One GEMM of ``2 N r^2`` FLOPs.
+Accuracy near an exact fit, where normal equations are at their weakest:
 
-After each solve the core is QR-orthogonalised and the triangular factor pushed into the next
-core; the represented tensor does not change but the next Gram stays well-conditioned.
-The fit comes for free from the last solve: ``||x - x_tr||^2 = ||x||^2 - 2<x, x_tr> + ||x_tr||^2``.
+- The error after a sweep comes for free from the last solve
+  (``||x||^2 - 2 Re<x, x_tr> + ||x_tr||^2``), but that difference cancels as the fit improves. When
+  its rounding bound is not below 1e-4 of the error, or could decide the stopping rule
+  (``stop_tol``), the error is measured densely (``||x - x_tr||``, one more contraction of the
+  size of a right-hand side). So the history, the callback and the stopping rule all see
+  accurate errors.
+- Once the fit is within 1e-5 of exact, a core whose Gram is not well-conditioned is solved by
+  QR least squares on its explicit subchain (when that has at most ``max(4 N, 2^22)`` entries),
+  which reaches the working precision (~1e-14 in float64) where the normal equations stall
+  around ``eps * cond``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 
-import numpy as np
 import torch
 
+from trkit._kernels import transfer_matrix
 from trkit.decompose._common import (
-    DecompositionInfo,
+    check_max_iter,
+    check_stop_tol,
     check_tensor,
     check_tol,
     generator_for,
     normalize_ranks,
-    progress,
     relative_error,
     solve_spd,
-    start_cores,
 )
+from trkit.decompose._normal_equations import (
+    ShiftedTensor,
+    fit_estimate,
+    gram_matrix,
+    rhs_matrix,
+    split_point,
+    subchain_matrix,
+)
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, to_working
 from trkit.errors import InputError
 from trkit.ring import TensorRing
 
-__all__ = ["tr_als", "init_ring"]
+__all__ = ["tr_als", "init_ring", "als_sweeps", "exact_floor", "random_cores"]
 
 
-def _transfer(g: torch.Tensor) -> torch.Tensor:
-    """``E[x, u, y, v] = sum_i g[x, i, y] g[u, i, v]`` reshaped to ``(r0^2, r1^2)``."""
-    r0, n, r1 = g.shape
-    a = g.permute(1, 0, 2).reshape(n, r0 * r1)
-    e = (a.T @ a).reshape(r0, r1, r0, r1)  # one GEMM; an einsum costs several times more on small cores
-    return e.permute(0, 2, 1, 3).reshape(r0 * r0, r1 * r1)
+def random_cores(shape, gen: torch.Generator, dtype: torch.dtype, device, kind: str = "normal") -> torch.Tensor:
+    """Seeded random entries drawn in double precision, then cast: a seed gives the same start in
+    every precision. ``"normal"`` (complex: real and imaginary parts of variance 1/2) or
+    ``"uniform"`` on [0, 1)."""
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(*shape, generator=gen, dtype=wide, device=gen.device).to(device=device, dtype=dtype)
 
 
-def _chain(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Merge consecutive cores into one ``(r_first, prod n, r_last)`` core."""
-    out = cores[0]
-    for g in cores[1:]:
-        r0, n, r1 = out.shape
-        out = (out.reshape(r0 * n, r1) @ g.reshape(r1, -1)).reshape(r0, n * g.shape[1], g.shape[2])
-    return out
-
-
-class _Shifted:
-    """``x`` cyclically shifted to start at mode ``k``; all ``d`` copies are kept when they fit
-    in ``cache_bytes`` (a transpose per core otherwise costs about a third of a sweep)."""
-
-    def __init__(self, x: torch.Tensor, cache_bytes: int = 1 << 30):
-        self.x, self.shape = x, list(x.shape)
-        d = x.ndim
-        self.cache = {} if x.numel() * x.element_size() * d <= cache_bytes else None
-
-    def get(self, k: int) -> torch.Tensor:
-        if k == 0:
-            return self.x.reshape(-1)
-        if self.cache is not None and k in self.cache:
-            return self.cache[k]
-        left = int(np.prod(self.shape[:k]))
-        out = self.x.reshape(left, -1).T.contiguous().reshape(-1)
-        if self.cache is not None:
-            self.cache[k] = out
-        return out
-
-
-def _split_point(shape: list[int], k: int) -> int:
-    """How many cores after ``k`` go into the chain ``A`` (the rest into ``B``)."""
-    d = len(shape)
-    best, best_cost = 0, math.inf
-    for p in range(0, d - 1):
-        n_l = int(np.prod([shape[(k + 1 + j) % d] for j in range(p)])) if p else 1
-        n_r = int(np.prod([shape[(k + 1 + j) % d] for j in range(p, d - 1)]))
-        cost = max(shape[k] * n_l, n_r)
-        if cost < best_cost:
-            best, best_cost = p, cost
-    return best
-
-
-def _rhs(xk: torch.Tensor, cores: list[torch.Tensor], k: int, p: int) -> torch.Tensor:
-    """``RHS[i_k, a, b] = sum x[i_k, ...] S_k[b, ..., a]`` as an ``(n_k, r_k r_{k+1})`` matrix."""
-    d = len(cores)
-    nk, ra, rb = cores[k].shape[1], cores[k].shape[0], cores[k].shape[2]
-    left = [cores[(k + 1 + j) % d] for j in range(p)]
-    right = [cores[(k + 1 + j) % d] for j in range(p, d - 1)]
-    b_chain = _chain(right)  # (r_c, |R|, r_a)
-    rc, n_r, _ = b_chain.shape
-    n_l = xk.numel() // (nk * n_r)
-    t = xk.reshape(nk * n_l, n_r) @ b_chain.permute(1, 0, 2).reshape(n_r, rc * ra)  # (nk |L|, rc ra)
-    if p == 0:  # c is the b bond itself
-        return t.reshape(nk, rc, ra).transpose(1, 2).reshape(nk, ra * rb)
-    a_chain = _chain(left)  # (r_b, |L|, r_c)
-    t = t.reshape(nk, n_l * rc, ra)
-    out = torch.matmul(a_chain.reshape(rb, n_l * rc), t)  # (nk, rb, ra)
-    return out.transpose(1, 2).reshape(nk, ra * rb)
-
-
-def _gram(prod: torch.Tensor, ra: int, rb: int) -> torch.Tensor:
-    """Ring product of the other transfer matrices ``P[(b b'), (a a')]`` -> ``Gram[(a b), (a' b')]``."""
-    return prod.reshape(rb, rb, ra, ra).permute(2, 0, 3, 1).reshape(ra * rb, ra * rb)
-
-
-def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> tuple[list[torch.Tensor], float | None]:
-    """Starting cores: ``"svd"`` (TR-SVD at the ranks, padded), ``"random"``, or a given ring.
+def init_ring(t: torch.Tensor, ranks: list[int], init, gen: torch.Generator, scale: float = 1.0):
+    """Starting cores for the unit-norm working tensor ``t``: ``"svd"`` (TR-SVD at the ranks,
+    padded with small noise where the ranks were clamped), ``"random"`` (normal entries scaled
+    to norm 1), or a given ring (brought to the working scale ``1 / scale``).
 
     Also returns the start's relative error when it is known for free (TR-SVD), else None.
     """
-    d, shape = x.ndim, list(x.shape)
+    d, shape = t.ndim, list(t.shape)
     if isinstance(init, TensorRing):
-        return start_cores(init, shape, x.dtype, x.device), None
+        return start_cores(init, shape, scale, t.dtype, t.device), None
     if init == "random":
-        cores = [
-            torch.randn(ranks[k], shape[k], ranks[(k + 1) % d], generator=gen, dtype=x.dtype, device=gen.device).to(
-                x.device
-            )
-            for k in range(d)
-        ]
-        ring = TensorRing(cores, validate=False)
-        scale = (float(torch.linalg.vector_norm(x)) / max(float(ring.to_dense().norm()), 1e-300)) ** (1 / d)
-        return [c * scale for c in cores], None
+        cores = [random_cores((ranks[k], shape[k], ranks[(k + 1) % d]), gen, t.dtype, t.device) for k in range(d)]
+        norm = float(TensorRing(cores, validate=False).norm())
+        return [c / max(norm, 1e-300) ** (1 / d) for c in cores], None
     if init == "svd":
         import warnings
 
@@ -140,160 +84,168 @@ def init_ring(x: torch.Tensor, ranks: list[int], init, gen: torch.Generator) -> 
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ring, info = tr_svd(x, rank=ranks, return_info=True)
+            ring, info = tr_svd(t, ranks, return_info=True)
         cores = []
         for k, c in enumerate(ring.cores):  # pad clamped bonds with small noise up to the asked ranks
             r0, r1 = ranks[k], ranks[(k + 1) % d]
-            pad = (
-                1e-3
-                * float(c.abs().mean())
-                * torch.randn(r0, shape[k], r1, generator=gen, dtype=x.dtype, device=gen.device).to(x.device)
-            )
+            pad = 1e-3 * float(c.abs().mean()) * random_cores((r0, shape[k], r1), gen, t.dtype, t.device)
             pad[: c.shape[0], :, : c.shape[2]] = c
             cores.append(pad)
         return cores, info.rel_error
     raise InputError(f"init must be 'svd', 'random' or a TensorRing, got {init!r}")
 
 
-def _exact_floor(dtype: torch.dtype) -> float:
+def exact_floor(dtype: torch.dtype) -> float:
     """Relative error below which a fit counts as exact (no sweep can do better in this precision)."""
-    return 1e-13 if dtype == torch.float64 else 1e-6
+    return 1e-13 if dtype in (torch.float64, torch.complex128) else 1e-6
 
 
-def als_sweeps(
-    x: torch.Tensor,
-    cores: list[torch.Tensor],
-    *,
-    max_iter: int,
-    tol: float,
-    callback=None,
-    verbose: bool = False,
-    desc: str = "TR-ALS",
-    ridge: float = 0.0,
-):
-    """Run ALS sweeps in place; returns ``(best_cores, history, n_iter, converged)``.
+def _accurate_solve_fits(shape: list[int], k: int, p: int) -> bool:
+    """Whether the explicit subchain of core ``k`` (``N / n_k x p``) is small enough to build."""
+    n = math.prod(shape)
+    return (n // shape[k]) * p <= max(4 * n, 1 << 22)
 
-    ``history[j]`` is the relative error after sweep ``j`` (from the normal equations).
+
+def _solve(t_k, gram_t, rhs, cores, k, ridge, near_exact: bool, fits: bool) -> torch.Tensor:
+    """The new core ``k`` as ``(n_k, r_k r_{k+1})``: normal equations, or QR least squares on the
+    explicit subchain when the fit is near exact and the Gram is not well-conditioned."""
+    sol = solve_spd(gram_t, rhs.mT, ridge).mT
+    if not (near_exact and fits and ridge == 0):
+        return sol
+    chol, info = torch.linalg.cholesky_ex(gram_t)
+    diag = chol.diagonal().real.abs()
+    if int(info) == 0 and float(diag.max() / diag.min().clamp_min(1e-300)) < 10:
+        return sol  # well-conditioned: the normal equations are as accurate as a QR solve
+    s_t = subchain_matrix(cores, k)  # (N / n_k, r_k r_{k+1})
+    return torch.linalg.lstsq(s_t, t_k.reshape(rhs.shape[0], -1).mT).solution.mT
+
+
+def _sweep_error(t, cores, err2: float, slack: float, prev: float, prev_unc: float, stop_tol: float):
+    """The relative error after a sweep and its uncertainty: the estimate from the last solve
+    while it is accurate to 1e-4 and the stopping rule cannot be in doubt, else measured densely."""
+    est = math.sqrt(err2)
+    unc = slack / (2 * est) if est > 0 else math.inf  # from d(err^2) = 2 err d(err)
+    decided = abs(prev - est) > stop_tol * est + 2 * (unc + prev_unc) if math.isfinite(prev) else True
+    if unc <= 1e-4 * est and (decided or stop_tol == 0):
+        return est, unc
+    return float(torch.linalg.vector_norm(t - TensorRing(cores, validate=False).to_dense())), 0.0
+
+
+def als_sweeps(t: torch.Tensor, cores: list[torch.Tensor], log: IterationLog, *, ridge: float = 0.0, ring=None):
+    """Run ALS sweeps on the unit-norm tensor ``t`` in place; returns the best cores seen.
+
+    ``log`` records the relative error after each sweep and decides when to stop; ``ring``
+    turns working cores into the caller's ring for the callback.
     """
     d = len(cores)
-    shape = list(x.shape)
-    xnorm2 = float(torch.linalg.vector_norm(x)) ** 2
-    shifted = _Shifted(x)
-    splits = [_split_point(shape, k) for k in range(d)]
-    history, best, best_err = [], None, math.inf
-    converged, it = False, 0
-    floor = 1e-7 if x.dtype == torch.float64 else 3e-4  # the fit formula cancels below this
-    trans = [_transfer(g) for g in cores]  # kept current core by core during the sweeps
-    with progress(max_iter, verbose, desc) as bar:
-        for it in range(1, max_iter + 1):
-            suffix = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
-            suffix[d] = None
-            for k in range(d - 1, 0, -1):
-                suffix[k] = trans[k] if suffix[k + 1] is None else trans[k] @ suffix[k + 1]
-            prefix = None  # E_0 ... E_{k-1} with this sweep's updated cores
-            for k in range(d):
-                ra, nk, rb = cores[k].shape
-                parts = [m for m in (suffix[k + 1] if k + 1 < d else None, prefix) if m is not None]
-                prod = parts[0] if len(parts) == 1 else parts[0] @ parts[1]
-                gram = _gram(prod, ra, rb)
-                rhs = _rhs(shifted.get(k), cores, k, splits[k])
-                sol = solve_spd(gram, rhs.T, ridge).T  # (n_k, ra rb)
-                g = sol.reshape(nk, ra, rb).permute(1, 0, 2)
-                if k == d - 1:
-                    inner = float((rhs * sol).sum())
-                    model2 = float(((sol @ gram) * sol).sum())
-                    err2 = max(xnorm2 - 2 * inner + model2, 0.0)
-                    cores[k] = g.contiguous()
-                    trans[k] = _transfer(cores[k])
-                else:
-                    q, r = torch.linalg.qr(g.reshape(ra * nk, rb))
-                    cores[k] = q.reshape(ra, nk, -1)
-                    nxt = cores[k + 1]
-                    cores[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
-                    # core k is final for this sweep: its transfer serves the prefix now and the
-                    # suffixes of the next sweep
-                    trans[k] = _transfer(cores[k])
-                    prefix = trans[k] if prefix is None else prefix @ trans[k]
-            err = math.sqrt(err2 / xnorm2) if xnorm2 > 0 else math.sqrt(err2)
-            if err < floor:  # the normal-equation fit has cancelled to noise: measure densely
-                dense = TensorRing(cores, validate=False).to_dense()
-                err = float(torch.linalg.vector_norm(x - dense)) / max(math.sqrt(xnorm2), 1e-300)
-            history.append(err)
-            if err < best_err:
-                best_err, best = err, [c.clone() for c in cores]
-            bar.update(1)
-            bar.set_postfix(rel_error=f"{err:.3e}")
-            if callback is not None and callback(it, err, TensorRing(cores, validate=False)) is True:
-                break
-            if len(history) > 1:
-                change = abs(history[-2] - err) / max(err, 1e-300)
-                if change < tol:
-                    converged = True
-                    break
-            if err < _exact_floor(x.dtype):
-                converged = True
-                break
-    return best if best is not None else cores, history, it, converged
+    shape = list(t.shape)
+    shifted = ShiftedTensor(t)
+    splits = [split_point(shape, k) for k in range(d)]
+    fits = [_accurate_solve_fits(shape, k, cores[k].shape[0] * cores[k].shape[2]) for k in range(d)]
+    best, best_err, err, err_unc = None, math.inf, math.inf, 0.0
+    floor = exact_floor(t.dtype)
+    trans = [transfer_matrix(g) for g in cores]  # kept current core by core during the sweeps
+    while True:
+        suffix = [None] * (d + 1)  # suffix[k] = E_k ... E_{d-1}
+        for k in range(d - 1, 0, -1):
+            suffix[k] = trans[k] if suffix[k + 1] is None else trans[k] @ suffix[k + 1]
+        prefix = None  # E_0 ... E_{k-1} with this sweep's updated cores
+        near_exact = err < 1e-5
+        for k in range(d):
+            ra, nk, rb = cores[k].shape
+            parts = [m for m in (suffix[k + 1] if k + 1 < d else None, prefix) if m is not None]
+            prod = parts[0] if len(parts) == 1 else parts[0] @ parts[1]
+            gram_t = gram_matrix(prod, ra, rb)
+            rhs = rhs_matrix(shifted.get(k), cores, k, splits[k])
+            sol = _solve(shifted.get(k), gram_t, rhs, cores, k, ridge, near_exact, fits[k])
+            g = sol.reshape(nk, ra, rb).permute(1, 0, 2)
+            if k == d - 1:
+                err2, slack = fit_estimate(rhs, sol, gram_t)
+                cores[k] = g.contiguous()
+                trans[k] = transfer_matrix(cores[k])
+            else:
+                q, r = torch.linalg.qr(g.reshape(ra * nk, rb))
+                cores[k] = q.reshape(ra, nk, -1)
+                nxt = cores[k + 1]
+                cores[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
+                # core k is final for this sweep: its transfer serves the prefix now and the
+                # suffixes of the next sweep
+                trans[k] = transfer_matrix(cores[k])
+                prefix = trans[k] if prefix is None else prefix @ trans[k]
+        err, err_unc = _sweep_error(t, cores, err2, slack, err, err_unc, log.stop_tol)
+        if err < best_err:
+            best_err, best = err, [c.clone() for c in cores]
+        if log.record(err, None if ring is None else lambda: ring(cores)):
+            break
+        if log.n_iter >= log.max_iter or (log.stop_tol > 0 and err < floor):
+            log.converged = log.converged or err < floor
+            break
+    return best if best is not None else cores
 
 
 def tr_als(
     x,
-    rank,
-    init="svd",
+    rank=None,
+    *,
+    tol: float | None = None,
+    stop_tol: float = 1e-7,
     max_iter: int = 100,
-    tol: float = 1e-7,
-    callback=None,
+    init="svd",
     seed: int | None = 0,
+    callback=None,
     verbose: bool = False,
-    ridge: float = 0.0,
     return_info: bool = False,
+    ridge: float = 0.0,
 ):
     """Tensor-ring decomposition by alternating least squares (TR-ALS).
 
     Args:
-        x: dense tensor ``(n_1, ..., n_d)``; float32/float64 on any device.
+        x: dense tensor ``(n_1, ..., n_d)``; real or complex, any device. The result keeps its
+            dtype (float16/bfloat16 are computed in float32).
         rank: ranks (int or ``d`` ints; ``rank[k]`` enters core ``k``). Ranks with
             ``r_k r_{k+1} > N / n_k`` cannot be determined and are clamped with a ``UserWarning``.
-        init: ``"svd"`` (TR-SVD at the ranks), ``"random"`` (seeded) or a ``TensorRing``.
-            When the TR-SVD start already reproduces ``x`` (relative error below 1e-13 in
-            float64, 1e-6 in float32: an exact ring at its ranks) no sweep is run
-            (``info.n_iter == 0``, ``info.history == [start error]``, no callback).
+        tol: relative error target: stop as soon as an iterate meets it (``info.tol_met``).
+        stop_tol: stop when the relative error changes by less than this (relative) between
+            sweeps, or reaches the working precision (1e-13 in double, 1e-6 in single); 0 runs
+            all ``max_iter`` sweeps.
         max_iter: maximum number of sweeps.
-        tol: stop when the relative change of the relative error between sweeps is below this.
-        callback: ``callback(sweep, rel_error, ring)`` after each sweep; returning ``True`` stops.
+        init: ``"svd"`` (TR-SVD at the ranks), ``"random"`` (seeded) or a ``TensorRing``.
+            When the TR-SVD start already meets ``tol`` or reproduces ``x`` (an exact ring at
+            its ranks) no sweep is run (``info.n_iter == 0``, no callback).
         seed: seed for random initialisation and padding (deterministic for a fixed seed).
+        callback: ``callback(ring, info)`` after each sweep with the current iterate and the
+            info so far; returning ``True`` stops.
         verbose: tqdm progress bar over sweeps.
+        return_info: also return a :class:`~trkit.decompose.info.DecompositionInfo`
+            (``rel_error`` is the dense error of the returned, best, iterate).
         ridge: extra relative ridge for the normal equations (0: only when Cholesky fails).
-        return_info: also return :class:`DecompositionInfo` (``rel_error`` is the dense error of
-            the returned, best, iterate).
 
     Returns:
         ``TensorRing`` (best iterate over all sweeps) [, ``DecompositionInfo``].
     """
-    t0 = time.perf_counter()
     x = check_tensor(x)
-    tol = check_tol(tol)
-    if int(max_iter) < 1:
-        raise InputError(f"max_iter must be >= 1, got {max_iter}")
-    ranks = normalize_ranks(rank, list(x.shape))
-    gen = generator_for(seed, x.device)
-    cores, start_err = init_ring(x, ranks, init, gen)
-    if start_err is not None and start_err < _exact_floor(x.dtype):
-        # TR-SVD already reproduced x (an exact ring at its ranks): sweeps cannot improve it
-        best, history, n_iter, converged = cores, [start_err], 0, True
-    else:
-        best, history, n_iter, converged = als_sweeps(
-            x, cores, max_iter=int(max_iter), tol=tol, callback=callback, verbose=verbose, ridge=ridge
-        )
-    ring = TensorRing(best, validate=False)
-    if not return_info:
-        return ring
-    err = start_err if n_iter == 0 else relative_error(x, ring)
-    return ring, DecompositionInfo(
-        rel_error=err,
-        history=history,
-        ranks=ring.ranks,
-        time_s=time.perf_counter() - t0,
-        n_iter=n_iter,
-        converged=converged,
-    )
+    if rank is None:
+        raise InputError("tr_als needs rank (an int or one int per mode)")
+    tol = None if tol is None else check_tol(tol)
+    stop_tol, max_iter = check_stop_tol(stop_tol), check_max_iter(max_iter)
+    work = to_working(x)
+    t = work.t
+    ranks = normalize_ranks(rank, list(t.shape))
+    gen = generator_for(seed, t.device)
+    with IterationLog(
+        "tr_als", tol=tol, stop_tol=stop_tol, max_iter=max_iter, callback=callback, verbose=verbose
+    ) as log:
+        cores, start_err = init_ring(t, ranks, init, gen, work.scale)
+        done = start_err is not None and (start_err < exact_floor(t.dtype) or (tol is not None and start_err <= tol))
+        if done:  # TR-SVD already reproduced x (or met the target): sweeps cannot be needed
+            log.converged = True
+            log.history.append(start_err)
+            best = cores
+        else:
+            as_ring = functools.partial(scaled_ring, scale=work.scale, dtype=work.out_dtype)
+            best = als_sweeps(t, cores, log, ridge=ridge, ring=as_ring)
+        out = scaled_ring(best, work.scale, work.out_dtype)
+        if not return_info:
+            return out
+        err = start_err if done else relative_error(t, TensorRing(best, validate=False), 1.0)
+        return out, log.info(err, out.ranks, n_iter=0 if done else None)

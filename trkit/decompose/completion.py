@@ -8,20 +8,24 @@ ridge-regularised least-squares problem over the entries with ``i_k = i``. Cost 
 
 from __future__ import annotations
 
+import functools
 import math
-import time
+import warnings
 
 import torch
 
 from trkit.decompose._common import (
-    DecompositionInfo,
+    check_finite,
+    check_max_iter,
+    check_stop_tol,
     check_tol,
     normalize_ranks,
-    progress,
     relative_residual,
-    start_cores,
 )
 from trkit.decompose._entries import slice_solve, subchain_rows
+from trkit.decompose._run import IterationLog, scaled_ring, start_cores, unit_scale, working_dtype
+from trkit.decompose.als import exact_floor, random_cores
+from trkit.decompose.info import CompletionInfo
 from trkit.errors import InputError, InputTypeError
 from trkit.ring import TensorRing, as_tensor
 
@@ -32,7 +36,7 @@ def _observed(x, mask, shape):
     """-> (idx (m, d) long, vals (m,), shape, dense x or None, mask or None)."""
     if mask is not None:
         xt = as_tensor(x)
-        if not xt.is_floating_point():
+        if not xt.is_floating_point() and not xt.is_complex():
             xt = xt.to(torch.float64)
         m = as_tensor(mask)
         if m.dtype != torch.bool:
@@ -55,54 +59,72 @@ def _observed(x, mask, shape):
     idx = idx.long().to(vals.device)
     if idx.numel() and ((idx < 0).any() or (idx >= torch.tensor(shape, device=idx.device)).any()):
         raise InputError(f"indices out of range for shape {tuple(shape)}")
-    vals = vals if vals.is_floating_point() else vals.to(torch.float64)
+    vals = vals if vals.is_floating_point() or vals.is_complex() else vals.to(torch.float64)
     return idx, vals, tuple(int(n) for n in shape), None, None
 
 
 def tr_complete(
     x,
-    mask=None,
-    rank=2,
+    rank=None,
     *,
-    shape=None,
-    init="random",
+    mask=None,
+    tol: float | None = None,
+    stop_tol: float = 1e-6,
     max_iter: int = 300,
-    tol: float = 1e-6,
-    holdout: float = 0.1,
-    ridge: float = 0.0,
+    init="random",
     seed: int | None = 0,
+    callback=None,
     verbose: bool = False,
     return_info: bool = False,
+    shape=None,
+    holdout: float = 0.1,
+    ridge: float = 0.0,
 ):
     """Fit a tensor ring to the observed entries of a tensor.
 
     Args:
-        x: dense tensor with ``mask`` (bool, same shape, True = observed), or a pair
-            ``(indices (m, d) int, values (m,))`` together with ``shape``.
-        mask: observation mask for dense ``x``; must observe at least one entry.
+        x: dense tensor together with ``mask``, or a pair ``(indices (m, d) int, values (m,))``
+            together with ``shape``. Real or complex; the result keeps the values' dtype.
         rank: ranks (int or ``d`` ints); clamped with a warning if unreachable.
+        mask: boolean observation mask for dense ``x`` (same shape, True = observed); must
+            observe at least one entry.
+        tol: relative error target on the reported error (held-out, or training error with
+            ``holdout=0``): stop once it is met.
+        stop_tol: stop when that error changes by less than this (relative) between sweeps or
+            the training error reaches the working precision; 0 runs all ``max_iter`` sweeps.
+        max_iter: maximum number of sweeps.
         init: ``"random"`` (seeded) or a ``TensorRing``.
-        max_iter: maximum sweeps; stops earlier when the training error changes by < ``tol``
-            (relative) or falls below ``1e-11``.
+        seed: the result is deterministic given ``seed``.
+        callback: ``callback(ring, info)`` after each sweep; returning ``True`` stops.
+        verbose: tqdm progress bar over sweeps.
+        return_info: also return a :class:`~trkit.decompose.info.CompletionInfo`.
+        shape: the tensor's shape when ``x`` is ``(indices, values)``.
         holdout: fraction of observed entries withheld from fitting to report a held-out error
             (0 to fit all of them).
         ridge: relative ridge per slice (a 1e-12 floor is always added).
-        seed, verbose, return_info: as in :func:`tr_als`.
 
     Returns:
-        ``TensorRing`` [, ``DecompositionInfo`` with ``rel_error`` = held-out error (train error
-        if ``holdout=0``) and extra ``train_error``, ``heldout_error``, ``unobserved_error``
-        (dense ``x`` only: error on the entries the mask hides, meaningful when ``x`` holds them)].
+        ``TensorRing`` (the iterate with the lowest held-out error) [, ``CompletionInfo``].
     """
-    t0 = time.perf_counter()
-    tol = check_tol(tol)
+    if mask is None and rank is not None and _is_mask(rank):
+        warnings.warn(
+            "tr_complete(x, mask[, rank]) is deprecated: the second argument is the rank now; pass mask=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        mask, rank = rank, 2
+    if rank is None:
+        raise InputError("tr_complete needs rank (an int or one int per mode)")
+    tol = None if tol is None else check_tol(tol)
+    stop_tol, max_iter = check_stop_tol(stop_tol), check_max_iter(max_iter)
     if not 0 <= holdout < 1:
         raise InputError(f"holdout must be in [0, 1), got {holdout}")
     idx, vals, shape, dense, m = _observed(x, mask, shape)
     if idx.shape[0] == 0:
         raise InputError("the mask observes no entries; nothing to fit")
-    if not torch.isfinite(vals).all():
-        raise InputError("observed values contain NaN or Inf")
+    check_finite(vals, "the observed values")
+    out_dtype = vals.dtype
+    vals, scale = unit_scale(vals.to(working_dtype(vals.dtype)))
     d = len(shape)
     ranks = normalize_ranks(rank, list(shape))
     gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**62))
@@ -113,19 +135,30 @@ def tr_complete(
     idx_t, val_t, idx_h, val_h = idx[train], vals[train], idx[hold], vals[hold]
     dtype, device = vals.dtype, vals.device
     if isinstance(init, TensorRing):
-        cores = start_cores(init, shape, dtype, device)
+        cores = start_cores(init, shape, scale, dtype, device)
     elif init == "random":
-        rms = float(torch.sqrt((val_t**2).mean())) if val_t.numel() else 1.0
+        rms = float(torch.sqrt((val_t.abs() ** 2).mean())) if val_t.numel() else 1.0
         cores = []
         for k in range(d):
             r0, r1 = ranks[k], ranks[(k + 1) % d]
-            g = torch.randn(r0, shape[k], r1, generator=gen, dtype=dtype)
-            cores.append((g / math.sqrt(r0 * r1) ** 0.5 * rms ** (1 / d)).to(device))
+            g = random_cores((r0, shape[k], r1), gen, dtype, device)
+            cores.append(g / math.sqrt(r0 * r1) ** 0.5 * rms ** (1 / d))
     else:
         raise InputError(f"init must be 'random' or a TensorRing, got {init!r}")
-    history, best, best_key, it, converged = [], None, math.inf, 0, False
-    with progress(max_iter, verbose, "TR completion") as bar:
-        for it in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
+
+    as_ring = functools.partial(scaled_ring, scale=scale, dtype=out_dtype)
+    floor = exact_floor(dtype)
+    best, best_key = None, math.inf
+    with IterationLog(
+        "tr_complete",
+        tol=tol,
+        stop_tol=stop_tol,
+        max_iter=max_iter,
+        callback=callback,
+        verbose=verbose,
+        info_cls=CompletionInfo,
+    ) as log:
+        while log.n_iter < max_iter:
             for k in range(d):
                 rows = subchain_rows(cores, k, idx_t)
                 ra, nk, rb = cores[k].shape
@@ -134,36 +167,35 @@ def tr_complete(
                 cores[k] = new.reshape(nk, ra, rb).permute(1, 0, 2).contiguous()
             ring = TensorRing(cores, validate=False)
             train_err = relative_residual(ring.entries(idx_t), val_t)
-            history.append(train_err)
             key = relative_residual(ring.entries(idx_h), val_h) if n_hold else train_err
             if key < best_key:
                 best_key, best = key, [c.clone() for c in cores]
-            bar.update(1)
-            bar.set_postfix(train_error=f"{train_err:.3e}")
-            if train_err < 1e-11 or (len(history) > 1 and abs(history[-2] - train_err) <= tol * max(train_err, 1e-300)):
-                converged = True
+            if log.record(key, lambda: as_ring(cores), train_error=f"{train_err:.3e}"):
                 break
-    ring = TensorRing(best, validate=False)
-    if not return_info:
-        return ring
-    train_err = relative_residual(ring.entries(idx_t), val_t)
-    held = relative_residual(ring.entries(idx_h), val_h) if n_hold else None
-    unobs = None
-    if dense is not None and (~m).any() and dense.numel() <= 50_000_000:
-        unobs = relative_residual(ring.to_dense()[~m], dense[~m])
-    info = DecompositionInfo(
-        rel_error=held if held is not None else train_err,
-        history=history,
-        ranks=ring.ranks,
-        time_s=time.perf_counter() - t0,
-        n_iter=it,
-        converged=converged,
-        extra={
-            "train_error": train_err,
-            "heldout_error": held,
-            "unobserved_error": unobs,
-            "n_observed": int(n_obs),
-            "n_train": int(train.numel()),
-        },
-    )
-    return ring, info
+            if stop_tol > 0 and train_err < floor:
+                log.converged = True
+                break
+        ring = TensorRing(best, validate=False)
+        out = as_ring(best)
+        if not return_info:
+            return out
+        train_err = relative_residual(ring.entries(idx_t), val_t)
+        held = relative_residual(ring.entries(idx_h), val_h) if n_hold else None
+        unobs = None
+        if dense is not None and (~m).any() and dense.numel() <= 50_000_000:
+            unobs = relative_residual(out.to_dense()[~m].to(dense.dtype), dense[~m])
+        return out, log.info(
+            held if held is not None else train_err,
+            out.ranks,
+            train_error=train_err,
+            heldout_error=held,
+            unobserved_error=unobs,
+            n_observed=int(n_obs),
+            n_train=int(train.numel()),
+        )
+
+
+def _is_mask(value) -> bool:
+    """A boolean array or tensor (what the old positional ``mask`` argument held)."""
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and (dtype == torch.bool or str(dtype) == "bool")

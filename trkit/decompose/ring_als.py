@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from trkit._kernels import transfer_matrix
+from trkit.contract import contract
 from trkit.decompose._common import solve_spd
 from trkit.ring import TensorRing
 
 __all__ = ["als_against_ring"]
-
-
-def _mixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ra0, _, ra1 = a.shape
-    rb0, _, rb1 = b.shape
-    return torch.einsum("xiy,uiv->xuyv", a, b).reshape(ra0 * rb0, ra1 * rb1)
 
 
 def _ring_product(mats: list[torch.Tensor]) -> torch.Tensor:
@@ -39,21 +35,22 @@ def als_against_ring(target: TensorRing, fit: TensorRing, sweeps: int = 1) -> Te
             rb0, n, rb1 = b[k].shape
             ra0, _, ra1 = a[k].shape
             if others:
-                own = _ring_product([_mixed(b[j], b[j]) for j in others])
-                mix = _ring_product([_mixed(a[j], b[j]) for j in others])
+                own = _ring_product([transfer_matrix(b[j], b[j]) for j in others])
+                mix = _ring_product([transfer_matrix(a[j], b[j]) for j in others])
             else:
                 own = torch.eye(rb1 * rb0, dtype=b[k].dtype, device=b[k].device)
                 mix = torch.eye(ra1 * rb1, dtype=b[k].dtype, device=b[k].device)
             # own[(xb, xb'), (yb, yb')] -> Gram[(yb, xb), (yb', xb')]
             gram = own.reshape(rb1, rb1, rb0, rb0).permute(2, 0, 3, 1).reshape(rb0 * rb1, rb0 * rb1)
-            p = mix.reshape(ra1, rb1, ra0, rb0)  # [xa, xb, ya, yb]
-            rhs = torch.einsum("yix,xvyw->iwv", a[k], p).reshape(n, rb0 * rb1)
+            # sum over the rest of S_a conj(S_b): the conjugate of the mixed product (conj on a)
+            p = mix.conj().reshape(ra1, rb1, ra0, rb0)  # [xa, xb, ya, yb]
+            rhs = contract("yix,xvyw->iwv", a[k], p).reshape(n, rb0 * rb1)
             sol = solve_spd(gram, rhs.T).T
             g = sol.reshape(n, rb0, rb1).permute(1, 0, 2)
             if k < d - 1:
                 q, r = torch.linalg.qr(g.reshape(rb0 * n, rb1))
                 b[k] = q.reshape(rb0, n, -1)
-                b[k + 1] = torch.einsum("ab,bjc->ajc", r, b[k + 1])
+                b[k + 1] = contract("ab,bjc->ajc", r, b[k + 1])
             else:
                 b[k] = g.contiguous()
     return TensorRing(b, validate=False)

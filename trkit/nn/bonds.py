@@ -162,7 +162,7 @@ def _dense_weights(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def truncate(module: nn.Module, tol: float | None = None, max_rank: int | None = None) -> tuple[nn.Module, float]:
-    """Lower the ranks of a trained ring by TR rounding (:func:`trkit.round`).
+    """Lower the ranks of a trained ring by TR rounding (:func:`trkit.tr_round`).
 
     Args:
         tol: relative Frobenius error target for the weights; ``max_rank``: cap on every bond.
@@ -175,7 +175,7 @@ def truncate(module: nn.Module, tol: float | None = None, max_rank: int | None =
 
     masked = prune(module)  # masked slices are zero: drop them first
     ring = trkit.TensorRing([c.detach() for c in ring_cores(masked)], validate=False)
-    rounded, _ = trkit.round(ring, tol=tol, max_rank=max_rank)
+    rounded = trkit.tr_round(ring, tol=tol, max_rank=max_rank)
     new = _rebuild(module, list(rounded.cores))
     ref = _dense_weights(masked)
     err = torch.linalg.vector_norm(_dense_weights(new) - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-300)

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit._kernels import einsum_letters
+from trkit.contract import compiled as _exec
 from trkit.errors import InputError, InputTypeError
-from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin, dense_weights_cache
-from trkit.nn.utils import gemm_cost, letters, path_cost, positive_int, resolve_modes, resolve_ranks
+from trkit.nn.utils import gemm_cost, path_cost, positive_int, resolve_modes, resolve_ranks
 from trkit.ring import TensorRing
 
 __all__ = ["CrossLayerTR"]
@@ -101,7 +102,7 @@ class CrossLayerTR(DenseCacheMixin, nn.Module):
     def _build_equations(self) -> None:
         p, q = len(self.in_modes), len(self.out_modes)
         d = p + q + 1
-        let = letters(2 + 2 * d)
+        let = einsum_letters(2 + 2 * d)
         t, lay, bonds, ins, outs = (
             let[0],
             let[1],

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trkit._kernels import einsum_letters
+from trkit.contract import compiled as _exec
 from trkit.errors import InputError, InputTypeError
-from trkit.nn import _exec
 from trkit.nn import init as _init
 from trkit.nn.cache import DenseCacheMixin
-from trkit.nn.utils import gemm_cost, letters, path_cost, positive_int, resolve_modes, resolve_ranks
+from trkit.nn.utils import gemm_cost, path_cost, positive_int, resolve_modes, resolve_ranks
 from trkit.ring import TensorRing
 
 __all__ = ["TRLinear"]
@@ -93,7 +94,7 @@ class TRLinear(DenseCacheMixin, nn.Module):
     def _build_equations(self) -> None:
         p, q = len(self.in_modes), len(self.out_modes)
         d = p + q
-        let = letters(1 + 2 * d)
+        let = einsum_letters(1 + 2 * d)
         t, bonds, outs, ins = let[0], let[1 : 1 + d], let[1 + d : 1 + d + q], let[1 + d + q :]
         mode_letters = outs + ins
         cores = [bonds[k] + mode_letters[k] + bonds[(k + 1) % d] for k in range(d)]

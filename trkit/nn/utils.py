@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import string
 from dataclasses import dataclass
 from functools import cache
 
 from torch import nn
 
+from trkit.contract import compiled as _exec
+from trkit.contract.compiled import COST
 from trkit.errors import InputError, InputTypeError
-from trkit.nn import _exec
-from trkit.nn._exec import COST
 
 __all__ = [
     "balanced_factors",
@@ -122,13 +121,6 @@ def resolve_ranks(ranks, n_cores: int, name: str = "ranks") -> tuple[int, ...]:
     return ranks
 
 
-def letters(n: int, skip: str = "") -> list[str]:
-    pool = [c for c in string.ascii_letters if c not in skip]
-    if n > len(pool):
-        raise InputError(f"too many indices ({n}) for one einsum equation; use fewer modes")
-    return pool[:n]
-
-
 # ---- parameter counting -------------------------------------------------------------------
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (shared parameters counted once)."""
@@ -165,7 +157,7 @@ def compression_ratio(module_or_params, dense_params: int | None = None) -> floa
 @dataclass(frozen=True)
 class PathCost:
     """Modelled cost of one way to run a contraction (FLOP-equivalents, see
-    :class:`trkit.nn._exec.ExecCost`): ``flops``, ``copies`` (elements moved by non-view
+    :class:`trkit.contract.compiled.ExecCost`): ``flops``, ``copies`` (elements moved by non-view
     permutes), ``steps`` (GEMM/einsum calls) and the total ``cost``."""
 
     flops: int

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from trkit.errors import InputError, InputTypeError
-from trkit.io import atomic_write
 from trkit_vlm.adapters.base import TOWERS, AdapterSet, add_adapters, get_adapters, remove_adapters
 from trkit_vlm.adapters.config import AdapterConfig
 from trkit_vlm.adapters.mma.config import MMAConfig
 from trkit_vlm.adapters.registry import adapter_config_from_dict
+from trkit_vlm.files import atomic_write_bytes
 from trkit_vlm.models import tower_info
 
 __all__ = [
@@ -42,7 +42,10 @@ _MMA_KEY = re.compile(r"^(text_adapter|visual_adapter|shared_adapter)\.(\d+)\.(.
 
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the model's adapters (tensors + config) to ``path`` atomically (temp file + rename)."""
+    """Write the model's adapters (tensors + config) to ``path`` atomically (temp file + rename).
+
+    The file is serialised in memory (adapters are small) and written by :func:`trkit.files.atomic_write`,
+    so a kill or a full disk leaves the old file and no safetensors ``.tmpXXXX`` file."""
     aset = get_adapters(model)
     if aset is None:
         raise InputError("model has no trkit adapters to save")
@@ -54,8 +57,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
         "towers": json.dumps(aset.info),
         "layers": json.dumps({t: aset.adapted_layers(t) for t in TOWERS}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
+    return path
 
 
 def read_adapter_file(path: str | os.PathLike):

@@ -33,13 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     n = setup_threads(args.threads)
-    from trkit_vlm.demo.small_clip import PretrainRecipe, pretrain_info, pretrain_small, weights_path
+    from trkit_vlm.demo.small_clip import (
+        PretrainRecipe,
+        cached_weights_ok,
+        pretrain_info,
+        pretrain_small,
+        weights_path,
+    )
 
     recipe = PretrainRecipe()
     if args.steps is not None:
         recipe = dataclasses.replace(recipe, steps=args.steps)
     path = weights_path(recipe, args.cache_dir)
-    cached = path.is_file() and not args.force
+    cached = not args.force and cached_weights_ok(path)
     print(
         f"small CLIP recipe {recipe.key()} ({recipe.steps} steps, batch {recipe.batch_size}); "
         f"threads={n}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"

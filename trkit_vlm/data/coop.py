@@ -37,6 +37,16 @@ def _classnames_from(items: dict[str, list], source: str) -> list[str]:
     return [names[i][0] for i in range(n)]
 
 
+def _read_split_json(split_path: Path) -> object:
+    """The parsed JSON of a split file; FileNotFoundError / InputError naming the file."""
+    if not split_path.is_file():
+        raise FileNotFoundError(f"split file not found: {split_path}")
+    try:
+        return json.loads(split_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{split_path}: not valid JSON ({err})") from None
+
+
 def read_split_file(
     split_path: str | os.PathLike, image_dir: str | os.PathLike, name: str | None = None
 ) -> ClassificationData:
@@ -54,18 +64,14 @@ def read_split_file(
         FileNotFoundError: the split file is missing. ValueError: malformed rows, inconsistent names.
     """
     split_path = Path(split_path)
-    if not split_path.is_file():
-        raise FileNotFoundError(f"split file not found: {split_path}")
-    try:
-        raw = json.loads(split_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{split_path}: not valid JSON ({err})") from None
+    raw = _read_split_json(split_path)
     if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
         raise InputError(f"{split_path}: expected an object with 'train', 'val' and 'test' lists")
     items = {s: raw.get(s) or [] for s in ("train", "val", "test")}
     for split, rows in items.items():
         for i, row in enumerate(rows):
-            if not (isinstance(row, (list, tuple)) and len(row) == 3):
+            ok = isinstance(row, (list, tuple)) and len(row) == 3
+            if not (ok and isinstance(row[0], str) and isinstance(row[1], int) and isinstance(row[2], str)):
                 raise InputError(f"{split_path}: {split}[{i}] should be [relative_path, label, classname], got {row!r}")
     classnames = _classnames_from(items, str(split_path))
     image_dir = Path(image_dir)
@@ -179,9 +185,10 @@ def load_split_folder(
         split_path = found[0]
     else:
         split_path = Path(split_file) if Path(split_file).is_absolute() else root / split_file
-    if image_dir is None:
-        raw = json.loads(split_path.read_text()) if split_path.is_file() else {}
-        first = next((rows[0][0] for rows in raw.values() if rows), None)
-        image_dir = "images" if first and (root / "images" / first).exists() else ""
+    if image_dir is None:  # "images" when the first listed path resolves there
+        raw = _read_split_json(split_path)
+        rows = next((rows for rows in raw.values() if rows), None) if isinstance(raw, dict) else None
+        first = rows[0][0] if isinstance(rows, list) and isinstance(rows[0], (list, tuple)) and rows[0] else None
+        image_dir = "images" if isinstance(first, str) and (root / "images" / first).exists() else ""
     data = read_split_file(split_path, root / image_dir if image_dir else root, name=name)
     return data

@@ -35,7 +35,8 @@ def sample_few_shot(
         records: ``(image_source, label)`` list.
         shots: images per class (K >= 1).
         seed: sampling seed; the same (records, K, seed) always gives the same indices.
-        classnames: for error messages.
+        classnames: the class names in label order: every class must have ``shots`` images, those
+            with none in ``records`` too (without it, only the labels present count); for messages.
         strict: a class with fewer than K images is an error; otherwise take all it has.
         what: the split's name, for error messages.
 
@@ -52,8 +53,11 @@ def sample_few_shot(
         by_label[label].append(i)
     rng = random.Random(seed)
     out: list[int] = []
-    for label in sorted(by_label):
-        idxs = by_label[label]
+    # Every class counts, those without a single image of this split too (a base class with no training
+    # image would otherwise drop out of training without a word).
+    labels = range(len(classnames)) if classnames is not None else sorted(by_label)
+    for label in labels:
+        idxs = by_label.get(label, [])
         if len(idxs) < shots:
             if strict:
                 cname = classnames[label] if classnames else str(label)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,14 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from trkit.errors import InputError
-from trkit.io import atomic_write
 from trkit_vlm.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from trkit_vlm.data.tasks import split_train_val
-from trkit_vlm.files import atomic_write_text
+from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.models import ClipBundle, load_clip, quiet_random_init, register_model_config
 
 SMALL_CLIP_NAME = "trkit-small-clip-28"
@@ -287,11 +288,31 @@ def train_small_clip(
 
 
 def _save_atomic(model: torch.nn.Module, path: Path, meta: dict) -> None:
-    """Weights (safetensors) and the recipe/metrics JSON beside them, each via temp file + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Weights (safetensors, serialised in memory) and the recipe/metrics JSON beside them, each written
+    atomically (:func:`trkit.files.atomic_write`)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"trkit_recipe": json.dumps(meta)}))
+    atomic_write_bytes(path, safetensors_bytes(state, metadata={"trkit_recipe": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+
+
+def cached_weights_ok(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds readable cached weights. A damaged file (cut short, not safetensors) is
+    removed, with a warning, so that the caller trains the model again instead of failing to load it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+        return True
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        warnings.warn(
+            f"the cached small CLIP {path} is damaged ({reason}); removing it to train it again", stacklevel=2
+        )
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return False
 
 
 def pretrain_small(
@@ -316,11 +337,12 @@ def pretrain_small(
 
     Returns:
         Path to ``<cache>/small_clip/trkit-small-clip-28-<hash>.safetensors``; a ``.json`` beside it holds
-        the recipe and the pre-training metrics (zero-shot accuracy on the held-out part, time).
+        the recipe and the pre-training metrics (zero-shot accuracy on the held-out part, time). A damaged
+        cached file is removed with a warning and trained again.
     """
     recipe = recipe or PretrainRecipe()
     path = weights_path(recipe, cache_dir)
-    if path.is_file() and not force:
+    if not force and cached_weights_ok(path):
         return path
     if data is None:
         images, labels, _, _ = load_fashion_mnist(data_root)
@@ -360,7 +382,7 @@ def load_small_clip(
     """
     recipe = recipe or PretrainRecipe()
     path = weights_path(recipe, cache_dir)
-    if not path.is_file():
+    if not cached_weights_ok(path):
         if not train_if_missing:
             raise FileNotFoundError(f"small CLIP weights not found at {path}; run 'trkit-vlm pretrain-small'")
         pretrain_small(recipe, cache_dir, progress=progress)

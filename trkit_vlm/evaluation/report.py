@@ -4,7 +4,8 @@ Every ``metrics.json`` under a results folder is one run (dataset, method, shots
 same (dataset, method, shots, class subset) are averaged: Base and Novel as mean ± sample std (ddof=1;
 0 for one seed); HM as in CoOp/CoCoOp/MMA tables, the harmonic mean of the mean Base and mean Novel,
 with the std of per-seed HMs beside it. The "Average" block averages the per-dataset means of the
-datasets a method has results on (its count is shown).
+datasets a method has results on (its count is shown). A run whose metrics hold NaN or infinite values
+(a diverged run written before training checked its loss) is left out and named under the tables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,20 @@ from trkit_vlm.evaluation.evaluate import harmonic_mean
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 
 METRICS = ("base", "novel", "hm", "all")
+# Values a run's metrics.json must hold as finite numbers (when present) to count in a table.
+FINITE_KEYS = (*METRICS, "final_train_loss", "final_train_acc")
 
 
-def collect_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every run's ``metrics.json`` under ``results_dir`` (sorted by path)."""
+def _nonfinite_keys(m: dict[str, Any]) -> list[str]:
+    return [k for k in FINITE_KEYS if isinstance(m.get(k), (int, float)) and not math.isfinite(m[k])]
+
+
+def collect_results(results_dir: str | os.PathLike, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every run's ``metrics.json`` under ``results_dir`` (sorted by path).
+
+    A run with NaN or infinite values among :data:`FINITE_KEYS` is left out: described in ``skipped``
+    when a list is given, with a warning otherwise.
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder not found: {root}")
@@ -37,12 +50,21 @@ def collect_results(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
             m = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise InputError(f"{path}: not valid JSON") from None
-        if not all(k in m for k in ("dataset", "method", "seed")):
+        if not isinstance(m, dict) or not all(k in m for k in ("dataset", "method", "seed")):
+            continue
+        bad = _nonfinite_keys(m)
+        if bad:
+            note = f"{path}: non-finite {', '.join(f'{k}={m[k]}' for k in bad)} (the run diverged)"
+            if skipped is None:
+                warnings.warn(f"left out {note}", stacklevel=2)
+            else:
+                skipped.append(note)
             continue
         m["_path"] = str(path)
         rows.append(m)
     if not rows:
-        raise InputError(f"no metrics.json files under {root}")
+        left_out = f" ({len(skipped)} left out for non-finite values)" if skipped else ""
+        raise InputError(f"no usable metrics.json files under {root}{left_out}")
     return rows
 
 
@@ -197,11 +219,17 @@ def plot_png(agg: list[dict[str, Any]]) -> bytes:
 def write_report(
     results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, plot: bool = True
 ) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv`` (and ``results.png``) for ``results_dir``; returns the paths."""
-    agg = aggregate(collect_results(results_dir))
+    """Write ``results.md``, ``results.csv`` (and ``results.png``) for ``results_dir``; returns the paths.
+
+    Runs left out for non-finite values are listed at the end of ``results.md``."""
+    skipped: list[str] = []
+    agg = aggregate(collect_results(results_dir, skipped))
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     paths = {"markdown": out / "results.md", "csv": out / "results.csv"}
-    atomic_write_text(paths["markdown"], markdown_tables(agg))
+    text = markdown_tables(agg)
+    if skipped:
+        text += "\nLeft out (non-finite values):\n\n" + "".join(f"- {s}\n" for s in skipped)
+    atomic_write_text(paths["markdown"], text)
     atomic_write_text(paths["csv"], csv_text(agg))
     if plot:
         paths["png"] = out / "results.png"

@@ -12,7 +12,7 @@ from trkit_vlm.data import load_dataset
 from trkit_vlm.evaluation.evaluate import evaluate_base_novel
 from trkit_vlm.files import atomic_write_text
 from trkit_vlm.models import load_clip, register_model_config
-from trkit_vlm.training.config import RunConfig, config_from_dict
+from trkit_vlm.training.config import RunConfig, load_config
 from trkit_vlm.training.distributed import resolve_device
 from trkit_vlm.training.seeding import seed_everything
 from trkit_vlm.training.train import load_run_data
@@ -34,7 +34,7 @@ def evaluate_run(
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+        cfg = load_config(cfg_path, validate=True)
     elif zero_shot:
         cfg = RunConfig()
     else:

@@ -1,23 +1,28 @@
 """Training checkpoints that load with ``weights_only=True``, and the fingerprint a checkpoint must match.
 
-A checkpoint is written to a temporary file in the same folder and renamed over the old one, so a
-crash while saving leaves the previous checkpoint intact; the one before is kept as ``*.prev.pt``.
+Saving keeps a complete ``checkpoint.pt`` on disk at every moment: the current file is first kept as
+``checkpoint.prev.pt`` by a hard link (a copy where the file system has none), then the new one is
+written to a temp file and renamed over ``checkpoint.pt``. A kill or a full disk at any point leaves
+the old or the new checkpoint, never neither.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trkit.errors import InputError
+from trkit.files import atomic_write
 from trkit_vlm.files import atomic_write_bytes
 from trkit_vlm.training.config import RunConfig
 
-__all__ = ["fingerprint", "save_checkpoint", "load_checkpoint"]
+__all__ = ["fingerprint", "save_checkpoint", "load_checkpoint", "check_fingerprint", "previous_path"]
 
 # Config fields that do not change the numbers: a checkpoint written under other values still resumes.
 _NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every", "checkpoint")
@@ -32,13 +37,41 @@ def fingerprint(cfg: RunConfig) -> dict:
     return d
 
 
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaces: ``<name>.prev.pt``."""
+    return Path(path).with_suffix(".prev.pt")
+
+
+# os.link fails with these where the file system has no hard links (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make ``<name>.prev.pt`` the same content as ``path`` (atomically), leaving ``path`` in place."""
+
+    def link_or_copy(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+            shutil.copyfile(path, tmp)
+
+    atomic_write(previous_path(path), link_or_copy)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` atomically to ``path``; the file it replaces is kept as ``<name>.prev.pt``."""
+    """Write ``state`` atomically to ``path``; the file it replaces is kept as ``<name>.prev.pt``.
+
+    ``path`` holds a complete checkpoint at every moment of the save (the old one until the rename,
+    then the new one), so a kill or a full disk half way never loses the run.
+    """
     path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)
-    if path.exists():
-        os.replace(path, path.with_suffix(".prev.pt"))
+    if path.is_file():
+        _keep_as_previous(path)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -58,30 +91,47 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any] | None 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        prev = path.with_suffix(".prev.pt")
-        hint = f"; the previous one is {prev}" if prev.is_file() else ""
+    except Exception as err:  # torch raises several types for truncated / foreign / empty files
+        reason = " ".join(str(err).split())[:200] or "no details"
+        size = path.stat().st_size
         raise InputError(
-            f"checkpoint {path} is corrupt or not a trkit checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}){hint}"
+            f"checkpoint {path} is corrupt or not a trkit checkpoint ({size} bytes; {type(err).__name__}: {reason})"
         ) from None
     if not isinstance(state, dict) or "fingerprint" not in state:
         raise InputError(f"checkpoint {path} is not a trkit training checkpoint")
     if fingerprint is not None:
-        diff = _diff(fingerprint, state["fingerprint"])
-        if diff:
-            raise InputError(
-                f"checkpoint {path} was written for a different run (differs in: "
-                f"{', '.join(diff[:6])}); use a new output_dir or remove the checkpoint"
-            )
+        check_fingerprint(state, fingerprint, path)
     return state
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def check_fingerprint(state: dict[str, Any], fingerprint: dict[str, Any], path: str | os.PathLike) -> None:
+    """InputError naming the differing config keys when checkpoint ``state`` belongs to another run.
+
+    A field the checkpoint's fingerprint lacks (it was written before the field existed) matches when
+    this run leaves the field at its default, so a new config option does not orphan older checkpoints.
+    """
+    diff = _diff(fingerprint, state["fingerprint"], defaults=fingerprint_of_defaults())
+    if diff:
+        raise InputError(
+            f"checkpoint {path} was written for a different run (differs in: "
+            f"{', '.join(diff[:6])}); use a new output_dir or remove the checkpoint"
+        )
+
+
+def fingerprint_of_defaults() -> dict:
+    """The fingerprint of ``RunConfig()``: every field at its default."""
+    return fingerprint(RunConfig())
+
+
+def _diff(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Dotted keys where ``a`` and ``b`` differ; a key ``b`` lacks is equal when ``a`` holds its default."""
     if isinstance(a, dict) and isinstance(b, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            if k not in b and k in defaults and a[k] == defaults[k]:
+                continue
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.", defaults.get(k))
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)

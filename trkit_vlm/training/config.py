@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up, then cosine to 0, stepped per optimiser step
     grad_accum: int = 1  # micro-batches per optimiser step
     max_grad_norm: float | None = None
+    skip_nonfinite: bool = False  # skip optimiser steps whose loss is NaN/inf (counted) instead of stopping the run
 
 
 @dataclass
@@ -143,6 +146,8 @@ class RunConfig:
             raise InputError(f"adapter: {err}") from None
         if self.optim.name not in ("sgd", "adamw"):
             raise InputError(f"unknown optimiser {self.optim.name!r}; expected 'sgd' or 'adamw'")
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", self.device):
+            raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or 'mps', 'xpu'), got {self.device!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise InputError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.prefix_cache not in ("auto", "memory", "disk", "off"):
@@ -157,14 +162,48 @@ class RunConfig:
         ):
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        _check_numbers(self)
         if self.data.cached_views < 0:
             raise InputError(f"data.cached_views must be >= 0, got {self.data.cached_views}")
+        if self.eval_every < 0:
+            raise InputError(f"eval_every must be >= 0 (0: at the end only), got {self.eval_every}")
         if "{}" not in self.data.template:
             raise InputError(f"data.template must contain '{{}}' for the class name, got {self.data.template!r}")
         return self
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a number (YAML 1.2 reads it so; PyYAML's 1.1 rules want
+    ``1.0e-3`` and would hand ``optim.lr`` a string)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    """InputError for a number outside its range; NaN and infinities are outside every range."""
+    o = cfg.optim
+    checks = [
+        ("optim.lr", o.lr, 0.0, math.inf, "> 0", False),
+        ("optim.weight_decay", o.weight_decay, 0.0, math.inf, ">= 0", True),
+        ("optim.momentum", o.momentum, 0.0, 1.0, "in [0, 1)", True),
+        ("optim.betas[0]", o.betas[0], 0.0, 1.0, "in [0, 1)", True),
+        ("optim.betas[1]", o.betas[1], 0.0, 1.0, "in [0, 1)", True),
+        ("optim.warmup_epochs", o.warmup_epochs, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_text", cfg.loss.lambda_text, 0.0, math.inf, ">= 0", True),
+        ("loss.lambda_image", cfg.loss.lambda_image, 0.0, math.inf, ">= 0", True),
+    ]
+    if o.max_grad_norm is not None:
+        checks.append(("optim.max_grad_norm", o.max_grad_norm, 0.0, math.inf, "> 0 (or null)", False))
+    for name, value, low, high, expected, low_included in checks:
+        ok = math.isfinite(value) and (value >= low if low_included else value > low) and value < high
+        if not ok:
+            raise InputError(f"{name} must be a finite number {expected}, got {value!r}")
 
 
 def _check_keys(d: dict, cls: type, prefix: str = "") -> None:
@@ -196,15 +235,20 @@ def config_from_dict(d: dict) -> RunConfig:
     return RunConfig(**kwargs)
 
 
-def load_config(path: str | os.PathLike) -> RunConfig:
-    """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file."""
+def load_config(path: str | os.PathLike, validate: bool = False) -> RunConfig:
+    """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file (and :meth:`~RunConfig.validate` it).
+
+    Errors in the file's contents name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (a YAML or JSON run config)") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            d = yaml.safe_load(text) or {}
+            d = yaml.load(text, Loader=_YamlLoader) or {}
         except yaml.YAMLError as err:
             raise InputError(f"{path}: invalid YAML ({err})") from None
     else:
@@ -212,12 +256,16 @@ def load_config(path: str | os.PathLike) -> RunConfig:
             d = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(f"{path}: invalid JSON ({err})") from None
-    return config_from_dict(d)
+    try:
+        cfg = config_from_dict(d)
+        return cfg.validate() if validate else cfg
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError:
         return text
 

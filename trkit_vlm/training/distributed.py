@@ -7,13 +7,16 @@ we then use DistributedDataParallel with the ``nccl`` backend on CUDA and ``gloo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from trkit.errors import InputError
+from trkit.errors import InputError, TrkitError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,11 +42,16 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
+    try:
+        dev = torch.device(pref)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {pref!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {pref!r} asked for but CUDA is not available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {pref!r} asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -82,6 +90,23 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
+    """``fn()`` on rank 0 alone (``None`` on the other ranks). When it raises, every rank raises, so the
+    other ranks stop instead of waiting forever at their next collective (rank 0 keeps its own error)."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # whatever it is, the other ranks must hear of it before it propagates
+            error = err
+    message = broadcast_object(None if error is None else " ".join(str(error).split()) or type(error).__name__, info)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise TrkitError(f"rank 0 stopped: {message}")
+    return result
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -36,6 +36,7 @@ from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from trkit_vlm.training.config import RunConfig
 from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
+from trkit_vlm.training.divergence import diverged, finite_or_none, grads_finite, nonfinite_anywhere
 from trkit_vlm.training.seeding import rng_state, seed_everything, set_rng_state
 
 
@@ -200,6 +201,8 @@ class Trainer:
                 self.forward, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False
             )
         self.start_epoch, self.step = 0, 0
+        # What metrics.json reports about training; checkpointed, so a resumed run reports the whole run.
+        self.history: dict[str, Any] = {"epoch_time_s": [], "train_time_s": 0.0, "last_epoch": {}, "skipped_steps": 0}
 
     # ----------------------------------------------------------------------------------- batches
     def _epoch_seed(self, epoch: int) -> int:
@@ -244,13 +247,10 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.info.is_main:
             with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
-    def try_resume(self) -> None:
-        """Load ``checkpoint.pt`` when present and continue after its epoch."""
-        path = self.run_dir / "checkpoint.pt"
-        if not path.is_file():
-            return
+    def try_resume(self, path: Path) -> None:
+        """Continue after the epoch of checkpoint ``path`` (chosen by ``run_folder.resume_point``)."""
         state = load_checkpoint(path, self.fp)
         get_adapters(self.model).load_state_dict(state["adapters"])
         self.opt.load_state_dict(state["optimizer"])
@@ -258,11 +258,15 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history.update(state.get("history", {}))
         if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
-            # Drop log lines of the interrupted epoch; they are written again.
-            lines = (self.run_dir / "log.jsonl").read_text().splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
-            (self.run_dir / "log.jsonl").write_text("".join(ln + "\n" for ln in keep))
+            # Drop log lines of the interrupted epoch (they are written again) and a line a kill cut short.
+            keep = []
+            for line in (self.run_dir / "log.jsonl").read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("epoch", 0) <= self.start_epoch:
+                        keep.append(line)
+            atomic_write_text(self.run_dir / "log.jsonl", "".join(ln + "\n" for ln in keep))
         barrier(self.info)
 
     def _checkpoint(self, epoch: int) -> None:
@@ -277,6 +281,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "history": self.history,
         }
         save_checkpoint(state, self.run_dir / "checkpoint.pt")
 
@@ -285,7 +290,8 @@ class Trainer:
         seed_everything(self._epoch_seed(epoch))
         fwd = self.ddp or self.forward
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n (micro-batches with a finite loss)
+        bad, skipped = False, 0  # a non-finite loss in this optimiser step; steps skipped for one
         bar = tqdm(
             total=self.micro_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
@@ -302,25 +308,31 @@ class Trainer:
                 loss, parts = self.loss_fn(logits.float(), y, txt.float(), self.text_frozen, img.float(), frozen)
                 loss = loss + adapter_regularization(self.model)
                 self.scaler.scale(loss / accum).backward()
+            loss_value = loss.item()
+            bad = bad or not math.isfinite(loss_value)
             if last:
-                if cfg.optim.max_grad_norm:
-                    self.scaler.unscale_(self.opt)
-                    torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model), cfg.optim.max_grad_norm)
-                self.scaler.step(self.opt)
-                self.scaler.update()
+                skip = self._bad_step(bad, epoch, loss_value)
+                if not skip:
+                    if cfg.optim.max_grad_norm:
+                        self.scaler.unscale_(self.opt)
+                        torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model), cfg.optim.max_grad_norm)
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                skipped, bad = skipped + skip, False
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
                 self.step += 1
             n = len(y)
             correct = (logits.argmax(1) == y).sum().item()
-            sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
+            if math.isfinite(loss_value):
+                sums += torch.tensor([loss_value * n, correct, n], dtype=torch.float64)
             if last and self.step % max(1, cfg.log_every) == 0:
                 self._log(
                     {
                         "type": "step",
                         "epoch": epoch + 1,
                         "step": self.step,
-                        "loss": loss.item(),
+                        "loss": loss_value,
                         **{k: v.item() for k, v in parts.items() if k != "total"},
                         "acc": 100.0 * correct / n,
                         "lr": self.sched.get_last_lr()[0],
@@ -330,7 +342,28 @@ class Trainer:
             bar.update(1)
         bar.close()
         sums = all_reduce_sum(sums, self.info)
-        return {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
+        if sums[2] == 0:  # every step skipped
+            return {"loss": None, "acc": None, "skipped_steps": skipped}
+        stats = {"loss": float(sums[0] / sums[2]), "acc": float(100 * sums[1] / sums[2])}
+        return {**stats, "skipped_steps": skipped} if cfg.optim.skip_nonfinite else stats
+
+    def _bad_step(self, bad: bool, epoch: int, loss_value: float) -> bool:
+        """Whether to skip this optimiser step: its loss (or, when skipping, a gradient) is not finite on
+        some rank. Raises ``TrainingDiverged`` unless ``optim.skip_nonfinite``."""
+        skip_mode = self.cfg.optim.skip_nonfinite
+        if skip_mode and not bad and not self.scaler.is_enabled():  # fp16: the scaler handles inf gradients
+            bad = not grads_finite(adapter_parameters(self.model))
+        if not nonfinite_anywhere(bad, self.info):
+            return False
+        lr = self.sched.get_last_lr()[0]
+        if skip_mode:
+            self.history["skipped_steps"] += 1
+            return True
+        what = (
+            f"the loss is {loss_value}" if not math.isfinite(loss_value) else "the loss is not finite on another rank"
+        )
+        self._log({"type": "error", "epoch": epoch + 1, "step": self.step + 1, "lr": lr, "error": what})
+        raise diverged(what, epoch + 1, self.step + 1, lr)
 
     def evaluate(self) -> dict[str, float]:
         if self.evaluator is not None:
@@ -347,24 +380,35 @@ class Trainer:
 
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train the remaining epochs (checkpoint after each), then save the adapters and evaluate."""
-        cfg = self.cfg
-        t_start = time.perf_counter()
-        epoch_times = []
-        stats: dict[str, float] = {}
+        cfg, history = self.cfg, self.history
+        t_start, time_before = time.perf_counter(), history["train_time_s"]
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
             stats = self.train_epoch(epoch)
-            epoch_times.append(time.perf_counter() - t0)
-            rec = {"type": "epoch", "epoch": epoch + 1, "step": self.step, **stats, "time_s": epoch_times[-1]}
+            history["epoch_time_s"].append(time.perf_counter() - t0)
+            history["last_epoch"] = stats
+            rec = {
+                "type": "epoch",
+                "epoch": epoch + 1,
+                "step": self.step,
+                **stats,
+                "time_s": history["epoch_time_s"][-1],
+            }
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.optim.epochs:
                 rec["eval"] = self.evaluate() if self.info.is_main else None
             self._log(rec)
+            history["train_time_s"] = time_before + time.perf_counter() - t_start
             if cfg.checkpoint:
                 self._checkpoint(epoch + 1)
             barrier(self.info)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
                 return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
-        train_time = time.perf_counter() - t_start
+        train_time = time_before + time.perf_counter() - t_start
+        if not all(bool(torch.isfinite(p).all()) for p in adapter_parameters(self.model)):
+            raise diverged(
+                "the adapter weights are not finite", cfg.optim.epochs, self.step, self.sched.get_last_lr()[0]
+            )
+        stats = history["last_epoch"]
         metrics: dict[str, Any] = {}
         if self.info.is_main:
             save_adapters(self.model, self.run_dir / "adapters.safetensors")
@@ -385,7 +429,7 @@ class Trainer:
                 "final_train_loss": stats.get("loss"),
                 "final_train_acc": stats.get("acc"),
                 "train_time_s": train_time,
-                "epoch_time_s": epoch_times,
+                "epoch_time_s": history["epoch_time_s"],
                 "eval_time_s": time.perf_counter() - t0,
                 "prefix_cache": {
                     "image": self.cached,
@@ -398,6 +442,8 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "run_dir": str(self.run_dir),
             }
-            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            if cfg.optim.skip_nonfinite:
+                metrics["skipped_steps"] = history["skipped_steps"]
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
         barrier(self.info)
         return metrics

@@ -6,7 +6,8 @@ epoch (atomically, with optimiser, scheduler, scaler and RNG state) and ``resume
 the same final numbers. Under ``torchrun`` it trains data-parallel (DDP).
 
 Run folder ``output_dir/<dataset>/<method>/shots_<K>/seed<S>/``: ``config.json``, ``log.jsonl``,
-``checkpoint.pt``, ``adapters.safetensors`` (the adapter config in its metadata), ``metrics.json``.
+``checkpoint.pt``, ``adapters.safetensors`` (the adapter config in its metadata), ``metrics.json``;
+one run at a time holds it (:mod:`trkit_vlm.training.run_folder`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from trkit_vlm.data import (
 from trkit_vlm.data.tasks import apply_task
 from trkit_vlm.data.transforms import check_files
 from trkit_vlm.models import ClipBundle, load_clip, register_model_config, registered_model_config
+from trkit_vlm.training.checkpoint import fingerprint
 from trkit_vlm.training.config import RunConfig, save_config
-from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, on_main, shutdown
 from trkit_vlm.training.loop import Trainer
+from trkit_vlm.training.run_folder import finished_metrics, lock_run_folder, resume_point, start_fresh
 from trkit_vlm.training.seeding import seed_everything
 
 __all__ = ["train", "prepare_data", "build_model"]
@@ -109,7 +112,8 @@ def train(
             gets adapters for the run and has them removed again at the end, so it can be reused.
         data: in-memory :class:`ClassificationData` (all classes) instead of ``cfg.data.dataset``.
         progress: tqdm bars (rank 0 only).
-        resume: continue from ``checkpoint.pt`` in the run folder when there is one.
+        resume: continue from the run folder's checkpoint (see :func:`~trkit_vlm.training.run_folder.resume_point`);
+            a finished run returns its ``metrics.json`` unchanged. Without it the folder starts afresh.
         stop_after_epoch: stop after that epoch (after its checkpoint), as a preempted job would.
         evaluator: ``f(model) -> {"base", "novel", "hm", "all", ...}`` scoring the trained model instead of
             the default evaluation of the test split (a benchmark's :class:`~trkit_vlm.evaluation.cached.
@@ -118,30 +122,43 @@ def train(
     Returns:
         metrics: ``base``, ``novel``, ``hm``, ``all`` (%), ``n_trainable``, ``train_time_s``, ``run_dir``...
         (``{"stopped_after_epoch": e, ...}`` when stopped early).
+
+    Raises:
+        InputError: another run holds the run folder; the checkpoint belongs to another run or is lost.
+        TrainingDiverged: a non-finite loss (unless ``optim.skip_nonfinite``); no metrics are written.
     """
     cfg.validate()
     info = init_distributed(cfg.device)
     own_bundle = bundle is None
-    model = None
+    model, lock = None, None
     try:
         seed_everything(cfg.seed)
         run_dir = cfg.run_dir()
-        fs, train_data = prepare_data(cfg, data, info)
-        bundle, model, adapter_cfg = build_model(cfg, bundle, info.device)
         if cfg.model_config is None:  # a custom model: its config goes into the run folder, to rebuild it
             cfg.model_config = registered_model_config(cfg.model)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        lock = on_main(lambda: lock_run_folder(run_dir), info)
+        start = broadcast_object(
+            on_main(lambda: resume_point(run_dir, fingerprint(cfg)) if resume else None, info), info
+        )
+        if start is None:
+            on_main(lambda: start_fresh(run_dir), info)
+        else:
+            done = broadcast_object(on_main(lambda: finished_metrics(run_dir, start[1], cfg.optim.epochs), info), info)
+            if done is not None:
+                return done
+        fs, train_data = prepare_data(cfg, data, info)
+        bundle, model, adapter_cfg = build_model(cfg, bundle, info.device)
+        if info.is_main:  # the folder exists: the lock file is in it
             save_config(cfg, run_dir / "config.json")
         trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress, evaluator=evaluator)
-        if resume:
-            trainer.try_resume()
-        elif info.is_main and (run_dir / "log.jsonl").exists():
-            (run_dir / "log.jsonl").unlink()  # a fresh run starts a fresh log
+        if start is not None:
+            trainer.try_resume(start[0])
         result = trainer.fit(stop_after_epoch)
         return broadcast_object(result, info)
     finally:
         if model is not None and not own_bundle:
             if get_adapters(model) is not None:
                 remove_adapters(model)
+        if lock is not None:
+            lock.release()
         shutdown(info)

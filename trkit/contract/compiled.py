@@ -1,5 +1,5 @@
-"""Execute an einsum over a layer's input and cores as a precompiled chain of views and
-``torch.mm``/``torch.bmm`` calls, along a path chosen for *time*, not only FLOPs.
+"""The ``"compiled"`` backend of :func:`trkit.contract.contract`: an einsum run as a precompiled
+chain of views and ``torch.mm``/``torch.bmm`` calls, along a path chosen for *time*, not only FLOPs.
 
 Why not ``torch.einsum`` per pairwise step: its dispatch (equation parsing, generic permutes,
 ``sumproduct_pair``) measured 10-20 us per step on one CPU core, several times the cost of the
@@ -8,28 +8,31 @@ each step is planned once per (equation, shapes) and then costs one ``mm``/``bmm
 an operand is copied only when its indices cannot be grouped as ``(batch, free, contracted)``
 or ``(batch, contracted, free)`` by a view (a transposed operand is passed to BLAS as is).
 
-Path and layouts come from :mod:`trkit.nn._paths` (a time model; dynamic programming over
-operand subsets for up to ``DP_MAX`` operands, the planner's ``trkit.contract.contract_path``
-order beyond). The compiled steps are generated as straight-line Python (no per-op
-interpretation at call time) and cached per (equation, shapes, contiguity). Equations with
-repeated indices or an index summed inside one operand run on ``torch.einsum``.
+Path and layouts come from :mod:`trkit.contract.time_model` (a time model; dynamic programming
+over operand subsets for up to ``DP_MAX`` operands, the FLOP planner's order beyond). The compiled
+steps are generated as straight-line Python (no per-op interpretation at call time) and cached per
+(equation, shapes, contiguity). Equations with repeated indices or an index summed inside one
+operand run their steps on ``torch.einsum``.
+
+Layers that call one contraction many times (``trkit.nn``) keep the plan from :func:`get_plan`
+and call :func:`execute` (no cache lookup per call); everything else goes through
+``trkit.contract.contract``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
 
-from trkit import contract as _contract
-from trkit.nn._paths import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, prod, same_layout
+from trkit.contract._planned import PlanCache, contract_path
+from trkit.contract.time_model import COST, DP_MAX, ExecCost, Prep, dp_path, pair_layout, prod, same_layout
 
-__all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "COST", "ExecCost"]
+__all__ = ["run", "execute", "get_plan", "describe", "plan_cost", "is_native", "COST", "ExecCost", "DP_MAX"]
 
-_plans: OrderedDict[tuple, _Plan] = OrderedDict()
-_MAX_PLANS = 512
+
+cache = PlanCache()  # generated plans keyed by (equation, index shapes, runtime shapes, contiguity)
 
 
 class _Step(NamedTuple):
@@ -93,12 +96,11 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
     sizes: dict = {}
     for t, s in zip(terms, shapes):
         sizes.update(zip(t, s))
-    counts = {c: sum(c in t for t in terms) + (c in out) for c in sizes}
-    simple = all(len(set(t)) == len(t) for t in terms) and all(v >= 2 for v in counts.values()) and len(terms) > 1
+    simple = is_native(equation)
     if simple and len(terms) <= DP_MAX:
         path = _path(tuple(terms), out, tuple(sizes.items()))
     else:
-        path = [tuple(p) for p in _contract.contract_path(equation, *shapes)[0]]
+        path = [tuple(p) for p in contract_path(equation, *shapes)[0]]
     n_in = len(terms)
     slots = list(range(n_in))
     phys = {k: tuple(phys_shapes[k]) for k in range(n_in)}  # runtime shape of each slot
@@ -184,15 +186,29 @@ def _plan(equation: str, shapes: tuple, phys_shapes: tuple, contiguous: tuple) -
     return _Plan(tuple(steps), tuple(final_ops), bool(fuse), tuple(sizes[c] for c in out), flops, copies, cost, fn)
 
 
+def is_native(equation: str) -> bool:
+    """Whether every step of ``equation`` can run as an ``mm``/``bmm`` (no index repeated inside
+    one operand, none summed inside a single operand, at least two operands)."""
+    ins, out = equation.replace(" ", "").split("->")
+    terms = ins.split(",")
+    letters = set(ins.replace(",", ""))
+    counts = {c: sum(c in t for t in terms) + (c in out) for c in letters}
+    return len(terms) > 1 and all(len(set(t)) == len(t) for t in terms) and all(v >= 2 for v in counts.values())
+
+
 def get_plan(equation: str, shapes: tuple, phys: tuple, contiguous: tuple) -> _Plan:
     """The compiled plan (LRU-cached) for operands of index ``shapes`` passed with runtime
     shapes ``phys`` and contiguity flags ``contiguous``."""
     key = (equation, shapes, phys, contiguous)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = _plan(equation, shapes, phys, contiguous)
-        if len(_plans) > _MAX_PLANS:
-            _plans.popitem(last=False)
+    plan = cache.entries.get(key)
+    if plan is not None:
+        cache.hits += 1
+        return plan
+    cache.misses += 1
+    plan = _plan(equation, shapes, phys, contiguous)
+    if cache.size > 0:
+        cache.entries[key] = plan
+        cache.trim()
     return plan
 
 
@@ -265,7 +281,7 @@ def _codegen(steps: tuple, n_in: int, final_ops: tuple, fuse: bool | tuple):
     lines.append("    return y if y.shape == out_shape else y.reshape(out_shape)")
     namespace = {"torch": torch}
     namespace["__source__"] = "\n".join(lines)
-    exec(compile("\n".join(lines) + "\n", "<trkit.nn._exec plan>", "exec"), namespace)
+    exec(compile("\n".join(lines) + "\n", "<trkit.contract.compiled plan>", "exec"), namespace)
     return namespace["_run"]
 
 

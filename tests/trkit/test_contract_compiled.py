@@ -1,4 +1,4 @@
-"""trkit.nn._exec: the compiled contraction executor against torch.einsum (float64), gradients,
+"""trkit.contract.compiled: the compiled contraction executor against torch.einsum (float64), gradients,
 layouts (strided inputs, size-1 indices, batch indices), bias fusion and the fallbacks."""
 
 import string
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trkit.nn import _exec
+from trkit.contract import compiled as _exec
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Path and layout search for :mod:`trkit.nn._exec`: which pairwise order, and how each
+"""Path and layout search for :mod:`trkit.contract.compiled`: which pairwise order, and how each
 operand is viewed as a (batched) matrix, under a model of eager CPU execution time.
 
 Cost of one pairwise step, in FLOP-equivalents (:data:`COST`): its FLOPs, plus one GEMM dispatch,
