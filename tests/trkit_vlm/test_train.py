@@ -131,7 +131,8 @@ def test_cli_train_and_errors(tmp_path, data_root, capsys):
         main(["train", "-c", str(tmp_path / "c.json"), "--method", "dora"])
     assert exit_.value.code == 2 and "invalid choice: 'dora'" in capsys.readouterr().err
     assert main(["train", "-c", str(tmp_path / "c.json"), "--set", "method=dora"]) == 2
-    assert "unknown method 'dora'; expected one of ['adaring', 'linear_probe', 'lora', 'mma']" in capsys.readouterr().err
+    known = "['adaring', 'linear_probe', 'lora', 'mma']"
+    assert f"unknown method 'dora'; expected one of {known}" in capsys.readouterr().err
     assert main(["train", "-c", str(tmp_path / "c.json"), "--shots", "9", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shots=9 is larger than the 4 train images" in err
