@@ -18,8 +18,12 @@ import trkit_vlm.cli
 REPO = Path(__file__).resolve().parents[1]
 SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
 PROGRAMS = ("trkit", "trkit-vlm", "torchrun", "python", "make")
-# Top-level folders of the repository: a path under one of them must exist.
-REPO_DIRS = tuple(p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith("."))
+# Top-level folders of the repository: a path under one of them must exist. Run outputs (output/, site/)
+# are not part of it, even when a local run has created them.
+_IGNORED = {"output", "outputs", "site", "build", "dist"}
+REPO_DIRS = tuple(
+    p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED
+)
 
 
 def _shell_lines(text: str) -> list[str]:

@@ -1,0 +1,236 @@
+"""``trkit-vlm benchmark``: run a suite (results JSON, tables, forest plot) or tune its methods' recipes.
+
+:func:`run_benchmark` plans the suite's units (see :mod:`trkit_vlm.demo.benchmark`), runs them, writes
+``results.json`` after every unit (``resume=True`` skips the units already there), then the statistics:
+``results.md`` (tables with paired 95% CIs) and ``forest.png``.
+
+:func:`tune` is the one tuning procedure for every method: an ``lr x epochs`` grid (the same size for every
+method, per optimiser family) scored by the mean validation HM over the base-to-novel tasks and the tuning
+seeds (few-shot draws disjoint from the test seeds; scored images held out from pre-training). A chosen
+value on the edge of its grid extends the grid in that direction, up to ``tuning.extend`` times per axis.
+The chosen ``lr`` and ``epochs`` (and the steps they train) go into the recipes JSON that the suite reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trkit.env import env_info
+from trkit.errors import InputError
+from trkit_vlm.demo.benchmark import ModelSpec, execute, method_runs, plan_units
+from trkit_vlm.demo.suite import SuiteConfig
+from trkit_vlm.demo.suite_report import forest_plot_png, markdown_tables, summarize
+from trkit_vlm.files import atomic_write_bytes, atomic_write_text
+from trkit_vlm.models import ClipBundle
+
+__all__ = ["run_benchmark", "tune", "quick_suite"]
+
+
+def quick_suite(suite: SuiteConfig, seeds: int = 3) -> SuiteConfig:
+    """The suite on its first ``seeds`` seeds (``--quick``: a smoke run of every protocol)."""
+    import copy
+
+    out = copy.deepcopy(suite)
+    out.seeds = suite.seeds[:seeds]
+    return out
+
+
+def _quiet(*args: Any) -> None:
+    pass
+
+
+def _unit_key(unit_or_row: dict[str, Any]) -> tuple:
+    return (unit_or_row["protocol"], unit_or_row["source"], unit_or_row["seed"])
+
+
+def run_benchmark(
+    suite: SuiteConfig,
+    output_dir: str | Path,
+    workers: int = 1,
+    threads: int = 1,
+    model: ModelSpec | None = None,
+    bundle: ClipBundle | None = None,
+    keep_runs: bool = True,
+    resume: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run every unit of ``suite``; write ``results.json``, ``results.md`` and ``forest.png`` under ``output_dir``.
+
+    Args:
+        workers, threads: processes, and torch threads in each (2 x 1 on a 2-core machine).
+        model: how each process builds the backbone (default: the cached small CLIP); ``bundle``: a ready
+            one for ``workers=1``.
+        keep_runs: keep each run's folder (config, adapters, metrics; ``trkit-vlm eval`` re-scores it).
+        resume: keep the units already in ``results.json`` and run the others.
+
+    Returns:
+        ``{"runs": [...], "summary": {...}, "paths": {...}, ...}``.
+    """
+    log = log or _quiet
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model or ModelSpec()
+    units = plan_units(suite, method_runs(suite, suite.load_recipes()), str(out / "runs"))
+    path = out / "results.json"
+    runs: list[dict[str, Any]] = []
+    if resume and path.is_file():
+        labels = [m.label for m in suite.methods]
+        old = [r for r in json.loads(path.read_text())["runs"] if r["method"] in labels]
+        done = {
+            k for k in {_unit_key(r) for r in old} if {r["method"] for r in old if _unit_key(r) == k} >= set(labels)
+        }
+        runs = [r for r in old if _unit_key(r) in done]
+        units = [u for u in units if _unit_key(u) not in done]
+        log(f"resuming: {len(done)} units done, {len(units)} to run")
+    t0 = time.perf_counter()
+    meta = {"suite": suite.source, "seeds": suite.seeds, "reference": suite.reference, "workers": workers,
+            "threads": threads, "env": env_info()}  # fmt: skip
+    for i, (unit, rows) in enumerate(execute(units, model, workers, threads, keep_runs, bundle), 1):
+        runs += rows
+        atomic_write_text(path, json.dumps({**meta, "runs": runs}, indent=1))
+        own = [r for r in rows if r["task"] == unit["source"]]
+        scores = ", ".join(f"{r['method']} {r['hm'] if r['hm'] is not None else r['all']:.1f}" for r in own)
+        log(f"[{i}/{len(units)}] {unit['protocol']} {unit['source']} seed {unit['seed']}: {scores} "
+            f"({sum(r['wall_s'] for r in own):.0f} s)")  # fmt: skip
+    wall = time.perf_counter() - t0
+    summary = summarize(runs, suite.reference)
+    timing = {
+        "wall_s": wall,
+        "units": len(units),
+        "trained_runs": sum(1 for r in runs if r["steps"] and r["task"] == r["source"]),
+        "mean_run_wall_s": float(np.mean([r["wall_s"] for r in runs if r["task"] == r["source"]])) if runs else 0.0,
+    }
+    result = {**meta, "runs": runs, "summary": summary, "timing": timing}
+    md = markdown_tables(summary)
+    paths = {"json": str(path), "markdown": str(out / "results.md"), "png": str(out / "forest.png")}
+    atomic_write_text(path, json.dumps({**result, "paths": paths}, indent=1))
+    atomic_write_text(out / "results.md", md)
+    title = f"Small Fashion-MNIST CLIP (not OpenAI CLIP), {len(suite.seeds)} paired seeds"
+    atomic_write_bytes(out / "forest.png", forest_plot_png(summary, title))
+    return {**result, "paths": paths, "markdown": md}
+
+
+# ------------------------------------------------------------------------------------------ tuning
+def _grid_points(lrs: list[float], epochs: list[int]) -> list[tuple[float, int]]:
+    return [(float(lr), int(ep)) for lr in lrs for ep in epochs]
+
+
+def _extend(values: list, best, kind: str) -> tuple[list, bool]:
+    """One more value beyond ``best`` when it is the grid's smallest or largest; (new values, extended?)."""
+    values = sorted(values)
+    if len(values) < 2 or best not in (values[0], values[-1]):
+        return values, False
+    if kind == "lr":
+        ratio = values[1] / values[0] if best == values[0] else values[-1] / values[-2]
+        new = best / ratio if best == values[0] else best * ratio
+        return sorted([*values, float(f"{new:.3g}")]), True
+    if best == values[0]:
+        return (sorted([*values, best // 2]), True) if best >= 2 else (values, False)
+    return sorted([*values, best * 2]), True
+
+
+def tune(
+    suite: SuiteConfig,
+    output_dir: str | Path,
+    recipes_path: str | Path,
+    methods: list[str] | None = None,
+    workers: int = 1,
+    threads: int = 1,
+    model: ModelSpec | None = None,
+    bundle: ClipBundle | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Tune ``lr`` and ``epochs`` of each method (all trained ones by default) and write ``recipes_path``.
+
+    Other methods' entries already in ``recipes_path`` are kept. Returns the file's content.
+    """
+    log = log or _quiet
+    if not suite.base_to_novel:
+        raise InputError("tuning scores the base-to-novel tasks; the suite lists none")
+    labels = methods or [m.label for m in suite.methods if m.trains]
+    entries = {label: suite.method(label) for label in labels}
+    grids = {}
+    for label, m in entries.items():
+        family = m.optim.get("name", "sgd")
+        if family not in suite.tuning.grids:
+            raise InputError(f"no tuning grid for optimiser {family!r} ({label}); grids: {sorted(suite.tuning.grids)}")
+        g = suite.tuning.grids[family]
+        grids[label] = {
+            "lr": [float(v) for v in g["lr"]],
+            "epochs": [int(v) for v in g["epochs"]],
+            "ext": {"lr": 0, "epochs": 0},
+        }
+    scores: dict[str, dict[tuple[float, int], list[dict]]] = {label: {} for label in labels}
+    model = model or ModelSpec()
+    t0 = time.perf_counter()
+    pending = dict.fromkeys(labels)
+    while pending:
+        runs = []
+        for label in pending:
+            m, g = entries[label], grids[label]
+            for lr, ep in _grid_points(g["lr"], g["epochs"]):
+                if (lr, ep) not in scores[label]:
+                    runs.append({"label": f"{label}\t{lr}\t{ep}", "method": m.method, "adapter": m.adapter,
+                                 "loss": m.loss, "optim": {**m.optim, "lr": lr, "epochs": ep}})  # fmt: skip
+        units = plan_units(suite, runs, str(Path(output_dir) / "tuning"), "val", suite.tuning.seeds,
+                           suite.tuning.eval_per_class, transfer=False)  # fmt: skip
+        for i, (unit, rows) in enumerate(execute(units, model, workers, threads, False, bundle), 1):
+            for r in rows:
+                label, lr, ep = r["method"].split("\t")
+                scores[label].setdefault((float(lr), int(ep)), []).append(r)
+            log(f"  tuning [{i}/{len(units)}] {unit['source']} seed {unit['seed']} ({time.perf_counter() - t0:.0f} s)")
+        nxt = {}
+        for label in pending:
+            g = grids[label]
+            best = max(scores[label], key=lambda k: np.mean([r["hm"] for r in scores[label][k]]))
+            changed = False
+            for axis, value in (("lr", best[0]), ("epochs", best[1])):
+                if g["ext"][axis] < suite.tuning.extend:
+                    g[axis], ext = _extend(g[axis], value, axis)
+                    g["ext"][axis] += int(ext)
+                    changed |= ext
+            if changed:
+                nxt[label] = None
+                log(f"  {label}: best lr {best[0]} x {best[1]} epochs is on the grid's edge: extending")
+        pending = nxt
+    recipes_path = Path(recipes_path)
+    content = json.loads(recipes_path.read_text()) if recipes_path.is_file() else {"recipes": {}}
+    for label in labels:
+        pts = []
+        for (lr, ep), rs in sorted(scores[label].items()):
+            per_task = {t: float(np.mean([r["hm"] for r in rs if r["task"] == t])) for t in suite.base_to_novel}
+            hm, train_s = float(np.mean([r["hm"] for r in rs])), float(np.mean([r["train_time_s"] for r in rs]))
+            pts.append({"lr": lr, "epochs": ep, "hm": hm, "per_task": per_task, "steps": rs[0]["steps"],
+                        "train_time_s": train_s})  # fmt: skip
+        best = max(pts, key=lambda p: p["hm"])
+        g = grids[label]
+        on_edge = any(v in (min(g[a]), max(g[a])) for a, v in (("lr", best["lr"]), ("epochs", best["epochs"])))
+        content["recipes"][label] = {
+            "optim": {"lr": best["lr"], "epochs": best["epochs"]},
+            "validation_hm": best["hm"],
+            "steps": best["steps"],
+            "grid": {"lr": g["lr"], "epochs": g["epochs"], "extensions": g["ext"], "points": len(pts)},
+            "still_on_edge": bool(on_edge),
+            "points": pts,
+        }
+        log(
+            f"{label}: lr {best['lr']}, {best['epochs']} epochs ({best['steps']} steps), validation HM {best['hm']:.2f}"
+        )
+    content["tuning"] = {
+        "seeds": suite.tuning.seeds,
+        "tasks": suite.base_to_novel,
+        "eval_per_class": suite.tuning.eval_per_class,
+        "scored": "validation images (held out from pre-training); mean HM over tasks and seeds",
+        "rule": "lr x epochs grid per optimiser; a choice on the grid's edge extends that axis "
+        f"(at most {suite.tuning.extend} times)",
+        "suite": suite.source,
+    }
+    content["env"] = env_info()
+    recipes_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recipes_path, json.dumps(content, indent=1))
+    return content
