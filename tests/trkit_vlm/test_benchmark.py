@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _helpers import TINY_SMALL_CLIP_CONFIG, fake_fashion_mnist
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
 
+from trkit.errors import InputError
 from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.tasks import apply_task
 from trkit_vlm.demo.benchmark import ModelSpec, digest
 from trkit_vlm.demo.suite import suite_from_dict
+from trkit_vlm.demo.suite_report import summarize
 from trkit_vlm.demo.suite_run import _extend, run_benchmark, tune
 from trkit_vlm.evaluation.paired import paired_difference
 from trkit_vlm.evaluation.run import evaluate_run
@@ -130,8 +135,10 @@ def test_ci_is_the_closed_form_paired_t(result):
             for s in (1, 2)]
         for m in ("LoRA", "MMA")
     }  # fmt: skip
-    want = paired_difference(over["LoRA"], over["MMA"])
-    assert cell["overall"]["LoRA"]["diff"] == pytest.approx(want)
+    d = np.subtract(over["LoRA"], over["MMA"])
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))  # scipy's own t interval
+    got = cell["overall"]["LoRA"]["diff"]
+    assert (got["mean"], got["ci_low"], got["ci_high"]) == pytest.approx((d.mean(), low, high))
     # Transfer: all-class accuracy on the target, in-domain row for the source; the reference has no diff.
     xt = result["summary"]["cross-task"]
     assert xt["metric"] == "all" and xt["overall_over"] == ["distractor"] and "diff" not in xt["cells"]["noise"]["MMA"]
@@ -170,3 +177,30 @@ def test_tune_writes_recipes_and_extends_edges(model, tmp_path):
     assert r["grid"]["points"] == len(r["grid"]["lr"]) * len(r["grid"]["epochs"]) >= 4
     assert all(v <= 1 for v in r["grid"]["extensions"].values())
     assert r["steps"] == r["optim"]["epochs"] * 1  # 10 shots of the 5 base classes, batch 10: one step an epoch
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=2, max_size=25))
+def test_paired_difference_matches_scipy(pairs):
+    a, b = (np.array(x) for x in zip(*pairs))
+    d = a - b
+    got = paired_difference(a, b)
+    assert got["mean"] == pytest.approx(d.mean(), abs=1e-9) and got["n"] == len(d)
+    if d.std(ddof=1) > 1e-6:
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((low, high), rel=1e-6, abs=1e-9)
+        assert got["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-6, abs=1e-12)
+
+
+def test_suite_refuses_bad_input():
+    with pytest.raises(InputError, match="disjoint from the tuning seeds"):
+        _suite(seeds=[1, 7])  # 7 is a tuning seed
+    with pytest.raises(InputError, match="not under tasks"):
+        _suite(base_to_novel=["noise", "fog"])
+    with pytest.raises(InputError, match="methods.MMA"):
+        _suite(methods={"MMA": {"method": "mma", "adapter": {"hidden": -1}}})
+    with pytest.raises(InputError, match="not paired"):
+        row = {"protocol": "p", "task": "t", "seed": 1, "shots_digest": None}
+        summarize([{**row, "method": "a", "test_digest": "x"}, {**row, "method": "b", "test_digest": "y"}], "a")
+    with pytest.raises(InputError, match="equal-length"):
+        paired_difference([1.0, 2.0], [1.0])

@@ -159,8 +159,9 @@ def plan_units(
     protocols = [(BASE_TO_NOVEL, t, []) for t in suite.base_to_novel]
     protocols += [(p.name, p.source, p.targets) for p in suite.transfer] if transfer else []
     units = []
-    for protocol, source, targets in protocols:
-        for seed in seeds if seeds is not None else suite.seeds:
+    # Seed by seed: a suite stopped part-way has every protocol of the seeds it finished (still paired).
+    for seed in seeds if seeds is not None else suite.seeds:
+        for protocol, source, targets in protocols:
             units.append(
                 {
                     "protocol": protocol,
