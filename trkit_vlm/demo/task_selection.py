@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.tasks import TaskSpec, scored_data, subset_per_class, task_pools
 from trkit_vlm.demo.small_clip import PRETRAIN_TEMPLATES, PretrainRecipe, images_to_tensor
+from trkit_vlm.demo.tasks import accuracy, linear_probe_accuracy
 
 __all__ = ["task_sweep", "validation_spec", "margin_rule"]
 
@@ -67,23 +68,6 @@ def _image_features(model, images: np.ndarray, batch: int = 500) -> torch.Tensor
 @torch.no_grad()
 def _text_features(model, tokenizer, names: list[str], template: str) -> torch.Tensor:
     return F.normalize(model.encode_text(tokenizer([template.format(n) for n in names])), dim=-1)
-
-
-def _probe(train_f, train_y, test_f, test_y, n_classes: int, steps: int = 300) -> float:
-    """Multinomial logistic regression on frozen, unit-norm features (fixed small weight decay, gain 10)."""
-    w = torch.zeros(train_f.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(steps):
-        loss = F.cross_entropy(10 * train_f @ w + b, train_y) + 1e-3 * (w**2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return _accuracy(10 * test_f @ w + b, test_y)
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
 def task_sweep(
@@ -146,14 +130,14 @@ def task_sweep(
         for g, cl in groups.items():
             mask = (labels >= cl[0]) & (labels <= cl[-1])
             y = labels[mask] - cl[0]
-            row[f"zs_{g}"] = _accuracy(f[mask] @ text[cl].t(), y)
+            row[f"zs_{g}"] = accuracy(f[mask] @ text[cl].t(), y)
             ref = (ref_y >= cl[0]) & (ref_y <= cl[-1])
-            row[f"zs_clean_{g}"] = _accuracy(clean_f[ref] @ ref_t[cl].t(), ref_y[ref] - cl[0])
+            row[f"zs_clean_{g}"] = accuracy(clean_f[ref] @ ref_t[cl].t(), ref_y[ref] - cl[0])
             probes = []
             for s in seeds:
                 sf, sy = shot_f[s]
                 m = (sy >= cl[0]) & (sy <= cl[-1])
-                probes.append(_probe(sf[m], sy[m] - cl[0], f[mask], y, len(cl)))
+                probes.append(linear_probe_accuracy(sf[m], sy[m] - cl[0], f[mask], y, len(cl)))
             row[f"probe_{g}"] = float(np.mean(probes))
             row[f"margin_{g}"] = margin_rule(row[f"zs_{g}"], row[f"probe_{g}"], row[f"zs_clean_{g}"], 100.0 / len(cl))
         row["margin"] = min(row["margin_base"], row["margin_novel"])
