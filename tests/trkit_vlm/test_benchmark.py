@@ -176,6 +176,8 @@ def test_tune_writes_recipes_and_extends_edges(model, tmp_path):
     # Each axis is extended at most once here; an extension happened exactly where the first best was on the edge.
     assert r["grid"]["points"] == len(r["grid"]["lr"]) * len(r["grid"]["epochs"]) >= 4
     assert all(v <= 1 for v in r["grid"]["extensions"].values())
+    lrs, eps = sorted({p["lr"] for p in r["points"]}), sorted({p["epochs"] for p in r["points"]})
+    assert r["still_on_edge"] == (best["lr"] in (lrs[0], lrs[-1]) or best["epochs"] in (eps[0], eps[-1]))
     assert r["steps"] == r["optim"]["epochs"] * 1  # 10 shots of the 5 base classes, batch 10: one step an epoch
 
 

@@ -198,6 +198,24 @@ def tune(
                 nxt[label] = None
                 log(f"  {label}: best lr {best[0]} x {best[1]} epochs is on the grid's edge: extending")
         pending = nxt
+        # Written after every round, so a stopped tuning keeps what it measured.
+        content = _write_recipes(suite, recipes_path, labels, scores, grids)
+    for label in labels:
+        r = content["recipes"][label]
+        log(f"{label}: lr {r['optim']['lr']}, {r['optim']['epochs']} epochs ({r['steps']} steps), "
+            f"validation HM {r['validation_hm']:.2f}")  # fmt: skip
+    return content
+
+
+def _on_edge(values: list, value) -> bool:
+    """Whether ``value`` sits at an end of a grid axis that has more than one value (so could extend)."""
+    return len(set(values)) > 1 and value in (min(values), max(values))
+
+
+def _write_recipes(
+    suite: SuiteConfig, recipes_path: str | Path, labels: list[str], scores: dict, grids: dict
+) -> dict[str, Any]:
+    """Update ``recipes_path`` with the best grid point of each label (other labels' entries kept)."""
     recipes_path = Path(recipes_path)
     content = json.loads(recipes_path.read_text()) if recipes_path.is_file() else {"recipes": {}}
     for label in labels:
@@ -209,18 +227,16 @@ def tune(
                         "train_time_s": train_s})  # fmt: skip
         best = max(pts, key=lambda p: p["hm"])
         g = grids[label]
-        on_edge = any(v in (min(g[a]), max(g[a])) for a, v in (("lr", best["lr"]), ("epochs", best["epochs"])))
         content["recipes"][label] = {
             "optim": {"lr": best["lr"], "epochs": best["epochs"]},
             "validation_hm": best["hm"],
             "steps": best["steps"],
             "grid": {"lr": g["lr"], "epochs": g["epochs"], "extensions": g["ext"], "points": len(pts)},
-            "still_on_edge": bool(on_edge),
+            # over the points measured so far: true when the extensions ran out (or the tuning was stopped)
+            "still_on_edge": _on_edge([p["lr"] for p in pts], best["lr"])
+            or _on_edge([p["epochs"] for p in pts], best["epochs"]),
             "points": pts,
         }
-        log(
-            f"{label}: lr {best['lr']}, {best['epochs']} epochs ({best['steps']} steps), validation HM {best['hm']:.2f}"
-        )
     content["tuning"] = {
         "seeds": suite.tuning.seeds,
         "tasks": suite.base_to_novel,
