@@ -206,3 +206,17 @@ def test_suite_refuses_bad_input():
         summarize([{**row, "method": "a", "test_digest": "x"}, {**row, "method": "b", "test_digest": "y"}], "a")
     with pytest.raises(InputError, match="equal-length"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_method_by_method_runs_stay_paired(model, tmp_path):
+    """A suite run in two invocations (some methods, then others with --resume) keeps both and pairs them."""
+    spec, bundle = model
+    suite = _suite(seeds=[1], base_to_novel=["noise"], transfer={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_benchmark(suite.select(methods=["zero-shot", "MMA"]), tmp_path, model=spec, bundle=bundle, log=None)
+        res = run_benchmark(suite.select(methods=["LoRA"]), tmp_path, model=spec, bundle=bundle, log=None, resume=True)
+    runs = res["runs"]
+    assert sorted(r["method"] for r in runs) == ["LoRA", "MMA", "zero-shot"]
+    assert len({r["test_digest"] for r in runs}) == 1 and len({r["shots_digest"] for r in runs if r["steps"]}) == 1
+    assert set(res["summary"]["base-to-novel"]["cells"]["noise"]) == {"LoRA", "MMA", "zero-shot"}

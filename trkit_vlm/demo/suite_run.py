@@ -80,11 +80,13 @@ def run_benchmark(
     runs: list[dict[str, Any]] = []
     if resume and path.is_file():
         labels = [m.label for m in suite.methods]
-        old = [r for r in json.loads(path.read_text())["runs"] if r["method"] in labels]
+        every = json.loads(path.read_text())["runs"]
+        old = [r for r in every if r["method"] in labels]
         done = {
             k for k in {_unit_key(r) for r in old} if {r["method"] for r in old if _unit_key(r) == k} >= set(labels)
         }
-        runs = [r for r in old if _unit_key(r) in done]
+        # Other methods' runs stay (a suite run method by method); these methods' units are whole or run again.
+        runs = [r for r in every if r["method"] not in labels or _unit_key(r) in done]
         units = [u for u in units if _unit_key(u) not in done]
         log(f"resuming: {len(done)} units done, {len(units)} to run")
     t0 = time.perf_counter()
@@ -98,7 +100,8 @@ def run_benchmark(
         log(f"[{i}/{len(units)}] {unit['protocol']} {unit['source']} seed {unit['seed']}: {scores} "
             f"({sum(r['wall_s'] for r in own):.0f} s)")  # fmt: skip
     wall = time.perf_counter() - t0
-    summary = summarize(runs, suite.reference)
+    # The statistics cover this suite's seeds (other methods' kept runs may have more).
+    summary = summarize([r for r in runs if r["seed"] in suite.seeds], suite.reference)
     timing = {
         "wall_s": wall,
         "units": len(units),
