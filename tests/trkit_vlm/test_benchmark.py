@@ -22,7 +22,7 @@ from trkit_vlm.data.tasks import apply_task
 from trkit_vlm.demo.benchmark import ModelSpec, digest
 from trkit_vlm.demo.suite import suite_from_dict
 from trkit_vlm.demo.suite_report import summarize
-from trkit_vlm.demo.suite_run import _extend, run_benchmark, tune
+from trkit_vlm.demo.suite_run import _extend, combine_results, run_benchmark, tune
 from trkit_vlm.evaluation.paired import paired_difference
 from trkit_vlm.evaluation.run import evaluate_run
 
@@ -220,3 +220,18 @@ def test_method_by_method_runs_stay_paired(model, tmp_path):
     assert sorted(r["method"] for r in runs) == ["LoRA", "MMA", "zero-shot"]
     assert len({r["test_digest"] for r in runs}) == 1 and len({r["shots_digest"] for r in runs if r["steps"]}) == 1
     assert set(res["summary"]["base-to-novel"]["cells"]["noise"]) == {"LoRA", "MMA", "zero-shot"}
+    # The same from two separate folders, combined: the same runs and statistics.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_benchmark(suite.select(methods=["LoRA"]), tmp_path / "b", model=spec, bundle=bundle, log=None)
+    first = json.loads((tmp_path / "results.json").read_text())
+    first["runs"] = [r for r in first["runs"] if r["method"] != "LoRA"]
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    both = combine_results([tmp_path / "a.json", tmp_path / "b" / "results.json"], tmp_path / "c")
+    strip = ("wall_s", "train_time_s", "eval_time_s", "unit_setup_s", "run_dir")
+    assert sorted(({k: v for k, v in r.items() if k not in strip} for r in both["runs"]), key=str) == sorted(
+        ({k: v for k, v in r.items() if k not in strip} for r in runs), key=str
+    )
+    assert both["seeds"] == [1] and (tmp_path / "c" / "forest.png").is_file()
+    with pytest.raises(InputError, match="share runs"):
+        combine_results([tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "d")

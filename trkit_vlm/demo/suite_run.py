@@ -28,7 +28,7 @@ from trkit_vlm.demo.suite_report import forest_plot_png, markdown_tables, summar
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.models import ClipBundle
 
-__all__ = ["run_benchmark", "tune", "quick_suite"]
+__all__ = ["run_benchmark", "tune", "quick_suite", "write_report", "combine_results"]
 
 
 def quick_suite(suite: SuiteConfig, seeds: int = 3) -> SuiteConfig:
@@ -100,22 +100,52 @@ def run_benchmark(
         log(f"[{i}/{len(units)}] {unit['protocol']} {unit['source']} seed {unit['seed']}: {scores} "
             f"({sum(r['wall_s'] for r in own):.0f} s)")  # fmt: skip
     wall = time.perf_counter() - t0
-    # The statistics cover this suite's seeds (other methods' kept runs may have more).
-    summary = summarize([r for r in runs if r["seed"] in suite.seeds], suite.reference)
     timing = {
         "wall_s": wall,
         "units": len(units),
         "trained_runs": sum(1 for r in runs if r["steps"] and r["task"] == r["source"]),
         "mean_run_wall_s": float(np.mean([r["wall_s"] for r in runs if r["task"] == r["source"]])) if runs else 0.0,
     }
-    result = {**meta, "runs": runs, "summary": summary, "timing": timing}
+    # The statistics cover this suite's seeds (other methods' kept runs may have more).
+    return write_report(out, {**meta, "timing": timing}, runs, suite.seeds, suite.reference)
+
+
+def write_report(
+    output_dir: str | Path, meta: dict[str, Any], runs: list[dict[str, Any]], seeds: list[int], reference: str
+) -> dict[str, Any]:
+    """``results.json`` (``meta``, every run, the summary), ``results.md`` and ``forest.png`` for ``seeds``."""
+    out = Path(output_dir)
+    summary = summarize([r for r in runs if r["seed"] in seeds], reference)
     md = markdown_tables(summary)
-    paths = {"json": str(path), "markdown": str(out / "results.md"), "png": str(out / "forest.png")}
-    atomic_write_text(path, json.dumps({**result, "paths": paths}, indent=1))
+    paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md"), "png": str(out / "forest.png")}
+    result = {**meta, "seeds": sorted(seeds), "runs": runs, "summary": summary, "paths": paths}
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1))
     atomic_write_text(out / "results.md", md)
-    title = f"Small Fashion-MNIST CLIP (not OpenAI CLIP), {len(suite.seeds)} paired seeds"
+    title = f"Small Fashion-MNIST CLIP (not OpenAI CLIP), {len(seeds)} paired seeds"
     atomic_write_bytes(out / "forest.png", forest_plot_png(summary, title))
-    return {**result, "paths": paths, "markdown": md}
+    return {**result, "markdown": md}
+
+
+def combine_results(paths: list[str | Path], output_dir: str | Path, reference: str = "MMA") -> dict[str, Any]:
+    """One report from the ``results.json`` of suite runs made method by method (same suite, other methods).
+
+    The statistics use the seeds on which every method finished every (protocol, task) its runs cover.
+    """
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [r for f in files for r in f["runs"]]
+    keys = [(r["method"], r["protocol"], r["task"], r["seed"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise InputError("the results files share runs (the same method, protocol, task and seed)")
+    cells = {(r["protocol"], r["task"]) for r in runs}
+    methods = {r["method"] for r in runs}
+    have = set(keys)
+    seeds = sorted(s for s in {r["seed"] for r in runs} if all((m, p, t, s) in have for m in methods for p, t in cells))
+    if not seeds:
+        raise InputError("no seed has runs of every method on every protocol and task")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    meta = {"combined_from": [str(p) for p in paths], "reference": reference,
+            "timing": {str(p): f.get("timing") for p, f in zip(paths, files)}, "env": env_info()}  # fmt: skip
+    return write_report(output_dir, meta, runs, seeds, reference)
 
 
 # ------------------------------------------------------------------------------------------ tuning
