@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
 PROGRAMS = ("trkit", "trkit-vlm", "torchrun", "python", "make")
 # Top-level folders of the repository: a path under one of them must exist. Ignored folders (output/,
-# runs/: what commands write) are not part of the repository even where a checkout has them.
+# runs/, site/: what commands write) are not part of the repository even where a checkout has them.
 _IGNORED = {ln.strip().strip("/") for ln in (REPO / ".gitignore").read_text().splitlines() if ln.strip().endswith("/")}
+_IGNORED |= {"output", "outputs", "site", "build", "dist"}
 REPO_DIRS = tuple(
     p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED
 )

@@ -207,5 +207,5 @@ def test_run_config_files_and_overrides(tmp_path):
         apply_overrides(cfg, ["optim.lrr=1"])
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['optimiser'\]"):
         config_from_dict({"optimiser": {}})
-    with pytest.raises(ValueError, match="unknown method 'lora'"):
-        RunConfig(method="lora").validate()
+    with pytest.raises(ValueError, match="unknown method 'dora'"):
+        RunConfig(method="dora").validate()

@@ -95,3 +95,100 @@ def test_eval_of_a_task_run_reproduces_its_metrics(tmp_path):
     # What eval scored is the shifted task (contrast 0.4 around mid-grey), not the raw images.
     scored = load_run_data(saved).test
     assert len(scored) == 30 and all(76 <= img.min() and img.max() <= 179 for img, _ in scored)
+
+
+# ------------------------------------------------------------------------------- the built-in shifts
+SHIFT_PARAMS = {
+    "noise": {"sigma": 0.2},
+    "blur": {"sigma": 1.5},
+    "lowres": {"size": 7},
+    "edges": {"mix": 0.7},
+    "contrast": {"strength": 0.6},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIFT_PARAMS))
+def test_shifts_work_image_by_image(name):
+    """Shifting a pool then taking a subset = shifting the subset (what task_pools relies on)."""
+    x = _arrays()[0][:30]
+    idx = np.array([29, 3, 17, 3, 0])
+    whole = tasks.apply_shift(x, name, SHIFT_PARAMS[name])
+    assert whole.dtype == np.uint8 and whole.shape == x.shape
+    assert np.array_equal(whole[idx], tasks.apply_shift(x[idx], name, SHIFT_PARAMS[name]))
+    assert not np.array_equal(whole, x)
+
+
+def test_shift_closed_forms():
+    rng = np.random.default_rng(1)
+    x = rng.integers(60, 196, (40, 28, 28), dtype=np.uint8)  # no clipping at sigma 0.05
+    # Noise: the differences are N(0, sigma) up to quantisation; a different seed, different noise.
+    d = (tasks.apply_shift(x, "noise", {"sigma": 0.05}).astype(float) - x) / 255.0
+    assert abs(d.mean()) < 0.002 and abs(d.std() - np.sqrt(0.05**2 + 1 / 255**2 / 12)) < 0.002
+    assert not np.array_equal(tasks.apply_shift(x, "noise", {"sigma": 0.05, "seed": 1}), x + 0)
+    # Identities: no blur, full resolution, no edge mix.
+    assert np.array_equal(tasks.apply_shift(x, "blur", {"sigma": 0.0}), x)
+    assert np.array_equal(tasks.apply_shift(x, "lowres", {"size": 28}), x)
+    assert np.array_equal(tasks.apply_shift(x, "edges", {"mix": 0.0}), x)
+    # Low resolution: every 4x4 block of the 7x7 version is one grey level when upsampled... by area, then
+    # bilinear: constant images stay constant; a block image survives size 7 exactly at block centres.
+    const = np.full((1, 28, 28), 77, np.uint8)
+    assert np.array_equal(tasks.apply_shift(const, "lowres", {"size": 7}), const)
+    # Edges: a vertical step gives an even line at the step and nothing on the flat parts (mix 1 = edge map;
+    # the picture border, zero outside, is an edge too).
+    step = np.zeros((2, 28, 28), np.uint8)
+    step[0, :, 14:] = 200
+    step[1] = step[0, :, ::-1]  # a second image: nothing of it may leak into the first
+    e = tasks.apply_shift(step, "edges", {"mix": 1.0})[0].astype(int)
+    assert (e[2:26, 13] == e[2:26, 14]).all() and e[2:26, 13].min() > 100
+    assert e[2:26, 1:12].max() == 0 and e[2:26, 16:26].max() == 0
+    # Blur keeps the mean of an image whose content is far from the border.
+    blob = np.zeros((1, 28, 28), np.uint8)
+    blob[:, 10:18, 10:18] = 240
+    b = tasks.apply_shift(blob, "blur", {"sigma": 1.0})
+    assert abs(int(b.astype(int).sum()) - int(blob.astype(int).sum())) < 0.01 * blob.astype(int).sum()
+    with pytest.raises(ValueError, match="sigma must be a number"):
+        tasks.apply_shift(x, "noise", {"sigma": -1})
+    with pytest.raises(ValueError, match="size must be an integer"):
+        tasks.apply_shift(x, "lowres", {"size": 40})
+
+
+# ----------------------------------------------------------------------------------- the text side
+def test_text_fields_class_order_and_prompt_template():
+    arrays = _arrays()
+    data = fashion_mnist_data(arrays)
+    names = [f"name{i}" for i in range(10)]
+    order = [9, 8, 7, 6, 5, 0, 1, 2, 3, 4]
+    spec = tasks.TaskSpec("none", classnames=names, template="a {} and a coat.", class_order=order, eval_per_class=2)
+    d = tasks.apply_task(data, spec)
+    assert d.classnames == [names[c] for c in order]
+    # Label j of the task is class order[j] of the dataset: images keep their class, labels follow the order.
+    _, _, xte, yte = arrays
+    for img, lab in d.test:
+        src = np.flatnonzero([np.array_equal(img, x) for x in xte])
+        assert len(src) == 1 and order[lab] == yte[src[0]]
+    cfg = RunConfig(method="mma")
+    cfg.data.task = spec.to_dict()
+    assert cfg.prompt_template() == "a {} and a coat."
+    cfg.data.template = "itap of a {}."
+    with pytest.raises(ValueError, match="disagree"):
+        cfg.validate()
+    with pytest.raises(ValueError, match="permutation"):
+        tasks.TaskSpec(class_order=[0, 0, 1])
+    with pytest.raises(ValueError, match="contain"):
+        tasks.TaskSpec(template="no slot")
+    with pytest.raises(ValueError, match="has 3 names"):
+        tasks.apply_task(data, tasks.TaskSpec(classnames=["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("shift", ["noise", "contrast"])
+def test_pools_once_then_subsets_equal_apply_task(shift):
+    """task_pools + scored_data per seed (what the benchmark does) = apply_task per seed."""
+    data = fashion_mnist_data(_arrays())
+    base = {"shift": shift, "params": SHIFT_PARAMS[shift], "holdout_per_class": 2, "class_order": list(range(10))[::-1]}
+    pools = tasks.task_pools(data, base)
+    for seed in (0, 5):
+        spec = {**base, "eval_per_class": 3, "eval_seed": seed}
+        want, got = tasks.apply_task(data, spec), tasks.scored_data(pools, spec)
+        assert got.classnames == want.classnames
+        for a, b in zip((want.train, want.test), (got.train, got.test)):
+            assert len(a) == len(b) and all(np.array_equal(p[0], q[0]) and p[1] == q[1] for p, q in zip(a, b))

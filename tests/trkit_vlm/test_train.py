@@ -128,10 +128,11 @@ def test_cli_train_and_errors(tmp_path, data_root, capsys):
         main(["train", "--help"])
     assert "torchrun --nproc_per_node" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:  # --method choices come from the adapter registry
-        main(["train", "-c", str(tmp_path / "c.json"), "--method", "lora"])
-    assert exit_.value.code == 2 and "invalid choice: 'lora'" in capsys.readouterr().err
-    assert main(["train", "-c", str(tmp_path / "c.json"), "--set", "method=lora"]) == 2
-    assert "unknown method 'lora'; expected one of ['adaring', 'mma']" in capsys.readouterr().err
+        main(["train", "-c", str(tmp_path / "c.json"), "--method", "dora"])
+    assert exit_.value.code == 2 and "invalid choice: 'dora'" in capsys.readouterr().err
+    assert main(["train", "-c", str(tmp_path / "c.json"), "--set", "method=dora"]) == 2
+    known = "['adaring', 'linear_probe', 'lora', 'mma']"
+    assert f"unknown method 'dora'; expected one of {known}" in capsys.readouterr().err
     assert main(["train", "-c", str(tmp_path / "c.json"), "--shots", "9", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shots=9 is larger than the 4 train images" in err

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from trkit_vlm.adapters.io import import_mma_checkpoint as import_mma_checkpoint
     from trkit_vlm.adapters.io import load_adapters as load_adapters
     from trkit_vlm.adapters.io import save_adapters as save_adapters
+    from trkit_vlm.adapters.linear_probe import LinearProbeConfig as LinearProbeConfig
+    from trkit_vlm.adapters.linear_probe import linear_probe_param_count as linear_probe_param_count
+    from trkit_vlm.adapters.lora import LoRAConfig as LoRAConfig
+    from trkit_vlm.adapters.lora import lora_param_count as lora_param_count
     from trkit_vlm.adapters.mma import MMAConfig as MMAConfig
     from trkit_vlm.adapters.mma import mma_param_count as mma_param_count
     from trkit_vlm.adapters.paired import grad_scale as grad_scale
@@ -60,6 +64,8 @@ _EXPORTS = {
     **dict.fromkeys(["save_adapters", "load_adapters", "import_mma_checkpoint"], "trkit_vlm.adapters.io"),
     # The built-in methods' configs, for convenience (methods are found through the registry).
     **dict.fromkeys(["MMAConfig", "mma_param_count"], "trkit_vlm.adapters.mma"),
+    **dict.fromkeys(["LoRAConfig", "lora_param_count"], "trkit_vlm.adapters.lora"),
+    **dict.fromkeys(["LinearProbeConfig", "linear_probe_param_count"], "trkit_vlm.adapters.linear_probe"),
     **dict.fromkeys(["AdaRingConfig", "adaring_param_count"], "trkit_vlm.adapters.adaring"),
 }
 __all__ = list(_EXPORTS)

@@ -18,7 +18,7 @@ from trkit.cli_runner import run_cli
 from trkit_vlm._version import __version__
 
 # The verb modules under trkit_vlm.cli, in the order --help lists them.
-VERBS = ("train", "evaluate", "table", "compress", "pretrain_small", "quickstart")
+VERBS = ("train", "evaluate", "table", "compress", "pretrain_small", "quickstart", "benchmark")
 # Third-party packages of the `vlm` extra; without them the commands explain how to install it.
 VLM_EXTRA = {"open_clip", "PIL", "torchvision", "matplotlib", "yaml"}
 VLM_HINT = "needs the 'vlm' extra (missing module '{module}'): pip install 'trkit[vlm]'"

@@ -4,7 +4,13 @@ A run's ``data.task`` (a :class:`TaskSpec` as a dict) says how the dataset of ``
 the task the run trains and is evaluated on, so a run folder holds everything needed to rebuild it
 (``trkit-vlm eval RUN`` reads the same spec):
 
-- ``shift``: a registered image shift (:func:`register_shift`) applied to every image, with ``params``;
+- ``shift``: a registered image shift (:func:`register_shift`) applied to every image, with ``params``
+  (built in: ``none``, ``contrast``, ``noise``, ``blur``, ``lowres``, ``edges``; see ``trkit_vlm.data.shifts``);
+- the text side: ``classnames`` (the class names the prompts use, in the dataset's label order: names
+  the text tower maps poorly make a task where the text side has to adapt) and ``template`` (the prompt
+  template, which then replaces ``data.template``);
+- ``class_order``: a permutation of the labels; label ``j`` of the task is class ``class_order[j]`` of the
+  dataset, so base = the first half of it (another base/novel partition);
 - ``holdout_per_class`` / ``holdout_seed``: training images held out per class (never drawn as shots;
   with ``eval_split="val"`` they are the images scored, so choices can be made without the test set);
 - ``eval_split`` ("test" or "val"), ``eval_per_class`` (a fixed random subset per class, None = all)
@@ -25,6 +31,7 @@ import numpy as np
 
 from trkit.errors import InputError, InputTypeError
 from trkit_vlm.data.datasets import ClassificationData
+from trkit_vlm.data.shifts import edge_rendering, gaussian_blur, gaussian_noise, low_resolution
 
 __all__ = [
     "TaskSpec",
@@ -35,6 +42,9 @@ __all__ = [
     "split_train_val",
     "subset_per_class",
     "apply_task",
+    "TaskPools",
+    "task_pools",
+    "scored_data",
 ]
 
 Shift = Callable[..., np.ndarray]
@@ -85,6 +95,10 @@ def contrast_shift(images: np.ndarray, strength: float) -> np.ndarray:
 
 register_shift("none", _identity)
 register_shift("contrast", contrast_shift)
+register_shift("noise", gaussian_noise)
+register_shift("blur", gaussian_blur)
+register_shift("lowres", low_resolution)
+register_shift("edges", edge_rendering)
 
 
 @dataclass
@@ -99,6 +113,9 @@ class TaskSpec:
     eval_split: str = "test"
     eval_per_class: int | None = None
     eval_seed: int = 0
+    classnames: list[str] | None = None
+    template: str | None = None
+    class_order: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.shift not in _SHIFTS:
@@ -115,6 +132,19 @@ class TaskSpec:
                 raise InputError(f"data.task.{name} must be an integer >= 0, got {v!r}")
         if self.eval_per_class is not None and (not isinstance(self.eval_per_class, int) or self.eval_per_class < 1):
             raise InputError(f"data.task.eval_per_class must be None or an integer >= 1, got {self.eval_per_class!r}")
+        if self.classnames is not None and (
+            not isinstance(self.classnames, list) or not all(isinstance(c, str) and c for c in self.classnames)
+        ):
+            raise InputError(f"data.task.classnames must be a list of non-empty strings, got {self.classnames!r}")
+        if self.template is not None and (not isinstance(self.template, str) or self.template.count("{}") != 1):
+            raise InputError(f"data.task.template must contain '{{}}' once for the class name, got {self.template!r}")
+        order = self.class_order
+        if order is not None and (
+            not isinstance(order, list)
+            or not all(isinstance(i, int) for i in order)
+            or sorted(order) != list(range(len(order)))
+        ):
+            raise InputError(f"data.task.class_order must be a permutation of 0..n-1, got {order!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
@@ -175,11 +205,28 @@ def _images_and_labels(records: list, split: str, name: str) -> tuple[np.ndarray
     return np.stack([r[0] for r in records]), np.array([r[1] for r in records], dtype=np.int64)
 
 
-def apply_task(data: ClassificationData, spec: TaskSpec | dict[str, Any]) -> ClassificationData:
-    """``data`` turned into the task ``spec``: shots come from ``train`` minus the hold-out; ``test`` holds
-    the scored images (the test split or the hold-out, optionally a per-class subset), every image shifted.
+@dataclass
+class TaskPools:
+    """A task's images before the scored subset is picked: the shot pool and the whole scored pool, shifted.
 
-    Returns a new :class:`ClassificationData` (same name and classes, ``val`` empty).
+    Attributes:
+        train_images, train_labels: the training images minus the hold-out (shots are drawn from them).
+        eval_images, eval_labels: every image of ``eval_split`` (test split or hold-out), in dataset order.
+        classnames: the dataset's class names (in its label order) as the task's prompts say them.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    eval_images: np.ndarray
+    eval_labels: np.ndarray
+    classnames: list[str]
+
+
+def task_pools(data: ClassificationData, spec: TaskSpec | dict[str, Any]) -> TaskPools:
+    """Shift the shot pool and the whole scored pool of ``data`` for ``spec`` (the costly part of a task).
+
+    Build it once per task and call :func:`scored_data` per evaluation subset: the shifts work image by
+    image, so that gives exactly what :func:`apply_task` gives for each subset.
     """
     spec = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
     x_tr, y_tr = _images_and_labels(data.train, "train", data.name)
@@ -188,11 +235,41 @@ def apply_task(data: ClassificationData, spec: TaskSpec | dict[str, Any]) -> Cla
         x_ev, y_ev = _images_and_labels(data.test, "test", data.name)
     else:
         x_ev, y_ev = x_tr[val_idx], y_tr[val_idx]
-    ev = subset_per_class(
-        y_ev, list(range(data.n_classes)), spec.eval_per_class, np.random.default_rng(10_000 + spec.eval_seed)
+    names = list(spec.classnames) if spec.classnames is not None else list(data.classnames)
+    if len(names) != data.n_classes:
+        raise InputError(f"data.task.classnames has {len(names)} names; dataset {data.name!r} has {data.n_classes}")
+    if spec.class_order is not None and len(spec.class_order) != data.n_classes:
+        raise InputError(f"data.task.class_order must order the {data.n_classes} classes of {data.name!r}")
+    return TaskPools(
+        apply_shift(x_tr[train_idx], spec.shift, spec.params),
+        y_tr[train_idx],
+        apply_shift(x_ev, spec.shift, spec.params),
+        y_ev,
+        names,
     )
-    x_train = apply_shift(x_tr[train_idx], spec.shift, spec.params)
-    x_eval = apply_shift(x_ev[ev], spec.shift, spec.params)
-    train = [(x_train[i], int(y)) for i, y in enumerate(y_tr[train_idx])]
-    test = [(x_eval[i], int(y)) for i, y in enumerate(y_ev[ev])]
-    return data.replace(train=train, val=[], test=test)
+
+
+def scored_data(pools: TaskPools, spec: TaskSpec | dict[str, Any], name: str = "fashion_mnist") -> ClassificationData:
+    """The task as a :class:`ClassificationData`: ``train`` = the shot pool, ``test`` = the scored subset of
+    ``spec`` (``eval_per_class`` per class drawn with ``eval_seed``), labels and names in ``class_order``."""
+    spec = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
+    n = len(pools.classnames)
+    order = spec.class_order if spec.class_order is not None else list(range(n))
+    new_label = np.empty(n, dtype=np.int64)
+    new_label[order] = np.arange(n)  # dataset class order[j] becomes label j
+    ev = subset_per_class(
+        pools.eval_labels, list(range(n)), spec.eval_per_class, np.random.default_rng(10_000 + spec.eval_seed)
+    )
+    train = [(img, int(new_label[y])) for img, y in zip(pools.train_images, pools.train_labels)]
+    test = [(pools.eval_images[i], int(new_label[pools.eval_labels[i]])) for i in ev]
+    return ClassificationData(name, [pools.classnames[c] for c in order], train=train, val=[], test=test)
+
+
+def apply_task(data: ClassificationData, spec: TaskSpec | dict[str, Any]) -> ClassificationData:
+    """``data`` turned into the task ``spec``: shots come from ``train`` minus the hold-out; ``test`` holds
+    the scored images (the test split or the hold-out, optionally a per-class subset), every image shifted,
+    with the task's class names and class order.
+
+    Returns a new :class:`ClassificationData` (same name, ``val`` empty).
+    """
+    return scored_data(task_pools(data, spec), spec, data.name)

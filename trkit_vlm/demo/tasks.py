@@ -180,8 +180,9 @@ def _features(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     )
 
 
-def _linear_probe(train_f, train_y, test_f, test_y, n_classes: int, steps: int = 300) -> float:
-    """Multinomial logistic regression on frozen features (weight decay chosen small and fixed)."""
+def linear_probe_accuracy(train_f, train_y, test_f, test_y, n_classes: int, steps: int = 300) -> float:
+    """Test accuracy (%) of a multinomial logistic regression on frozen unit-norm features (``(n, d)``,
+    labels ``0..n_classes-1``); weight decay chosen small and fixed."""
     w = torch.zeros(train_f.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.05)
@@ -191,7 +192,7 @@ def _linear_probe(train_f, train_y, test_f, test_y, n_classes: int, steps: int =
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return _acc(10 * test_f @ w + b, test_y)
+    return accuracy(10 * test_f @ w + b, test_y)
 
 
 def shift_sweep(
@@ -231,12 +232,12 @@ def shift_sweep(
                 text = F.normalize(model.encode_text(prompts), dim=-1)
             f = _features(model, x)
             f_clean = _features(model, getattr(clean, f"eval_{group}").tensors()[0])
-            row[f"zs_{group}"] = _acc(f @ text.t(), y)
-            row[f"zs_clean_{group}"] = _acc(f_clean @ text.t(), y)
+            row[f"zs_{group}"] = accuracy(f @ text.t(), y)
+            row[f"zs_clean_{group}"] = accuracy(f_clean @ text.t(), y)
             probes = []
             for seed in seeds:
                 sx, sy = _group_shots(pools, ev.classes, shots, seed, s).tensors()
-                probes.append(_linear_probe(_features(model, sx), sy, f, y, len(ev.classes)))
+                probes.append(linear_probe_accuracy(_features(model, sx), sy, f, y, len(ev.classes)))
             row[f"probe_{group}"] = float(np.mean(probes))
             ceiling = max(row[f"probe_{group}"], row[f"zs_clean_{group}"])
             row[f"ceiling_{group}"] = ceiling
@@ -263,7 +264,8 @@ def shift_sweep(
     }
 
 
-def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percentage of rows of ``logits`` ``(n, C)`` whose argmax is the label."""
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 

@@ -126,7 +126,13 @@ def evaluate_base_novel(
         txt = text_features(model, tokenizer, data.classnames, template, amp_dtype)
     finally:
         model.train(was_training)
-    base, novel = base_novel_split(data.classnames)
+    return base_novel_scores(img, labels, txt)
+
+
+def base_novel_scores(img: torch.Tensor, labels: torch.Tensor, txt: torch.Tensor) -> dict[str, float]:
+    """Base, novel, HM and all-class accuracy (%) from features: ``img`` ``(N, D)``, ``labels`` ``(N,)``,
+    ``txt`` ``(C, D)`` (one row per class, in label order; base = the first ``ceil(C/2)``)."""
+    base, novel = base_novel_split([str(c) for c in range(len(txt))])
     out = {"all": accuracy_from_features(img, labels, txt)}
     for name, labs in (("base", base), ("novel", novel)):
         mask = labels < len(base) if name == "base" else labels >= len(base)

@@ -62,7 +62,7 @@ def evaluate_run(
         bundle.model,
         bundle.tokenizer,
         data,
-        cfg.data.template,
+        cfg.prompt_template(),
         batch_size=batch_size or cfg.optim.eval_batch_size,
         split=split,
     )

@@ -25,7 +25,7 @@ from trkit_vlm.training.config import RunConfig
 __all__ = ["fingerprint", "save_checkpoint", "load_checkpoint", "check_fingerprint", "previous_path"]
 
 # Config fields that do not change the numbers: a checkpoint written under other values still resumes.
-_NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every")
+_NOT_IN_FINGERPRINT = ("output_dir", "device", "log_every", "cache_dir", "prefix_cache", "eval_every", "checkpoint")
 
 
 def fingerprint(cfg: RunConfig) -> dict:

@@ -103,6 +103,7 @@ class RunConfig:
     cache_dir: str | None = None  # disk prefix cache folder (default: <output_dir>/cache)
     log_every: int = 10  # JSONL step-log interval (optimiser steps)
     eval_every: int = 0  # > 0: evaluate every that many epochs as well as at the end
+    checkpoint: bool = True  # checkpoint.pt after every epoch (for resume); False: only the final adapters
 
     def run_dir(self) -> Path:
         """``output_dir/<dataset>/<method>/shots_<K>/seed<S>``."""
@@ -125,6 +126,12 @@ class RunConfig:
         blob = json.dumps(TaskSpec.from_dict(self.data.task).to_dict(), sort_keys=True)
         return f"{self.dataset_key()}-task-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
+    def prompt_template(self) -> str:
+        """The prompt template of the run: the task's when it sets one, else ``data.template``."""
+        if self.data.task is not None and self.data.task.get("template") is not None:
+            return self.data.task["template"]
+        return self.data.template
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -138,7 +145,12 @@ class RunConfig:
         if not isinstance(self.adapter, dict):
             raise InputError(f"adapter must be a mapping of {self.method} config fields, got {self.adapter!r}")
         if self.data.task is not None:
-            TaskSpec.from_dict(self.data.task)
+            task = TaskSpec.from_dict(self.data.task)
+            if task.template is not None and self.data.template not in (task.template, DataConfig.template):
+                raise InputError(
+                    f"data.template {self.data.template!r} and data.task.template {task.template!r} disagree; "
+                    "the task's template is the prompt (leave data.template at its default)"
+                )
         try:  # field errors now, not mid-run
             adapter_config_from_dict({"method": self.method, **self.adapter})
         except InputError as err:

@@ -104,8 +104,10 @@ class Trainer:
         info: DistInfo,
         run_dir: Path,
         progress: bool = True,
+        evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
     ):
         self.cfg, self.bundle, self.model, self.info, self.run_dir = cfg, bundle, model, info, run_dir
+        self.evaluator = evaluator  # scores the model instead of evaluate_base_novel (a benchmark's cached images)
         self.train_data, self.eval_data = train_data, eval_data
         self.amp, self.fp = amp_dtype(cfg, info.device), fingerprint(cfg)
         self.progress = progress and info.is_main
@@ -125,7 +127,7 @@ class Trainer:
 
         # Text side: prompts never change, so the frozen text prefix is computed once.
         t0 = time.perf_counter()
-        prompts = [cfg.data.template.format(c.replace("_", " ")) for c in train_data.classnames]
+        prompts = [cfg.prompt_template().format(c.replace("_", " ")) for c in train_data.classnames]
         text_ids = bundle.tokenizer(prompts).to(dev)
         use_cache = cfg.prefix_cache != "off"
         n_text = pc.first_adapted_layer(model, "text") - 1
@@ -374,11 +376,13 @@ class Trainer:
         raise diverged(what, epoch + 1, self.step + 1, lr)
 
     def evaluate(self) -> dict[str, float]:
+        if self.evaluator is not None:
+            return self.evaluator(self.model)
         return evaluate_base_novel(
             self.model,
             self.bundle.tokenizer,
             self.eval_data,
-            self.cfg.data.template,
+            self.cfg.prompt_template(),
             batch_size=self.cfg.optim.eval_batch_size,
             num_workers=self.cfg.data.num_workers,
             amp_dtype=self.amp,
@@ -404,7 +408,8 @@ class Trainer:
                 rec["eval"] = self.evaluate() if self.info.is_main else None
             self._log(rec)
             history["train_time_s"] = time_before + time.perf_counter() - t_start
-            self._checkpoint(epoch + 1)
+            if cfg.checkpoint:
+                self._checkpoint(epoch + 1)
             barrier(self.info)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.optim.epochs:
                 return {"stopped_after_epoch": epoch + 1, "run_dir": str(self.run_dir)}
@@ -433,6 +438,7 @@ class Trainer:
                 **self.conditioning.describe(),
                 "rank_adaptation": ranks,
                 "epochs": cfg.optim.epochs,
+                "steps": self.step,
                 "final_train_loss": stats.get("loss"),
                 "final_train_acc": stats.get("acc"),
                 "train_time_s": train_time,

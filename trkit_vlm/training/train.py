@@ -12,6 +12,7 @@ one run at a time holds it (:mod:`trkit_vlm.training.run_folder`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,6 +114,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     stop_after_epoch: int | None = None,
+    evaluator: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train adapters on ``cfg`` and evaluate them.
 
@@ -126,6 +128,9 @@ def train(
         resume: continue from the run folder's checkpoint (see :func:`~trkit_vlm.training.run_folder.resume_point`);
             a finished run returns its ``metrics.json`` unchanged. Without it the folder starts afresh.
         stop_after_epoch: stop after that epoch (after its checkpoint), as a preempted job would.
+        evaluator: ``f(model) -> {"base", "novel", "hm", "all", ...}`` scoring the trained model instead of
+            the default evaluation of the test split (a benchmark's :class:`~trkit_vlm.evaluation.cached.
+            PrefixEvaluator`, which scores the same images from a frozen prefix computed once).
 
     Returns:
         metrics: ``base``, ``novel``, ``hm``, ``all`` (%), ``n_trainable``, ``train_time_s``, ``run_dir``...
@@ -161,7 +166,7 @@ def train(
         bundle, model, adapter_cfg = build_model(cfg, bundle, info.device)
         if info.is_main:  # the folder exists: the lock file is in it
             save_config(cfg, run_dir / "config.json")
-        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress)
+        trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress, evaluator=evaluator)
         if start is not None:
             trainer.try_resume(start[0])
         result = trainer.fit(stop_after_epoch)

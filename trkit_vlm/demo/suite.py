@@ -1,0 +1,247 @@
+"""What a benchmark suite runs: tasks, protocols, methods, seeds and where the tuned recipes are.
+
+A suite is a YAML or JSON file (``configs/suites/adapters.yaml`` is the project's suite, see
+``docs/benchmarks/adapters-suite.md``)::
+
+    seeds: 20                  # test seeds 1..20 (few-shot draws and scored images, shared by every method)
+    shots: 16
+    eval_per_class: 100        # scored test images per class, drawn with the seed
+    reference: MMA             # paired differences are taken to this method
+    recipes: benchmarks/results/suite_recipes.json   # tuned lr and epochs per method (trkit-vlm benchmark --tune)
+    tasks:                     # named tasks (trkit_vlm.data.tasks.TaskSpec fields)
+      contrast: {shift: contrast, params: {strength: 0.6}}
+      clean: {}
+    base_to_novel: [contrast]  # train on base classes, score base and novel
+    transfer:                  # train on all classes of the source, score all classes of each target
+      domain-generalisation: {source: clean, targets: [contrast]}
+    methods:                   # label -> method (null: zero-shot), adapter and loss fields, fixed optimiser fields
+      zero-shot: {method: null}
+      MMA: {method: mma, adapter: {hidden: 32}, optim: {name: sgd, batch_size: 16, weight_decay: 0.0005}}
+    tuning: {seeds: [1001, 1002, 1003], eval_per_class: 50, extend: 3,
+             grids: {sgd: {lr: [0.02, 0.05, 0.1], epochs: [10, 20, 40]}}}
+
+An AdaRing variant or ablation is one more entry under ``methods`` (and one ``--tune --method LABEL``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trkit.errors import InputError
+from trkit_vlm.adapters import adapter_config_from_dict
+from trkit_vlm.data.tasks import TaskSpec
+from trkit_vlm.training.config import LossConfig, OptimConfig
+
+__all__ = ["MethodEntry", "TransferProtocol", "TuningConfig", "SuiteConfig", "load_suite", "suite_from_dict"]
+
+BASE_TO_NOVEL = "base-to-novel"
+
+
+@dataclass
+class MethodEntry:
+    """One row of the suite: a registered adapter method with its fields, or zero-shot (``method: null``).
+
+    ``optim`` holds the optimiser fields that are fixed (name, batch size, weight decay, ...); the tuned
+    ``lr`` and ``epochs`` come from the recipes file (or from ``optim`` itself when it gives them).
+    """
+
+    label: str
+    method: str | None
+    adapter: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+    optim: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        return self.method is not None
+
+
+@dataclass
+class TransferProtocol:
+    """Train on every class of ``source``; score every class (``all``, C-way) of ``source`` and each target."""
+
+    name: str
+    source: str
+    targets: list[str]
+
+
+@dataclass
+class TuningConfig:
+    """The one tuning procedure for every method: an ``lr x epochs`` grid per optimiser on validation images.
+
+    A chosen value on the edge of its grid extends the grid that way (``lr`` by the grid's ratio, epochs
+    doubled or halved), up to ``extend`` times per axis.
+    """
+
+    seeds: list[int] = field(default_factory=lambda: [1001, 1002, 1003])
+    eval_per_class: int = 50
+    extend: int = 3
+    grids: dict[str, dict[str, list]] = field(
+        default_factory=lambda: {
+            "sgd": {"lr": [0.02, 0.05, 0.1], "epochs": [10, 20, 40]},
+            "adamw": {"lr": [3e-4, 1e-3, 3e-3], "epochs": [10, 20, 40]},
+        }
+    )
+
+
+@dataclass
+class SuiteConfig:
+    """A whole suite (see the module docstring). ``seeds`` is the list of test seeds."""
+
+    tasks: dict[str, dict[str, Any]]
+    methods: list[MethodEntry]
+    base_to_novel: list[str] = field(default_factory=list)
+    transfer: list[TransferProtocol] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: list(range(1, 21)))
+    shots: int = 16
+    eval_per_class: int | None = 100
+    reference: str = "MMA"
+    recipes: str | None = None  # a relative path in a suite file is relative to that file
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    source: str | None = None  # the file it was read from
+
+    def method(self, label: str) -> MethodEntry:
+        for m in self.methods:
+            if m.label == label:
+                return m
+        raise InputError(f"no method {label!r} in the suite; it has {[m.label for m in self.methods]}")
+
+    def select(self, methods: list[str] | None = None, tasks: list[str] | None = None) -> SuiteConfig:
+        """A copy keeping only these method labels and tasks (protocols whose tasks all remain)."""
+        import copy
+
+        out = copy.deepcopy(self)
+        if methods is not None:
+            out.methods = [self.method(m) for m in methods]
+        if tasks is not None:
+            for t in tasks:
+                if t not in self.tasks:
+                    raise InputError(f"no task {t!r} in the suite; it has {sorted(self.tasks)}")
+            out.base_to_novel = [t for t in self.base_to_novel if t in tasks]
+            out.transfer = [
+                TransferProtocol(p.name, p.source, [t for t in p.targets if t in tasks])
+                for p in self.transfer
+                if p.source in tasks and any(t in tasks for t in p.targets)
+            ]
+        return out
+
+    def load_recipes(self) -> dict[str, dict[str, Any]]:
+        """The tuned recipes (label -> optimiser fields), ``{}`` when the suite names no file."""
+        if self.recipes is None:
+            return {}
+        path = Path(self.recipes)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipes file {self.recipes} not found: run 'trkit-vlm benchmark --tune' first")
+        return {label: r["optim"] for label, r in json.loads(path.read_text())["recipes"].items()}
+
+    def optim_for(self, entry: MethodEntry, recipes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The full optimiser fields of ``entry``: its fixed ones, then its tuned ``lr`` and ``epochs``."""
+        optim = {**entry.optim, **recipes.get(entry.label, {})}
+        if "lr" not in optim or "epochs" not in optim:
+            raise InputError(
+                f"method {entry.label!r} has no tuned recipe (lr, epochs): tune it with "
+                f"'trkit-vlm benchmark --tune --method \"{entry.label}\"' or give them under its optim"
+            )
+        return optim
+
+
+def _method_entry(label: str, d: Any) -> MethodEntry:
+    if not isinstance(d, dict):
+        raise InputError(f"methods.{label} must be a mapping, got {d!r}")
+    unknown = sorted(set(d) - {"method", "adapter", "loss", "optim"})
+    if unknown:
+        raise InputError(f"methods.{label}: unknown key(s) {unknown}; known: adapter, loss, method, optim")
+    entry = MethodEntry(label, d.get("method"), dict(d.get("adapter") or {}), dict(d.get("loss") or {}))
+    entry.optim = dict(d.get("optim") or {})
+    if entry.method is not None:
+        try:
+            adapter_config_from_dict({"method": entry.method, **entry.adapter})
+            LossConfig(**entry.loss)
+            OptimConfig(**{"lr": 0.0, "epochs": 1, **entry.optim})
+        except (InputError, TypeError) as err:
+            raise InputError(f"methods.{label}: {err}") from None
+    return entry
+
+
+def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig:
+    """A :class:`SuiteConfig` from its dict form; InputError naming the first bad field."""
+    if not isinstance(d, dict):
+        raise InputError(f"a suite is a mapping, got {type(d).__name__}")
+    known = {"tasks", "methods", "base_to_novel", "transfer", "seeds", "shots", "eval_per_class", "reference"}
+    known |= {"recipes", "tuning"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown suite key(s) {unknown}; known: {sorted(known)}")
+    tasks = dict(d.get("tasks") or {})
+    for name, spec in tasks.items():
+        try:
+            TaskSpec.from_dict(spec or {})
+        except (InputError, TypeError) as err:
+            raise InputError(f"tasks.{name}: {err}") from None
+        tasks[name] = dict(spec or {})
+    methods = [_method_entry(label, m) for label, m in (d.get("methods") or {}).items()]
+    if not methods:
+        raise InputError("a suite needs at least one method")
+    seeds = d.get("seeds", 20)
+    seeds = list(range(1, seeds + 1)) if isinstance(seeds, int) else list(seeds)
+    transfer = []
+    for name, p in (d.get("transfer") or {}).items():
+        if not isinstance(p, dict) or set(p) != {"source", "targets"}:
+            raise InputError(f"transfer.{name} must be {{source: TASK, targets: [TASK, ...]}}, got {p!r}")
+        transfer.append(TransferProtocol(name, p["source"], list(p["targets"])))
+    try:
+        tuning = TuningConfig(**(d.get("tuning") or {}))
+    except TypeError as err:
+        raise InputError(f"tuning: {err}") from None
+    suite = SuiteConfig(
+        tasks=tasks,
+        methods=methods,
+        base_to_novel=list(d.get("base_to_novel") or []),
+        transfer=transfer,
+        seeds=seeds,
+        shots=int(d.get("shots", 16)),
+        eval_per_class=d.get("eval_per_class", 100),
+        reference=d.get("reference", "MMA"),
+        recipes=d.get("recipes"),
+        tuning=tuning,
+        source=source,
+    )
+    used = set(suite.base_to_novel) | {p.source for p in transfer} | {t for p in transfer for t in p.targets}
+    missing = sorted(used - set(tasks))
+    if missing:
+        raise InputError(f"the protocols name task(s) {missing} that are not under tasks ({sorted(tasks)})")
+    if BASE_TO_NOVEL in {p.name for p in transfer}:
+        raise InputError(f"{BASE_TO_NOVEL!r} is the base-to-novel protocol's name; call the transfer one otherwise")
+    if not seeds or any(s in suite.tuning.seeds for s in seeds):
+        raise InputError(
+            f"test seeds {seeds} must be non-empty and disjoint from the tuning seeds {suite.tuning.seeds}"
+        )
+    return suite
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read a suite from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"suite file not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: invalid YAML ({err})") from None
+    else:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}: invalid JSON ({err})") from None
+    suite = suite_from_dict(d, source=str(path))
+    if suite.recipes is not None and not Path(suite.recipes).is_absolute():
+        suite.recipes = os.path.relpath(path.parent / suite.recipes)
+    return suite
