@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from trkit_vlm.data.tasks import TaskSpec, apply_task
 from trkit_vlm.demo.small_clip import PretrainRecipe, load_small_clip, pretrain_info
 from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH, contrast_task
 from trkit_vlm.evaluation.evaluate import evaluate_base_novel
-from trkit_vlm.evaluation.report import aggregate
+from trkit_vlm.evaluation.report import aggregate, figure_png
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.models import ClipBundle
 from trkit_vlm.training.config import DataConfig, LossConfig, OptimConfig, RunConfig
@@ -242,10 +241,7 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_results(result: dict, out_dir: str | Path) -> dict[str, str]:

@@ -34,7 +34,7 @@ from typing import Any
 from trkit.errors import InputError
 from trkit_vlm.adapters import adapter_config_from_dict
 from trkit_vlm.data.tasks import TaskSpec
-from trkit_vlm.training.config import LossConfig, OptimConfig
+from trkit_vlm.training.config import LossConfig, OptimConfig, read_config_file
 
 __all__ = ["MethodEntry", "TransferProtocol", "TuningConfig", "SuiteConfig", "load_suite", "suite_from_dict"]
 
@@ -226,21 +226,7 @@ def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read a suite from a ``.yaml``/``.yml`` or ``.json`` file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"suite file not found: {path}")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            d = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: invalid YAML ({err})") from None
-    else:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: invalid JSON ({err})") from None
+    d = read_config_file(path, "suite")
     suite = suite_from_dict(d, source=str(path))
     if suite.recipes is not None and not Path(suite.recipes).is_absolute():
         suite.recipes = os.path.relpath(path.parent / suite.recipes)

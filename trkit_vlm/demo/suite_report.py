@@ -8,7 +8,6 @@ is paired too. Base-to-novel compares HM; transfer protocols compare all-class a
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from trkit.errors import InputError
 from trkit_vlm.demo.suite import BASE_TO_NOVEL
 from trkit_vlm.evaluation.paired import paired_difference, per_seed_mean
+from trkit_vlm.evaluation.report import figure_png
 
 __all__ = ["summarize", "markdown_tables", "forest_plot_png", "OVERALL"]
 
@@ -179,7 +179,4 @@ def forest_plot_png(summary: dict[str, Any], title: str = "") -> bytes:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

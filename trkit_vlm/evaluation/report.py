@@ -210,6 +210,13 @@ def plot_png(agg: list[dict[str, Any]]) -> bytes:
     axes[0].set_ylabel("accuracy (%)")
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    return figure_png(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (110 dpi), the figure closed: written atomically by the caller."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

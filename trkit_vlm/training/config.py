@@ -252,27 +252,31 @@ def config_from_dict(d: dict) -> RunConfig:
     return RunConfig(**kwargs)
 
 
+def read_config_file(path: Path, kind: str) -> Any:
+    """The contents of a ``.yaml``/``.yml`` or ``.json`` file; errors name the file and ``kind``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (a YAML or JSON {kind})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            return yaml.load(text, Loader=_YamlLoader) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: invalid YAML ({err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: invalid JSON ({err})") from None
+
+
 def load_config(path: str | os.PathLike, validate: bool = False) -> RunConfig:
     """Read a RunConfig from a ``.yaml``/``.yml`` or ``.json`` file (and :meth:`~RunConfig.validate` it).
 
     Errors in the file's contents name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (a YAML or JSON run config)") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            d = yaml.load(text, Loader=_YamlLoader) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: invalid YAML ({err})") from None
-    else:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: invalid JSON ({err})") from None
+    d = read_config_file(path, "run config")
     try:
         cfg = config_from_dict(d)
         return cfg.validate() if validate else cfg
