@@ -201,6 +201,16 @@ def test_suite_refuses_bad_input():
         _suite(base_to_novel=["noise", "fog"])
     with pytest.raises(InputError, match="methods.MMA"):
         _suite(methods={"MMA": {"method": "mma", "adapter": {"hidden": -1}}})
+    adaring = {"method": "adaring", "adapter": {"ranks": [2, 4], "rank_budget": 0.1, "diversity_weight": 0.1}}
+    precondition = {**SGD, "precondition": "gauss_newton", "precondition_damping": 0.1}
+    entry = _suite(methods={"MMA": {**adaring, "optim": precondition}}).method("MMA")  # the quickstart's recipe
+    assert entry.optim["precondition"] == "gauss_newton" and entry.adapter["rank_budget"] == 0.1
+    with pytest.raises(InputError, match="methods.MMA: optim.precondition must be one of"):
+        _suite(methods={"MMA": {**adaring, "optim": {**SGD, "precondition": "newton"}}})
+    with pytest.raises(InputError, match="methods.MMA: optim.precondition_damping"):
+        _suite(methods={"MMA": {**adaring, "optim": {**precondition, "precondition_damping": 0.0}}})
+    with pytest.raises(InputError, match="methods.MMA: optim.max_grad_norm"):
+        _suite(methods={"MMA": {**adaring, "optim": {**SGD, "max_grad_norm": -1.0}}})
     with pytest.raises(InputError, match="not paired"):
         row = {"protocol": "p", "task": "t", "seed": 1, "shots_digest": None}
         summarize([{**row, "method": "a", "test_digest": "x"}, {**row, "method": "b", "test_digest": "y"}], "a")

@@ -169,6 +169,14 @@ def test_text_fields_class_order_and_prompt_template():
     cfg = RunConfig(method="mma")
     cfg.data.task = spec.to_dict()
     assert cfg.prompt_template() == "a {} and a coat."
+    # The GA loss's frozen text uses the prompts of the run (and of zero-shot on the task), not the default
+    # "a photo of a {}.", unless frozen templates are given.
+    assert cfg.frozen_text_templates() == ["a {} and a coat."]
+    cfg.loss.frozen_templates = ["a photo of a {}.", "a drawing of a {}."]
+    assert cfg.frozen_text_templates() == ["a photo of a {}.", "a drawing of a {}."]
+    cfg.data.task, cfg.loss.frozen_templates = None, None
+    assert cfg.frozen_text_templates() == [cfg.data.template]
+    cfg.data.task = spec.to_dict()
     cfg.data.template = "itap of a {}."
     with pytest.raises(ValueError, match="disagree"):
         cfg.validate()

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from trkit.errors import InputError
-from trkit_vlm.adapters import adapter_config_from_dict
 from trkit_vlm.data.tasks import TaskSpec
-from trkit_vlm.training.config import LossConfig, OptimConfig, read_config_file
+from trkit_vlm.training.config import LossConfig, OptimConfig, RunConfig, read_config_file
 
 __all__ = ["MethodEntry", "TransferProtocol", "TuningConfig", "SuiteConfig", "load_suite", "suite_from_dict"]
 
@@ -158,10 +157,13 @@ def _method_entry(label: str, d: Any) -> MethodEntry:
     entry = MethodEntry(label, d.get("method"), dict(d.get("adapter") or {}), dict(d.get("loss") or {}))
     entry.optim = dict(d.get("optim") or {})
     if entry.method is not None:
-        try:
-            adapter_config_from_dict({"method": entry.method, **entry.adapter})
-            LossConfig(**entry.loss)
-            OptimConfig(**{"lr": 0.0, "epochs": 1, **entry.optim})
+        try:  # every field checked as a run would check it (a placeholder lr and epochs when they are tuned)
+            RunConfig(
+                method=entry.method,
+                adapter=entry.adapter,
+                optim=OptimConfig(**{"lr": 1.0, "epochs": 1, **entry.optim}),
+                loss=LossConfig(**entry.loss),
+            ).validate()
         except (InputError, TypeError) as err:
             raise InputError(f"methods.{label}: {err}") from None
     return entry

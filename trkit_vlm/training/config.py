@@ -25,7 +25,7 @@ from trkit_vlm.adapters.registry import adapter_config_from_dict, available_meth
 from trkit_vlm.data.datasets import canonical_name
 from trkit_vlm.data.tasks import TaskSpec
 from trkit_vlm.files import atomic_write_text
-from trkit_vlm.templates import check_templates
+from trkit_vlm.templates import check_templates, resolve_templates
 from trkit_vlm.typecheck import check_field_types
 
 PRECONDITIONERS = ("none", "gauss_newton", "scaled_gd")
@@ -79,7 +79,7 @@ class LossConfig:
     lambda_image: float = 0.0  # PromptSRC: lambda * L1(image_adapted, image_frozen)
     lambda_text_l1: float = 0.0  # PromptSRC: lambda * L1(text_adapted, text_frozen)
     lambda_logits: float = 0.0  # PromptSRC: lambda * KL(frozen logits || adapted logits)
-    frozen_templates: str | list[str] | None = None  # frozen text averaged over these (None: data.template)
+    frozen_templates: str | list[str] | None = None  # frozen text averaged over these (None: the run's prompt)
 
 
 @dataclass
@@ -131,6 +131,13 @@ class RunConfig:
         if self.data.task is not None and self.data.task.get("template") is not None:
             return self.data.task["template"]
         return self.data.template
+
+    def frozen_text_templates(self) -> list[str]:
+        """The templates of the GA loss's frozen text features: ``loss.frozen_templates``, else the run's prompt.
+
+        The prompt is the task's template when it sets one: anchoring to another prompt would hand the loss
+        prompts that the run (and zero-shot CLIP on the task) does not have."""
+        return resolve_templates(self.loss.frozen_templates, self.prompt_template())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

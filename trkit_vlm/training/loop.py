@@ -31,7 +31,6 @@ from trkit_vlm.evaluation.evaluate import evaluate_base_novel
 from trkit_vlm.files import atomic_write_text
 from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features, frozen_text_features
 from trkit_vlm.models import ClipBundle
-from trkit_vlm.templates import resolve_templates
 from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from trkit_vlm.training.conditioning import StepConditioning
@@ -133,7 +132,7 @@ class Trainer:
         n_text = pc.first_adapted_layer(model, "text") - 1
         self.text_frozen = None
         if self.loss_fn.needs_frozen_text:
-            templates = resolve_templates(lc.frozen_templates, cfg.data.template)
+            templates = cfg.frozen_text_templates()
             self.text_frozen = frozen_text_features(model, bundle.tokenizer, train_data.classnames, templates)
         text_states = None
         split_text = pc.text_prefix_supported(model) is None
