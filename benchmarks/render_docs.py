@@ -104,9 +104,17 @@ def section(name: str, data: dict) -> str:
     return "\n".join(out)
 
 
+# results with a docs page of their own (every run of the suite would swamp this page)
+OWN_PAGE = {"adapters_suite": "benchmarks/adapters-suite.md", "suite_recipes": "benchmarks/adapters-suite.md"}
+
+
 def main() -> int:
     parts = [INTRO]
     files = sorted(RESULTS.glob("*.json"))
+    for stem, page in OWN_PAGE.items():
+        if (RESULTS / f"{stem}.json").exists():
+            parts.append(f"## {stem}\n\nSee [its own page]({page}).\n")
+    files = [f for f in files if f.stem not in OWN_PAGE]
     if not files:
         parts.append("_No benchmark results yet: run the scripts in `benchmarks/`._\n")
     for f in files:
