@@ -29,3 +29,14 @@ def peak_alloc_bytes(fn) -> int:
         cur += e.self_cpu_memory_usage
         best = max(best, cur)
     return best
+
+
+class Counted:
+    """A black-box function ``f(idx)`` counting the entries it is asked for (repeats included)."""
+
+    def __init__(self, f):
+        self.f, self.count = f, 0
+
+    def __call__(self, idx):
+        self.count += len(idx)
+        return self.f(idx)

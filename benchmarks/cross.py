@@ -47,7 +47,7 @@ _ = trkit.tr_cross  # resolve the lazy export now: its first use imports torch._
 
 torch.set_num_threads(1)
 
-from _common import cpu_model, write_json  # noqa: E402
+from _common import Counted, cpu_model, write_json  # noqa: E402
 
 FLOOR = 1e-14  # held-out errors below this are float64 rounding: compared as equal
 N_HELDOUT = 10_000
@@ -144,17 +144,6 @@ def medians(points: list[dict]) -> list[dict]:
         row["error_spread"] = [min(p["error"] for p in group), max(p["error"] for p in group)]
         out.append(row)
     return out
-
-
-class Counted:
-    """The case's function with a counter of the entries it is asked for (repeats included)."""
-
-    def __init__(self, f):
-        self.f, self.count = f, 0
-
-    def __call__(self, idx):
-        self.count += len(idx)
-        return self.f(idx)
 
 
 # ---------------------------------------------------------------------------------------------- teneva

@@ -31,7 +31,7 @@ import trkit  # noqa: E402
 
 torch.set_num_threads(1)
 
-from _common import env_info, write_json  # noqa: E402
+from _common import Counted, env_info, write_json  # noqa: E402
 
 SHAPE = (16,) * 10
 GRID = np.linspace(0, 1, 16)
@@ -40,17 +40,6 @@ NOISE = 1e-4
 
 def clean(idx) -> np.ndarray:
     return 1.0 / (1.0 + GRID[np.asarray(idx)].sum(axis=1))
-
-
-class Counted:
-    """``f`` counting every value it returns."""
-
-    def __init__(self, f):
-        self.f, self.count = f, 0
-
-    def __call__(self, idx):
-        self.count += len(idx)
-        return self.f(idx)
 
 
 def run(method: str, f, rank: int, config: dict) -> tuple[trkit.TensorRing, int, float]:
