@@ -19,7 +19,7 @@ from scipy import stats
 from trkit.errors import InputError
 from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.tasks import apply_task
-from trkit_vlm.demo.benchmark import ModelSpec, digest
+from trkit_vlm.demo.benchmark import ModelSpec, digest, plan_units, protocol_runs
 from trkit_vlm.demo.suite import suite_from_dict
 from trkit_vlm.demo.suite_report import summarize
 from trkit_vlm.demo.suite_run import _extend, combine_results, run_benchmark, tune
@@ -171,7 +171,7 @@ def test_tune_writes_recipes_and_extends_edges(model, tmp_path):
         content = tune(suite, tmp_path, tmp_path / "recipes.json", model=spec, bundle=bundle, log=None)
     r = content["recipes"]["MMA"]
     assert json.loads((tmp_path / "recipes.json").read_text())["recipes"]["MMA"]["optim"] == r["optim"]
-    best = max(r["points"], key=lambda p: p["hm"])
+    best = max(r["points"], key=lambda p: p["score"])
     assert (best["lr"], best["epochs"]) == (r["optim"]["lr"], r["optim"]["epochs"])
     # Each axis is extended at most once here; an extension happened exactly where the first best was on the edge.
     assert r["grid"]["points"] == len(r["grid"]["lr"]) * len(r["grid"]["epochs"]) >= 4
@@ -179,6 +179,29 @@ def test_tune_writes_recipes_and_extends_edges(model, tmp_path):
     lrs, eps = sorted({p["lr"] for p in r["points"]}), sorted({p["epochs"] for p in r["points"]})
     assert r["still_on_edge"] == (best["lr"] in (lrs[0], lrs[-1]) or best["epochs"] in (eps[0], eps[-1]))
     assert r["steps"] == r["optim"]["epochs"] * 1  # 10 shots of the 5 base classes, batch 10: one step an epoch
+
+
+def test_transfer_protocol_is_tuned_on_its_source_and_used_by_its_units(model, tmp_path):
+    spec, bundle = model
+    suite = _suite().select(methods=["MMA"])
+    suite.recipes = str(tmp_path / "recipes.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None)
+        content = tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None, protocol="cross-task")
+    b2n, ct = content["recipes"]["MMA"], content["by_protocol"]["cross-task"]["MMA"]
+    # Scored on the source task alone, on all 10 classes (2 shots, batch 10: two steps an epoch).
+    assert all(list(p["per_task"]) == ["noise"] for p in ct["points"])
+    assert ct["steps"] == 2 * ct["optim"]["epochs"] and b2n["steps"] == b2n["optim"]["epochs"]
+    assert max(ct["points"], key=lambda p: p["score"])["lr"] == ct["optim"]["lr"]
+    assert suite.load_recipes("cross-task")["MMA"] == ct["optim"]
+    assert suite.load_recipes()["MMA"] == b2n["optim"]  # base-to-novel's entry untouched
+    units = plan_units(suite, protocol_runs(suite), str(tmp_path / "runs"))
+    for u in units:
+        want = ct if u["protocol"] == "cross-task" else b2n
+        assert {k: u["runs"][0]["optim"][k] for k in ("lr", "epochs")} == want["optim"]
+    with pytest.raises(InputError, match="no protocol 'nope'"):
+        tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None, protocol="nope")
 
 
 @settings(max_examples=30, deadline=None)

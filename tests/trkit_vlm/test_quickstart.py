@@ -205,6 +205,11 @@ def test_fast_quickstart_training_beats_zero_shot(tiny, tmp_path):
     assert 20.0 < zs["base_mean"] < 90.0  # the tiny model knows something, not everything
     assert mma["base_mean"] >= zs["base_mean"] + 8.0  # training on base shots helps on held-out base images
     assert mma["n_trainable"] > 0 and zs["n_trainable"] == 0
+    # Scored with the frozen image prefix cached: the numbers of the plain full forward.
+    from trkit_vlm.evaluation.evaluate import evaluate_base_novel
+
+    full = evaluate_base_novel(bundle.model, bundle.tokenizer, task, "a photo of a {}.")
+    assert all(zs[f"{k}_mean"] == pytest.approx(full[k], abs=1e-9) for k in ("base", "novel"))
     saved = json.loads(open(res["paths"]["json"]).read())
     assert saved["rows"][1]["method"] == "MMA" and saved["runs"][0]["method"] == "zero-shot"
     assert open(res["paths"]["png"], "rb").read(4) == b"\x89PNG"

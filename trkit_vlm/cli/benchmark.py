@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   trkit-vlm benchmark --quick                       # every protocol on 3 seeds
   trkit-vlm benchmark --workers 2                   # the whole suite, two processes
   trkit-vlm benchmark --tune --method AdaRing --workers 2
+  trkit-vlm benchmark --tune --protocol cross-task --workers 2
   trkit-vlm benchmark --method zero-shot --method MMA --method AdaRing --task contrast"""
 
 
@@ -40,6 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, help="run the first N test seeds of the suite")
     p.add_argument("--quick", action="store_true", help="the first 3 seeds (a smoke run of every protocol)")
     p.add_argument("--tune", action="store_true", help="tune the methods' lr and epochs; write the recipes file")
+    p.add_argument(
+        "--protocol",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="with --tune: a protocol to tune (repeatable; default: every protocol of the suite; transfer "
+        "protocols are tuned on their source task)",
+    )
     p.add_argument("--recipes", default=None, help="recipes file to read / write (default: the suite's)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1; 2 on a 2-core machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
@@ -65,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if args.tune:
         if suite.recipes is None:
             suite.recipes = os.path.join(args.output_dir, "suite_recipes.json")
-        tune(suite, args.output_dir, suite.recipes, None, args.workers, args.threads)
+        from trkit_vlm.demo.suite import BASE_TO_NOVEL
+
+        protocols = args.protocol or [BASE_TO_NOVEL] * bool(suite.base_to_novel) + [p.name for p in suite.transfer]
+        for protocol in protocols:
+            tune(suite, args.output_dir, suite.recipes, None, args.workers, args.threads, protocol=protocol)
         print(f"total {time.perf_counter() - t0:.0f} s. Recipes: {suite.recipes}")
         return 0
     res = run_benchmark(

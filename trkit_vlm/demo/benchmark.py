@@ -41,7 +41,7 @@ from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.config import DataConfig, LossConfig, OptimConfig, RunConfig
 from trkit_vlm.training.train import train
 
-__all__ = ["ModelSpec", "Context", "method_runs", "plan_units", "run_unit", "execute"]
+__all__ = ["ModelSpec", "Context", "method_runs", "protocol_runs", "plan_units", "run_unit", "execute"]
 
 
 @dataclass
@@ -137,6 +137,12 @@ def digest(records: list) -> str:
     return h.hexdigest()[:16]
 
 
+def protocol_runs(suite: SuiteConfig) -> dict[str, list[dict[str, Any]]]:
+    """``{protocol: method_runs(...)}`` with each protocol's tuned recipes (see ``SuiteConfig.load_recipes``)."""
+    names = [BASE_TO_NOVEL, *[p.name for p in suite.transfer]]
+    return {name: method_runs(suite, suite.load_recipes(name)) for name in names}
+
+
 def method_runs(suite: SuiteConfig, recipes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One run description per method of ``suite`` (its optimiser completed by the tuned recipe)."""
     runs = []
@@ -148,14 +154,17 @@ def method_runs(suite: SuiteConfig, recipes: dict[str, dict[str, Any]]) -> list[
 
 def plan_units(
     suite: SuiteConfig,
-    runs: list[dict[str, Any]],
+    runs: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
     output_dir: str,
     eval_split: str = "test",
     seeds: list[int] | None = None,
     eval_per_class: int | None = None,
     transfer: bool = True,
 ) -> list[dict[str, Any]]:
-    """The units of ``suite``: one per (protocol, source task, seed), each holding all of ``runs``."""
+    """The units of ``suite``: one per (protocol, source task, seed), each holding all of ``runs``.
+
+    ``runs``: one list for every protocol, or ``{protocol: runs}`` (recipes tuned per protocol).
+    """
     protocols = [(BASE_TO_NOVEL, t, []) for t in suite.base_to_novel]
     protocols += [(p.name, p.source, p.targets) for p in suite.transfer] if transfer else []
     units = []
@@ -169,7 +178,7 @@ def plan_units(
                     "targets": targets,
                     "seed": seed,
                     "tasks": {t: suite.tasks[t] for t in [source, *targets]},
-                    "runs": runs,
+                    "runs": runs[protocol] if isinstance(runs, dict) else runs,
                     "shots": suite.shots,
                     "eval_split": eval_split,
                     "eval_per_class": suite.eval_per_class if eval_per_class is None else eval_per_class,

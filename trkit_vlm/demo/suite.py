@@ -128,14 +128,23 @@ class SuiteConfig:
             ]
         return out
 
-    def load_recipes(self) -> dict[str, dict[str, Any]]:
-        """The tuned recipes (label -> optimiser fields), ``{}`` when the suite names no file."""
+    def load_recipes(self, protocol: str = BASE_TO_NOVEL) -> dict[str, dict[str, Any]]:
+        """The tuned recipes of ``protocol`` (label -> optimiser fields), ``{}`` when the suite names no file.
+
+        A transfer protocol trains on every class of its source (twice the steps of base-to-novel), so it
+        is tuned on its own (``tune(..., protocol=NAME)``; the file's ``by_protocol``); a method without a
+        recipe for it there uses its base-to-novel one (every row records the ``lr`` it ran with).
+        """
         if self.recipes is None:
             return {}
         path = Path(self.recipes)
         if not path.is_file():
             raise FileNotFoundError(f"recipes file {self.recipes} not found: run 'trkit-vlm benchmark --tune' first")
-        return {label: r["optim"] for label, r in json.loads(path.read_text())["recipes"].items()}
+        content = json.loads(path.read_text())
+        out = {label: r["optim"] for label, r in content["recipes"].items()}
+        if protocol != BASE_TO_NOVEL:
+            out.update({label: r["optim"] for label, r in content.get("by_protocol", {}).get(protocol, {}).items()})
+        return out
 
     def optim_for(self, entry: MethodEntry, recipes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The full optimiser fields of ``entry``: its fixed ones, then its tuned ``lr`` and ``epochs``."""

@@ -22,8 +22,8 @@ import numpy as np
 
 from trkit.env import env_info
 from trkit.errors import InputError
-from trkit_vlm.demo.benchmark import ModelSpec, execute, method_runs, plan_units
-from trkit_vlm.demo.suite import SuiteConfig
+from trkit_vlm.demo.benchmark import ModelSpec, execute, plan_units, protocol_runs
+from trkit_vlm.demo.suite import BASE_TO_NOVEL, SuiteConfig
 from trkit_vlm.demo.suite_report import forest_plot_png, markdown_tables, summarize
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.models import ClipBundle
@@ -75,7 +75,7 @@ def run_benchmark(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model or ModelSpec()
-    units = plan_units(suite, method_runs(suite, suite.load_recipes()), str(out / "runs"))
+    units = plan_units(suite, protocol_runs(suite), str(out / "runs"))
     path = out / "results.json"
     runs: list[dict[str, Any]] = []
     if resume and path.is_file():
@@ -167,6 +167,17 @@ def _extend(values: list, best, kind: str) -> tuple[list, bool]:
     return sorted([*values, best * 2]), True
 
 
+def _tuning_units(suite: SuiteConfig, runs: list[dict[str, Any]], output_dir: str | Path, protocol: str) -> list[dict]:
+    """Units on validation images for the tuning seeds: the base-to-novel tasks, or one transfer protocol's
+    source alone (its targets stand for unseen tasks, so they play no part in choosing a recipe)."""
+    units = plan_units(suite, runs, str(Path(output_dir) / "tuning"), "val", suite.tuning.seeds,
+                       suite.tuning.eval_per_class, transfer=protocol != BASE_TO_NOVEL)  # fmt: skip
+    units = [u for u in units if u["protocol"] == protocol]
+    for u in units:
+        u["targets"], u["tasks"] = [], {u["source"]: u["tasks"][u["source"]]}
+    return units
+
+
 def tune(
     suite: SuiteConfig,
     output_dir: str | Path,
@@ -177,14 +188,22 @@ def tune(
     model: ModelSpec | None = None,
     bundle: ClipBundle | None = None,
     log=print,
+    protocol: str = BASE_TO_NOVEL,
 ) -> dict[str, Any]:
-    """Tune ``lr`` and ``epochs`` of each method (all trained ones by default) and write ``recipes_path``.
+    """Tune ``lr`` and ``epochs`` of each method (all trained ones by default) for ``protocol``; write ``recipes_path``.
 
-    Other methods' entries already in ``recipes_path`` are kept. Returns the file's content.
+    Base-to-novel is scored by the mean validation HM over its tasks; a transfer protocol (which trains on
+    every class, twice the steps) by the validation all-class accuracy on its source task, and its
+    recipes go under the file's ``by_protocol``. Other entries already in ``recipes_path`` are kept.
+    Returns the file's content.
     """
     log = log or _quiet
-    if not suite.base_to_novel:
-        raise InputError("tuning scores the base-to-novel tasks; the suite lists none")
+    transfer = {p.name: p for p in suite.transfer}
+    if protocol == BASE_TO_NOVEL and not suite.base_to_novel:
+        raise InputError("tuning base-to-novel scores its tasks; the suite lists none")
+    if protocol != BASE_TO_NOVEL and protocol not in transfer:
+        raise InputError(f"no protocol {protocol!r} in the suite; it has {[BASE_TO_NOVEL, *transfer]}")
+    metric = "hm" if protocol == BASE_TO_NOVEL else "all"
     labels = methods or [m.label for m in suite.methods if m.trains]
     entries = {label: suite.method(label) for label in labels}
     grids = {}
@@ -210,17 +229,17 @@ def tune(
                 if (lr, ep) not in scores[label]:
                     runs.append({"label": f"{label}\t{lr}\t{ep}", "method": m.method, "adapter": m.adapter,
                                  "loss": m.loss, "optim": {**m.optim, "lr": lr, "epochs": ep}})  # fmt: skip
-        units = plan_units(suite, runs, str(Path(output_dir) / "tuning"), "val", suite.tuning.seeds,
-                           suite.tuning.eval_per_class, transfer=False)  # fmt: skip
+        units = _tuning_units(suite, runs, output_dir, protocol)
         for i, (unit, rows) in enumerate(execute(units, model, workers, threads, False, bundle), 1):
             for r in rows:
                 label, lr, ep = r["method"].split("\t")
-                scores[label].setdefault((float(lr), int(ep)), []).append(r)
-            log(f"  tuning [{i}/{len(units)}] {unit['source']} seed {unit['seed']} ({time.perf_counter() - t0:.0f} s)")
+                scores[label].setdefault((float(lr), int(ep)), []).append({**r, "score": r[metric]})
+            log(f"  tuning {protocol} [{i}/{len(units)}] {unit['source']} seed {unit['seed']} "
+                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
         nxt = {}
         for label in pending:
             g = grids[label]
-            best = max(scores[label], key=lambda k: np.mean([r["hm"] for r in scores[label][k]]))
+            best = max(scores[label], key=lambda k: np.mean([r["score"] for r in scores[label][k]]))
             changed = False
             for axis, value in (("lr", best[0]), ("epochs", best[1])):
                 if g["ext"][axis] < suite.tuning.extend:
@@ -232,12 +251,19 @@ def tune(
                 log(f"  {label}: best lr {best[0]} x {best[1]} epochs is on the grid's edge: extending")
         pending = nxt
         # Written after every round, so a stopped tuning keeps what it measured.
-        content = _write_recipes(suite, recipes_path, labels, scores, grids)
+        content = _write_recipes(suite, recipes_path, labels, scores, grids, protocol)
     for label in labels:
-        r = content["recipes"][label]
-        log(f"{label}: lr {r['optim']['lr']}, {r['optim']['epochs']} epochs ({r['steps']} steps), "
-            f"validation HM {r['validation_hm']:.2f}")  # fmt: skip
+        r = _recipes_of(content, protocol)[label]
+        log(f"{label} ({protocol}): lr {r['optim']['lr']}, {r['optim']['epochs']} epochs ({r['steps']} steps), "
+            f"validation {metric} {r['validation_score']:.2f}")  # fmt: skip
     return content
+
+
+def _recipes_of(content: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The label -> recipe mapping of ``protocol`` inside a recipes file's content (created when missing)."""
+    if protocol == BASE_TO_NOVEL:
+        return content.setdefault("recipes", {})
+    return content.setdefault("by_protocol", {}).setdefault(protocol, {})
 
 
 def _on_edge(values: list, value) -> bool:
@@ -246,23 +272,26 @@ def _on_edge(values: list, value) -> bool:
 
 
 def _write_recipes(
-    suite: SuiteConfig, recipes_path: str | Path, labels: list[str], scores: dict, grids: dict
+    suite: SuiteConfig, recipes_path: str | Path, labels: list[str], scores: dict, grids: dict, protocol: str
 ) -> dict[str, Any]:
-    """Update ``recipes_path`` with the best grid point of each label (other labels' entries kept)."""
+    """Update ``recipes_path`` with the best grid point of each label for ``protocol`` (other entries kept)."""
     recipes_path = Path(recipes_path)
     content = json.loads(recipes_path.read_text()) if recipes_path.is_file() else {"recipes": {}}
+    b2n = protocol == BASE_TO_NOVEL
+    tasks = suite.base_to_novel if b2n else [next(p.source for p in suite.transfer if p.name == protocol)]
+    recipes = _recipes_of(content, protocol)
     for label in labels:
         pts = []
         for (lr, ep), rs in sorted(scores[label].items()):
-            per_task = {t: float(np.mean([r["hm"] for r in rs if r["task"] == t])) for t in suite.base_to_novel}
-            hm, train_s = float(np.mean([r["hm"] for r in rs])), float(np.mean([r["train_time_s"] for r in rs]))
-            pts.append({"lr": lr, "epochs": ep, "hm": hm, "per_task": per_task, "steps": rs[0]["steps"],
+            per_task = {t: float(np.mean([r["score"] for r in rs if r["task"] == t])) for t in tasks}
+            score, train_s = float(np.mean([r["score"] for r in rs])), float(np.mean([r["train_time_s"] for r in rs]))
+            pts.append({"lr": lr, "epochs": ep, "score": score, "per_task": per_task, "steps": rs[0]["steps"],
                         "train_time_s": train_s})  # fmt: skip
-        best = max(pts, key=lambda p: p["hm"])
+        best = max(pts, key=lambda p: p["score"])
         g = grids[label]
-        content["recipes"][label] = {
+        recipes[label] = {
             "optim": {"lr": best["lr"], "epochs": best["epochs"]},
-            "validation_hm": best["hm"],
+            "validation_score": best["score"],
             "steps": best["steps"],
             "grid": {"lr": g["lr"], "epochs": g["epochs"], "extensions": g["ext"], "points": len(pts)},
             # over the points measured so far: true when the extensions ran out (or the tuning was stopped)
@@ -270,11 +299,13 @@ def _write_recipes(
             or _on_edge([p["epochs"] for p in pts], best["epochs"]),
             "points": pts,
         }
-    content["tuning"] = {
+    scored = ("mean validation HM over the base-to-novel tasks and seeds" if b2n else
+              "validation all-class accuracy on the source task (targets unseen), mean over seeds")  # fmt: skip
+    content.setdefault("tuning_by_protocol", {})[protocol] = {
         "seeds": suite.tuning.seeds,
-        "tasks": suite.base_to_novel,
+        "tasks": tasks,
         "eval_per_class": suite.tuning.eval_per_class,
-        "scored": "validation images (held out from pre-training); mean HM over tasks and seeds",
+        "scored": f"validation images (held out from pre-training); {scored}",
         "rule": "lr x epochs grid per optimiser; a choice on the grid's edge extends that axis "
         f"(at most {suite.tuning.extend} times)",
         "suite": suite.source,
