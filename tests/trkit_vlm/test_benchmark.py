@@ -185,13 +185,16 @@ def test_transfer_protocol_is_tuned_on_its_source_and_used_by_its_units(model, t
     spec, bundle = model
     suite = _suite().select(methods=["MMA"])
     suite.recipes = str(tmp_path / "recipes.json")
+    suite.tuning.transfer_seeds = [7, 8]  # base-to-novel: [7] on 2 tasks; cross-task: 2 draws of its 1 task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None)
         content = tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None, protocol="cross-task")
     b2n, ct = content["recipes"]["MMA"], content["by_protocol"]["cross-task"]["MMA"]
     # Scored on the source task alone, on all 10 classes (2 shots, batch 10: two steps an epoch).
-    assert all(list(p["per_task"]) == ["noise"] for p in ct["points"])
+    assert all(list(p["per_task"]) == ["noise"] and p["runs"] == 2 for p in ct["points"])
+    assert all(p["runs"] == 2 for p in b2n["points"])
+    assert content["tuning_by_protocol"]["cross-task"]["seeds"] == [7, 8]
     assert ct["steps"] == 2 * ct["optim"]["epochs"] and b2n["steps"] == b2n["optim"]["epochs"]
     assert max(ct["points"], key=lambda p: p["score"])["lr"] == ct["optim"]["lr"]
     assert suite.load_recipes("cross-task")["MMA"] == ct["optim"]
@@ -218,6 +221,8 @@ def test_paired_difference_matches_scipy(pairs):
 
 
 def test_suite_refuses_bad_input():
+    with pytest.raises(InputError, match="disjoint from the tuning seeds"):
+        _suite(tuning={"seeds": [7], "transfer_seeds": [2, 9]})
     with pytest.raises(InputError, match="disjoint from the tuning seeds"):
         _suite(seeds=[1, 7])  # 7 is a tuning seed
     with pytest.raises(InputError, match="not under tasks"):

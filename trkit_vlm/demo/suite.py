@@ -77,6 +77,9 @@ class TuningConfig:
     """
 
     seeds: list[int] = field(default_factory=lambda: [1001, 1002, 1003])
+    # A transfer protocol is scored on one task, base-to-novel on several: its own seeds (None: ``seeds``)
+    # can give it as many runs per grid point, and a recipe that fails on some draws shows up.
+    transfer_seeds: list[int] | None = None
     eval_per_class: int = 50
     extend: int = 3
     grids: dict[str, dict[str, list]] = field(
@@ -102,6 +105,12 @@ class SuiteConfig:
     recipes: str | None = None  # a relative path in a suite file is relative to that file
     tuning: TuningConfig = field(default_factory=TuningConfig)
     source: str | None = None  # the file it was read from
+
+    def tuning_seeds(self, protocol: str = BASE_TO_NOVEL) -> list[int]:
+        """The few-shot draws ``protocol`` is tuned on."""
+        if protocol != BASE_TO_NOVEL and self.tuning.transfer_seeds is not None:
+            return list(self.tuning.transfer_seeds)
+        return list(self.tuning.seeds)
 
     def method(self, label: str) -> MethodEntry:
         for m in self.methods:
@@ -227,9 +236,10 @@ def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig
         raise InputError(f"the protocols name task(s) {missing} that are not under tasks ({sorted(tasks)})")
     if BASE_TO_NOVEL in {p.name for p in transfer}:
         raise InputError(f"{BASE_TO_NOVEL!r} is the base-to-novel protocol's name; call the transfer one otherwise")
-    if not seeds or any(s in suite.tuning.seeds for s in seeds):
+    tuning_seeds = set(suite.tuning.seeds) | set(suite.tuning.transfer_seeds or [])
+    if not seeds or tuning_seeds & set(seeds):
         raise InputError(
-            f"test seeds {seeds} must be non-empty and disjoint from the tuning seeds {suite.tuning.seeds}"
+            f"test seeds {seeds} must be non-empty and disjoint from the tuning seeds {sorted(tuning_seeds)}"
         )
     return suite
 

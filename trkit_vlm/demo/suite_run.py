@@ -170,7 +170,7 @@ def _extend(values: list, best, kind: str) -> tuple[list, bool]:
 def _tuning_units(suite: SuiteConfig, runs: list[dict[str, Any]], output_dir: str | Path, protocol: str) -> list[dict]:
     """Units on validation images for the tuning seeds: the base-to-novel tasks, or one transfer protocol's
     source alone (its targets stand for unseen tasks, so they play no part in choosing a recipe)."""
-    units = plan_units(suite, runs, str(Path(output_dir) / "tuning"), "val", suite.tuning.seeds,
+    units = plan_units(suite, runs, str(Path(output_dir) / "tuning"), "val", suite.tuning_seeds(protocol),
                        suite.tuning.eval_per_class, transfer=protocol != BASE_TO_NOVEL)  # fmt: skip
     units = [u for u in units if u["protocol"] == protocol]
     for u in units:
@@ -285,8 +285,8 @@ def _write_recipes(
         for (lr, ep), rs in sorted(scores[label].items()):
             per_task = {t: float(np.mean([r["score"] for r in rs if r["task"] == t])) for t in tasks}
             score, train_s = float(np.mean([r["score"] for r in rs])), float(np.mean([r["train_time_s"] for r in rs]))
-            pts.append({"lr": lr, "epochs": ep, "score": score, "per_task": per_task, "steps": rs[0]["steps"],
-                        "train_time_s": train_s})  # fmt: skip
+            pts.append({"lr": lr, "epochs": ep, "score": score, "per_task": per_task, "runs": len(rs),
+                        "steps": rs[0]["steps"], "train_time_s": train_s})  # fmt: skip
         best = max(pts, key=lambda p: p["score"])
         g = grids[label]
         recipes[label] = {
@@ -302,7 +302,7 @@ def _write_recipes(
     scored = ("mean validation HM over the base-to-novel tasks and seeds" if b2n else
               "validation all-class accuracy on the source task (targets unseen), mean over seeds")  # fmt: skip
     content.setdefault("tuning_by_protocol", {})[protocol] = {
-        "seeds": suite.tuning.seeds,
+        "seeds": suite.tuning_seeds(protocol),
         "tasks": tasks,
         "eval_per_class": suite.tuning.eval_per_class,
         "scored": f"validation images (held out from pre-training); {scored}",

@@ -8,8 +8,10 @@ the old or the new checkpoint, never neither.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 
 from trkit.errors import InputError
 from trkit.files import atomic_write
-from trkit_vlm.files import atomic_write_bytes
+from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.training.config import RunConfig
 
 __all__ = ["fingerprint", "save_checkpoint", "load_checkpoint", "check_fingerprint", "previous_path"]
@@ -136,3 +138,16 @@ def _diff(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def trim_log(path: Path, last_epoch: int) -> None:
+    """Keep the lines of the JSONL log ``path`` up to epoch ``last_epoch`` (a resumed run writes the
+    interrupted epoch again) and drop a line a kill cut short; nothing to do when there is no log."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line).get("epoch", 0) <= last_epoch:
+                keep.append(line)
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))

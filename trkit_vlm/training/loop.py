@@ -32,62 +32,13 @@ from trkit_vlm.files import atomic_write_text
 from trkit_vlm.losses import GeneralizationAwareLoss, frozen_image_features, frozen_text_features
 from trkit_vlm.models import ClipBundle
 from trkit_vlm.training import prefix_cache as pc
-from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from trkit_vlm.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint, trim_log
 from trkit_vlm.training.conditioning import StepConditioning
 from trkit_vlm.training.config import RunConfig
 from trkit_vlm.training.distributed import DistInfo, all_reduce_sum, barrier
 from trkit_vlm.training.divergence import diverged, finite_or_none, grads_finite, nonfinite_anywhere
+from trkit_vlm.training.forward import TrainForward, amp_dtype, cosine_with_warmup
 from trkit_vlm.training.seeding import rng_state, seed_everything, set_rng_state
-
-
-class _Forward(nn.Module):
-    """Inputs -> (logits, image features, text features) as one module, so DDP sees one forward."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        text_ids: torch.Tensor,
-        text_states: torch.Tensor | None,
-        n_text: int,
-        n_image: int,
-        split_text: bool,
-    ):
-        super().__init__()
-        self.model = model
-        self.text_ids, self.text_states, self.n_text, self.n_image = text_ids, text_states, n_text, n_image
-        self.split_text = split_text  # the text tower runs block by block (prompts cut after the EOT)
-
-    def forward(self, x: torch.Tensor, cached: bool):
-        m = self.model
-        if self.text_states is not None:
-            txt = pc.text_suffix(m, self.text_states, self.text_ids, self.n_text)
-        elif self.split_text:  # the cut prompts (see Trainer), all blocks each step
-            txt = pc.text_suffix(m, pc.text_prefix(m, self.text_ids, 0), self.text_ids, 0)
-        else:
-            txt = m.encode_text(self.text_ids, normalize=True)
-        img = pc.image_suffix(m, x, self.n_image) if cached else m.encode_image(x, normalize=True)
-        return m.logit_scale.exp() * img @ txt.t(), img, txt
-
-
-def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA; None (fp32) on CPU whatever the config says."""
-    if device.type != "cuda" or cfg.amp == "off":
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if cfg.amp == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine from 1 to 0 at ``total_steps``."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
-
-    return f
 
 
 class Trainer:
@@ -199,7 +150,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(dev.type, enabled=(self.amp == torch.float16))
         # After the optimiser: a rank allocator attaches its masks (buffers) to the adapters here.
         self.conditioning = StepConditioning(get_adapters(model), o, total)
-        self.forward = _Forward(model, text_ids, text_states, n_text, self.n_image, split_text)
+        self.forward = TrainForward(model, text_ids, text_states, n_text, self.n_image, split_text)
         self.ddp = None
         if info.distributed:
             self.ddp = DistributedDataParallel(
@@ -265,14 +216,8 @@ class Trainer:
         self.conditioning.load_state_dict(state.get("conditioning", {}))
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history.update(state.get("history", {}))
-        if self.info.is_main and (self.run_dir / "log.jsonl").is_file():
-            # Drop log lines of the interrupted epoch (they are written again) and a line a kill cut short.
-            keep = []
-            for line in (self.run_dir / "log.jsonl").read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    if json.loads(line).get("epoch", 0) <= self.start_epoch:
-                        keep.append(line)
-            atomic_write_text(self.run_dir / "log.jsonl", "".join(ln + "\n" for ln in keep))
+        if self.info.is_main:
+            trim_log(self.run_dir / "log.jsonl", self.start_epoch)
         barrier(self.info)
 
     def _checkpoint(self, epoch: int) -> None:
