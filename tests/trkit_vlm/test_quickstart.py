@@ -220,6 +220,35 @@ def test_fast_quickstart_training_beats_zero_shot(tiny, tmp_path):
 
 
 @needs_data
+def test_quickstart_in_two_processes_gives_the_runs_of_one(tiny, tmp_path):
+    """--workers 2: the same runs (each process reloads the cached model and rebuilds the task), in job order."""
+    bundle, _, recipe = tiny
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers run one thread each: the same arithmetic
+    try:
+        out = {}
+        for workers in (1, 2):
+            qc = q.QuickstartConfig(
+                output_dir=str(tmp_path / f"qs{workers}"),
+                seeds=(1, 2),
+                strength=0.7,
+                eval_split="val",
+                eval_per_class=20,
+                recipe=recipe,
+                cache_dir=str(Path(bundle.pretrained).parents[1]),
+                variants={"MMA": q.VARIANTS["MMA"]},
+                optim=dict(q.OPTIM, lr=0.01, epochs=2),
+                workers=workers,
+            )
+            out[workers] = q.run_quickstart(qc, progress=False, log=lambda *a: None)["runs"]
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["method"], r["seed"]) for r in out[2]] == [("zero-shot", 1), ("zero-shot", 2), ("MMA", 1), ("MMA", 2)]
+    for a, b in zip(out[1], out[2]):
+        assert (a["base"], a["novel"], a["all"]) == (b["base"], b["novel"], b["all"])
+
+
+@needs_data
 def test_quickstart_adaring_recipe_trains_unclipped_within_the_budget(tiny, tmp_path):
     """AdaRing's quickstart recipe (Gauss-Newton preconditioner, no clipping, rank adaptation to 10% of MMA)
     at the tiny model's learning rate: finite, unclipped steps logged per epoch, the budget kept."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from trkit_vlm.cli.common import parse_seeds, setup_threads
@@ -32,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="one seed, 200 test images per class (a smoke run)")
     p.add_argument("--cache-dir", default=None, help="small-CLIP cache root (default $TRKIT_CACHE or ~/.cache/trkit)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(cores, 4))")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="training processes of one thread each (default 2 on a machine with 2 or more cores, else 1)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -46,9 +53,15 @@ def run(args: argparse.Namespace) -> int:
         shots=args.shots,
         eval_per_class=200 if args.quick and args.eval_per_class is None else args.eval_per_class,
         cache_dir=args.cache_dir,
+        workers=args.workers if args.workers is not None else min(2, os.cpu_count() or 1),
     )
+    if qc.workers < 1:
+        from trkit.errors import InputError
+
+        raise InputError(f"--workers must be >= 1, got {qc.workers}")
     print(
-        f"trkit-vlm quickstart: threads={n}; the model is the project's small Fashion-MNIST CLIP (not OpenAI CLIP)",
+        f"trkit-vlm quickstart: threads={n}, {qc.workers} training process(es); the model is the project's "
+        "small Fashion-MNIST CLIP (not OpenAI CLIP)",
         flush=True,
     )
     t0 = time.perf_counter()

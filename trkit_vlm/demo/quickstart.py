@@ -87,6 +87,7 @@ class QuickstartConfig:
     data: dict = field(default_factory=lambda: dict(DATA))
     recipe: PretrainRecipe | None = None  # None = the default recipe
     cache_dir: str | None = None  # small-CLIP cache root (None = $TRKIT_CACHE or ~/.cache/trkit)
+    workers: int = 1  # processes of one thread each (a small model uses 2 cores better as 2 processes)
 
 
 def _slug(label: str) -> str:
@@ -141,6 +142,7 @@ def run_quickstart(
     """
     qc = qc or QuickstartConfig()
     t_all = time.perf_counter()
+    own_model = bundle is None and data is None  # worker processes can rebuild exactly these
     if bundle is None:
         t0 = time.perf_counter()
         bundle = load_small_clip(qc.recipe, qc.cache_dir, progress=progress)
@@ -149,11 +151,7 @@ def run_quickstart(
         data = apply_task(fashion_mnist_data(), task_spec(qc))
     runs: list[dict] = []
     t0 = time.perf_counter()
-    # Every run is scored on the same test images: the image blocks before the first adapted one run once
-    # for all of them (the scores are those of evaluate_base_novel; trkit-vlm eval RUN reproduces them).
-    methods = [{"method": v[0], "adapter": v[1]} for v in qc.variants.values()]
-    template = DataConfig().template
-    evaluator = PrefixEvaluator(bundle.model, bundle.tokenizer, data, template, prefix_depth(bundle, methods))
+    evaluator = _evaluator(qc, bundle, data)
     zs = evaluator(bundle.model)
     zs_time = time.perf_counter() - t0
     for seed in qc.seeds:  # no training, no sampling: the same for every seed
@@ -161,25 +159,16 @@ def run_quickstart(
             {"method": ZERO_SHOT, "seed": seed, **zs, "n_trainable": 0, "train_time_s": 0.0, "eval_time_s": zs_time}
         )
     log(f"{ZERO_SHOT:<22} base {zs['base']:.2f} novel {zs['novel']:.2f} HM {zs['hm']:.2f}")
-    for label in qc.variants:
-        for seed in qc.seeds:
-            cfg = run_config(qc, label, seed, bundle)
-            m = train(cfg, bundle=bundle, data=data, progress=False, evaluator=evaluator)
-            runs.append(
-                {
-                    "method": label,
-                    "seed": seed,
-                    **{k: m[k] for k in ("base", "novel", "hm", "all")},
-                    "n_trainable": m["n_trainable"],
-                    "train_time_s": m["train_time_s"],
-                    "eval_time_s": m["eval_time_s"],
-                    "run_dir": m["run_dir"],
-                }
-            )
-            log(
-                f"{label:<22} seed {seed}: base {m['base']:.2f} novel {m['novel']:.2f} HM {m['hm']:.2f} "
-                f"({m['n_trainable']:,} params, train {m['train_time_s']:.1f} s, eval {m['eval_time_s']:.1f} s)"
-            )
+    jobs = [(label, seed) for label in qc.variants for seed in qc.seeds]
+    for run in _train_all(qc, jobs, bundle, data, evaluator, own_model):
+        runs.append(run)
+        log(
+            f"{run['method']:<22} seed {run['seed']}: base {run['base']:.2f} novel {run['novel']:.2f} HM "
+            f"{run['hm']:.2f} ({run['n_trainable']:,} params, train {run['train_time_s']:.1f} s, eval "
+            f"{run['eval_time_s']:.1f} s)"
+        )
+    order = {job: i for i, job in enumerate(jobs)}  # the table lists runs in job order whatever finished first
+    runs.sort(key=lambda r: -1 if r["method"] == ZERO_SHOT else order[(r["method"], r["seed"])])
     rows = aggregate_runs(runs)
     info = pretrain_info(qc.recipe, qc.cache_dir) if bundle.pretrained else None
     result = {
@@ -195,6 +184,62 @@ def run_quickstart(
     }
     result["paths"] = write_results(result, qc.output_dir)
     return result
+
+
+def _evaluator(qc: QuickstartConfig, bundle: ClipBundle, data) -> PrefixEvaluator:
+    """Scores a model on the task's test images; the image blocks before the first adapted one run once for
+    every run (the scores are those of evaluate_base_novel; trkit-vlm eval RUN reproduces them)."""
+    methods = [{"method": v[0], "adapter": v[1]} for v in qc.variants.values()]
+    depth = prefix_depth(bundle, methods)
+    return PrefixEvaluator(bundle.model, bundle.tokenizer, data, DataConfig().template, depth)
+
+
+def _train_one(qc: QuickstartConfig, label: str, seed: int, bundle: ClipBundle, data, evaluator) -> dict:
+    cfg = run_config(qc, label, seed, bundle)
+    m = train(cfg, bundle=bundle, data=data, progress=False, evaluator=evaluator)
+    return {
+        "method": label,
+        "seed": seed,
+        **{k: m[k] for k in ("base", "novel", "hm", "all")},
+        "n_trainable": m["n_trainable"],
+        "train_time_s": m["train_time_s"],
+        "eval_time_s": m["eval_time_s"],
+        "run_dir": m["run_dir"],
+    }
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(qc: QuickstartConfig) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    bundle = load_small_clip(qc.recipe, qc.cache_dir, progress=False, train_if_missing=False)
+    data = apply_task(fashion_mnist_data(), task_spec(qc))
+    _WORKER.update(qc=qc, bundle=bundle, data=data, evaluator=_evaluator(qc, bundle, data))
+
+
+def _train_in_worker(job: tuple[str, int]) -> dict:
+    w = _WORKER
+    return _train_one(w["qc"], job[0], job[1], w["bundle"], w["data"], w["evaluator"])
+
+
+def _train_all(qc: QuickstartConfig, jobs: list[tuple[str, int]], bundle, data, evaluator, own_model: bool):
+    """Yield each job's run: in this process, or in ``qc.workers`` spawned processes (one thread each) that
+    load the same cached model and task (only when ``run_quickstart`` built them itself)."""
+    if qc.workers <= 1 or not own_model or len(jobs) < 2:
+        for label, seed in jobs:
+            yield _train_one(qc, label, seed, bundle, data, evaluator)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(
+        min(qc.workers, len(jobs)), mp_context=get_context("spawn"), initializer=_init_worker, initargs=(qc,)
+    ) as pool:
+        for fut in as_completed([pool.submit(_train_in_worker, job) for job in jobs]):
+            yield fut.result()
 
 
 def aggregate_runs(runs: list[dict]) -> list[dict]:
