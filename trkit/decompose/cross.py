@@ -222,8 +222,9 @@ def tr_cross(
         ``TensorRing`` with cores ``(r_k, n_k, r_{k+1})`` (and the info when asked).
 
     Raises:
-        InputError / InputTypeError: bad arguments, or ``f`` raising, returning the wrong number
-        of values, NaN/Inf or non-numbers (the message names ``f`` and the batch size).
+        InputError: bad arguments, or ``f`` raising, returning the wrong number of values, NaN/Inf
+            or non-numbers (the message names ``f`` and the batch size).
+        InputTypeError: an argument of the wrong type (``f`` not callable, a non-integer shape).
     """
     if not callable(f):
         raise InputTypeError(f"f must be callable (an index batch -> values), got {type(f).__name__}")
