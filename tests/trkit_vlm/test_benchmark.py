@@ -273,3 +273,23 @@ def test_method_by_method_runs_stay_paired(model, tmp_path):
     assert both["seeds"] == [1] and (tmp_path / "c" / "forest.png").is_file()
     with pytest.raises(InputError, match="share runs"):
         combine_results([tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "d")
+
+
+def test_shipped_suite_has_a_bracketed_recipe_for_every_method_and_protocol():
+    """configs/suites/adapters.yaml and the recipes it reads: every trained method, every protocol, tuned."""
+    from trkit_vlm.demo.suite import BASE_TO_NOVEL, load_suite
+
+    root = Path(__file__).resolve().parents[2]
+    suite = load_suite(root / "configs" / "suites" / "adapters.yaml")
+    suite.recipes = str(root / "benchmarks" / "results" / "suite_recipes.json")
+    content = json.loads(Path(suite.recipes).read_text())
+    assert len(suite.seeds) >= 20 and len(suite.base_to_novel) >= 4 and len(suite.transfer) == 2
+    for protocol in [BASE_TO_NOVEL, *[p.name for p in suite.transfer]]:
+        table = content["recipes"] if protocol == BASE_TO_NOVEL else content["by_protocol"][protocol]
+        for m in suite.methods:
+            if not m.trains:
+                continue
+            r = table[m.label]
+            assert not r["still_on_edge"], (protocol, m.label)
+            assert r["optim"]["lr"] == max(r["points"], key=lambda p: p["score"])["lr"]
+            assert suite.load_recipes(protocol)[m.label] == r["optim"]
