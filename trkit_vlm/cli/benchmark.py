@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             suite.recipes = os.path.join(args.output_dir, "suite_recipes.json")
         from trkit_vlm.demo.suite import BASE_TO_NOVEL
 
-        protocols = args.protocol or [BASE_TO_NOVEL] * bool(suite.base_to_novel) + [p.name for p in suite.transfer]
+        every = ([BASE_TO_NOVEL] if suite.base_to_novel else []) + [p.name for p in suite.transfer]
+        protocols = args.protocol or every
         for protocol in protocols:
             tune(suite, args.output_dir, suite.recipes, None, args.workers, args.threads, protocol=protocol)
         print(f"total {time.perf_counter() - t0:.0f} s. Recipes: {suite.recipes}")
