@@ -275,6 +275,32 @@ def test_method_by_method_runs_stay_paired(model, tmp_path):
         combine_results([tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "d")
 
 
+def test_combined_results_keep_methods_that_cover_some_protocols(tmp_path):
+    """An ablation run on base-to-novel alone joins a full run: a seed counts when every method of each
+    protocol has all of that protocol's tasks; a seed missing one of them is left out of the statistics."""
+
+    def row(method, protocol, task, seed, score):
+        b2n = protocol == "base-to-novel"
+        return {"method": method, "protocol": protocol, "source": "a" if b2n else "a", "task": task, "seed": seed,
+                "hm": score if b2n else None, "base": score if b2n else None, "novel": score if b2n else None,
+                "all": None if b2n else score, "test_digest": f"{protocol}{task}{seed}", "shots_digest": None,
+                "n_trainable": 1, "steps": 1, "train_time_s": 0.0}  # fmt: skip
+
+    full = [row(m, p, t, s, 50.0 + s + (m == "new"))
+            for m in ("MMA", "new") for s in (1, 2, 3, 4)
+            for p, t in (("base-to-novel", "a"), ("cross-task", "a"), ("cross-task", "b"))
+            if not (m == "MMA" and s == 4 and t == "b")]  # fmt: skip
+    abl = [row("ablation", "base-to-novel", "a", s, 40.0) for s in (1, 2, 4)]
+    (tmp_path / "full.json").write_text(json.dumps({"runs": full}))
+    (tmp_path / "abl.json").write_text(json.dumps({"runs": abl}))
+    res = combine_results([tmp_path / "full.json", tmp_path / "abl.json"], tmp_path / "out")
+    assert res["seeds"] == [1, 2]  # 3: no ablation run; 4: MMA lacks a cross-task target
+    b2n = res["summary"]["base-to-novel"]["cells"]["a"]
+    assert set(b2n) == {"MMA", "new", "ablation"} and b2n["ablation"]["n"] == 2
+    assert b2n["ablation"]["diff"]["mean"] == pytest.approx(40.0 - 51.5)  # MMA: 51 and 52
+    assert set(res["summary"]["cross-task"]["cells"]["b"]) == {"MMA", "new"}
+
+
 def test_shipped_suite_has_a_bracketed_recipe_for_every_method_and_protocol():
     """configs/suites/adapters.yaml and the recipes it reads: every trained method, every protocol, tuned."""
     from trkit_vlm.demo.suite import BASE_TO_NOVEL, load_suite

@@ -129,17 +129,18 @@ def write_report(
 def combine_results(paths: list[str | Path], output_dir: str | Path, reference: str = "MMA") -> dict[str, Any]:
     """One report from the ``results.json`` of suite runs made method by method (same suite, other methods).
 
-    The statistics use the seeds on which every method finished every (protocol, task) its runs cover.
+    A method may cover some protocols only (an ablation run on base-to-novel alone). The statistics use the
+    seeds on which every method of a protocol finished every task of that protocol, for every protocol.
     """
     files = [json.loads(Path(p).read_text()) for p in paths]
     runs = [r for f in files for r in f["runs"]]
     keys = [(r["method"], r["protocol"], r["task"], r["seed"]) for r in runs]
     if len(set(keys)) != len(keys):
         raise InputError("the results files share runs (the same method, protocol, task and seed)")
-    cells = {(r["protocol"], r["task"]) for r in runs}
-    methods = {r["method"] for r in runs}
+    needed = {(m, p, t) for m in {r["method"] for r in runs} for p, t in {(r["protocol"], r["task"]) for r in runs}
+              if any(r["method"] == m and r["protocol"] == p for r in runs)}  # fmt: skip
     have = set(keys)
-    seeds = sorted(s for s in {r["seed"] for r in runs} if all((m, p, t, s) in have for m in methods for p, t in cells))
+    seeds = sorted(s for s in {r["seed"] for r in runs} if all((m, p, t, s) in have for m, p, t in needed))
     if not seeds:
         raise InputError("no seed has runs of every method on every protocol and task")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
