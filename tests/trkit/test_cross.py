@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -15,6 +16,8 @@ from trkit.decompose import _tt_cross
 from trkit.decompose._blackbox import BlackBox
 from trkit.decompose._maxvol import maxvol, maxvol_rect
 from trkit.errors import InputError, InputTypeError
+
+cross_module = importlib.import_module("trkit.decompose.cross")
 
 
 def ring_function(ring: trkit.TensorRing):
@@ -315,9 +318,11 @@ def test_rank_below_the_cap_recovered_to_rounding(monkeypatch):
     # the chain's bond singular values fall to ~5e-9 of the largest, then to rounding noise;
     # with a cap of 10 every fibre has two noise directions. Pivots placed by volume in the 8
     # significant directions recover the tensor to rounding; square maxvol (which places
-    # pivots by the noise as well, DEFICIENT_TOL = 0) stays at the level of the small ones
+    # pivots by the noise as well, DEFICIENT_TOL = 0) stays at the level of the small ones.
+    # Both without the random test columns of later passes (which get square maxvol there too)
     shape = (8,) * 16
     errors = {}
+    monkeypatch.setattr(cross_module, "PASS_EXTRA", 0)
     for tol in (_tt_cross.DEFICIENT_TOL, 0.0):
         monkeypatch.setattr(_tt_cross, "DEFICIENT_TOL", tol)
         errors[tol] = []
@@ -330,7 +335,27 @@ def test_rank_below_the_cap_recovered_to_rounding(monkeypatch):
     assert np.median(errors[0.0]) > 1e-10
 
 
-def test_settled_pivots_cost_no_new_entries():
+def test_random_test_columns_keep_pivots_improving(monkeypatch):
+    # abs(sin) of a sum needs more rank than 12: at that cap, pivots that only ever see the
+    # last pass's pivots settle early; 2 random test columns in every pass keep them moving
+    shape = (16,) * 6
+
+    def abs_sin(idx):
+        return np.abs(np.sin(2 * np.asarray(idx).sum(1) / 15)) + 0.1
+
+    medians = {}
+    for extra in (0, cross_module.PASS_EXTRA):
+        monkeypatch.setattr(cross_module, "PASS_EXTRA", extra)
+        errors = []
+        for seed in range(3):
+            ring = trkit.tr_cross(abs_sin, shape=shape, rank=12, max_iter=6, stop_tol=0, seed=seed)
+            errors.append(held_out_error(abs_sin, ring, shape, n=4000))
+        medians[extra] = float(np.median(errors))
+    assert set(medians) == {0, 2} and medians[2] < 0.75 * medians[0]
+
+
+def test_settled_pivots_cost_no_new_entries(monkeypatch):
+    monkeypatch.setattr(cross_module, "PASS_EXTRA", 0)  # no random test columns: only pivots
     f = Counting(smooth)
     _, info = trkit.tr_cross(f, shape=(8,) * 6, rank=5, max_iter=12, stop_tol=0, return_info=True)
     g = Counting(smooth)
