@@ -350,6 +350,7 @@ def main(argv=None) -> int:
     targets = [target_line(v) for v in verdicts]
     print("\n".join(targets))
     command = "python benchmarks/cross.py" + (" --quick" if args.quick else "") + (" --wide" if args.wide else "")
+    command += f" --only {args.only}" if args.only else ""
     data = {
         "title": "Cross approximation (tr_cross vs teneva, tntorch)",
         "command": command,

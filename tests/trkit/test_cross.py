@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -11,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trkit
+from trkit.decompose import _tt_cross
 from trkit.decompose._blackbox import BlackBox
-from trkit.decompose._maxvol import maxvol
+from trkit.decompose._maxvol import maxvol, maxvol_rect
 from trkit.errors import InputError, InputTypeError
+
+cross_module = importlib.import_module("trkit.decompose.cross")
 
 
 def ring_function(ring: trkit.TensorRing):
@@ -270,7 +274,88 @@ def test_maxvol_against_determinants():
     assert sorted(again.tolist()) == sorted(rows.tolist())
 
 
-def test_settled_pivots_cost_no_new_entries():
+def test_maxvol_rect_greedy_volume_against_brute_force():
+    rng = np.random.default_rng(1)
+    u, _ = np.linalg.qr(rng.standard_normal((40, 4)))
+    rows, coef = maxvol_rect(u, 7)
+    assert len(set(rows.tolist())) == 7
+    np.testing.assert_array_equal(np.sort(rows[:4]), np.sort(maxvol(u)[0]))
+    np.testing.assert_allclose(coef @ u[rows], u, atol=1e-12)
+    np.testing.assert_allclose(coef, u @ np.linalg.pinv(u[rows]), atol=1e-12)
+    # every added row maximises the volume det(A^T A) of the rows so far plus one other
+    for m in range(4, 7):
+        others = [i for i in range(40) if i not in rows[:m]]
+        vols = [np.linalg.det(u[list(rows[:m]) + [i]].T @ u[list(rows[:m]) + [i]]) for i in others]
+        assert np.linalg.det(u[rows[: m + 1]].T @ u[rows[: m + 1]]) >= max(vols) * (1 - 1e-9)
+    # a matrix in span(u) is reproduced from its chosen rows (least squares, not only rows)
+    mat = u @ rng.standard_normal((4, 9))
+    np.testing.assert_allclose(coef @ mat[rows], mat, atol=1e-12)
+
+
+def test_significant_rank_needs_a_gap():
+    rng = np.random.default_rng(2)
+    q1, _ = np.linalg.qr(rng.standard_normal((30, 8)))
+    q2, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+
+    def tail(s):
+        _, t = _tt_cross.singular_tail((q1 * s) @ q2)
+        return t
+
+    lowrank = np.array([1, 0.3, 0.05, 5e-3, 4e-4, 2e-5, 1e-17, 1e-18])  # rank 6 and rounding noise
+    assert _tt_cross.significant_rank(tail(lowrank), 8) == 6
+    decay = 10.0 ** -np.arange(0, 16, 2)  # smooth decay to 1e-14: no gap, nothing dropped
+    assert _tt_cross.significant_rank(tail(decay), 8) == 8
+    assert _tt_cross.significant_rank(tail(lowrank), 5) == 5  # never above the rank it is given
+
+
+def gauss_chain(idx):
+    """``exp(-2 sum_k (x_k - x_{k+1})^2)`` on 8 points of [0, 1]: TT rank 8, ill-conditioned."""
+    x = np.linspace(0, 1, 8)[np.asarray(idx)]
+    return np.exp(-2.0 * ((x[:, 1:] - x[:, :-1]) ** 2).sum(1))
+
+
+def test_rank_below_the_cap_recovered_to_rounding(monkeypatch):
+    # the chain's bond singular values fall to ~5e-9 of the largest, then to rounding noise;
+    # with a cap of 10 every fibre has two noise directions. Pivots placed by volume in the 8
+    # significant directions recover the tensor to rounding; square maxvol (which places
+    # pivots by the noise as well, DEFICIENT_TOL = 0) stays at the level of the small ones.
+    # Both without the random test columns of later passes (which get square maxvol there too)
+    shape = (8,) * 16
+    errors = {}
+    monkeypatch.setattr(cross_module, "PASS_EXTRA", 0)
+    for tol in (_tt_cross.DEFICIENT_TOL, 0.0):
+        monkeypatch.setattr(_tt_cross, "DEFICIENT_TOL", tol)
+        errors[tol] = []
+        for seed in range(3):
+            f = Counting(gauss_chain)
+            ring, info = trkit.tr_cross(f, shape=shape, rank=10, max_iter=4, stop_tol=0, seed=seed, return_info=True)
+            errors[tol].append(held_out_error(gauss_chain, ring, shape, n=3000))
+            assert info.n_evals == len(set(f.seen)) < 40_000
+    assert max(errors[1e-14]) < 1e-12
+    assert np.median(errors[0.0]) > 1e-10
+
+
+def test_random_test_columns_keep_pivots_improving(monkeypatch):
+    # abs(sin) of a sum needs more rank than 12: at that cap, pivots that only ever see the
+    # last pass's pivots settle early; 2 random test columns in every pass keep them moving
+    shape = (16,) * 6
+
+    def abs_sin(idx):
+        return np.abs(np.sin(2 * np.asarray(idx).sum(1) / 15)) + 0.1
+
+    medians = {}
+    for extra in (0, cross_module.PASS_EXTRA):
+        monkeypatch.setattr(cross_module, "PASS_EXTRA", extra)
+        errors = []
+        for seed in range(3):
+            ring = trkit.tr_cross(abs_sin, shape=shape, rank=12, max_iter=6, stop_tol=0, seed=seed)
+            errors.append(held_out_error(abs_sin, ring, shape, n=4000))
+        medians[extra] = float(np.median(errors))
+    assert set(medians) == {0, 2} and medians[2] < 0.75 * medians[0]
+
+
+def test_settled_pivots_cost_no_new_entries(monkeypatch):
+    monkeypatch.setattr(cross_module, "PASS_EXTRA", 0)  # no random test columns: only pivots
     f = Counting(smooth)
     _, info = trkit.tr_cross(f, shape=(8,) * 6, rank=5, max_iter=12, stop_tol=0, return_info=True)
     g = Counting(smooth)

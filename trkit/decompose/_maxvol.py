@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["maxvol", "truncated_basis"]
+__all__ = ["maxvol", "maxvol_rect", "singular_tail", "tail_rank", "truncated_basis"]
 
 
 def maxvol(
@@ -49,6 +49,51 @@ def maxvol(
     return rows, coef
 
 
+def maxvol_rect(
+    u: np.ndarray, count: int, start: np.ndarray | None = None, tol: float = 1.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count >= r`` rows of ``u`` (``n x r``, orthonormal columns) for least-squares interpolation.
+
+    The first ``r`` rows are :func:`maxvol`'s (started from ``start[:r]`` when given); each
+    further row is the one with the largest coefficients on the rows chosen so far, the row
+    that most increases the volume ``sqrt(det(A^T A))`` of the rectangular submatrix ``A``
+    (greedy rectangular maxvol, Mikhalev & Oseledets 2018).
+
+    Returns:
+        ``rows`` (``count`` distinct ints, ``count`` capped at ``n``) and
+        ``coef = u @ pinv(u[rows])`` (``n x count``), so ``u = coef @ u[rows]``: any matrix
+        whose columns lie in ``span(u)`` is reproduced from its rows ``rows`` by ``coef``.
+    """
+    n, r = u.shape
+    count = min(count, n)
+    rows, coef = maxvol(u, tol, start=None if start is None or len(start) < r else np.asarray(start)[:r])
+    picked = list(rows)
+    while len(picked) < count:
+        norms = np.einsum("ij,ij->i", coef, coef)
+        norms[picked] = -1.0
+        picked.append(int(norms.argmax()))
+        coef = u @ np.linalg.pinv(u[picked])
+    return np.asarray(picked, dtype=np.int64), coef
+
+
+def singular_tail(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors of ``mat`` (``p x q``) and ``tail[k] = ||s[k:]||`` (QR first when tall)."""
+    p, q = mat.shape
+    if q > p:
+        u, s, _ = np.linalg.svd(mat, full_matrices=False)
+    else:  # tall: QR first, then the SVD of the small triangular factor
+        qm, rm = np.linalg.qr(mat)
+        w, s, _ = np.linalg.svd(rm)
+        u = qm @ w
+    return u, np.sqrt(np.cumsum((s**2)[::-1])[::-1])
+
+
+def tail_rank(tail: np.ndarray, rank_tol: float, max_rank: int) -> int:
+    """Smallest rank whose discarded singular values have norm ``<= rank_tol * tail[0]``, in ``[1, max_rank]``."""
+    rho = int((tail > rank_tol * tail[0]).sum()) if tail[0] > 0 else 1
+    return max(1, min(rho, max_rank))
+
+
 def truncated_basis(mat: np.ndarray, rank_tol: float, max_rank: int) -> tuple[np.ndarray, int]:
     """Orthonormal basis of ``mat``'s (``p x q``) column space, truncated to its numerical rank.
 
@@ -58,14 +103,6 @@ def truncated_basis(mat: np.ndarray, rank_tol: float, max_rank: int) -> tuple[np
     Returns:
         ``u`` (``p x rho``) and ``rho``.
     """
-    p, q = mat.shape
-    if q > p:
-        u, s, _ = np.linalg.svd(mat, full_matrices=False)
-    else:  # tall: QR first, then the SVD of the small triangular factor
-        qm, rm = np.linalg.qr(mat)
-        w, s, _ = np.linalg.svd(rm)
-        u = qm @ w
-    tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])  # tail[k] = ||s[k:]||
-    rho = int((tail > rank_tol * tail[0]).sum()) if tail[0] > 0 else 1
-    rho = max(1, min(rho, max_rank, p))
+    u, tail = singular_tail(mat)
+    rho = tail_rank(tail, rank_tol, min(max_rank, mat.shape[0]))
     return u[:, :rho], rho

@@ -11,19 +11,28 @@ is the fibre itself, so the train ``C_0 C_1 ... C_{d-2} F_{d-1}`` reproduces ``X
 cross. A right-to-left pass mirrors it. The far side of each fibre (the previous pass's pivots)
 can get extra random multi-indices: the fibre then shows its dominant column space more
 faithfully, and up to that many more directions, which is how ranks grow. Ranks follow the
-fibres' numerical ranks, capped per bond.
+fibres' numerical ranks, capped per bond; a fibre whose rank is below its pivot count (a tensor
+of lower rank than the cap) places its surplus pivots by volume in its significant directions.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from trkit.decompose._blackbox import BlackBox
-from trkit.decompose._maxvol import maxvol, truncated_basis
+from trkit.decompose._maxvol import maxvol, maxvol_rect, singular_tail, tail_rank, truncated_basis
 
 __all__ = ["TTCross", "tt_entries", "tt_distance", "tt_norm"]
+
+# A fibre is numerically rank-deficient when the singular values past some rank ``rho'`` have
+# norm <= DEFICIENT_TOL of the fibre's and sit below a gap: <= DEFICIENT_GAP times the last one
+# kept. Its pivots then come from the rho' significant directions (greedy rectangular maxvol)
+# instead of also from rounding noise; smooth decays (no gap) are left alone.
+DEFICIENT_TOL = 1e-14
+DEFICIENT_GAP = 1e-4
 
 
 def tt_entries(cores: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
@@ -60,6 +69,19 @@ def tt_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
             diff.append(z)
     den = tt_norm(b)
     return tt_norm(diff) / den if den > 0 else tt_norm(diff)
+
+
+def significant_rank(tail: np.ndarray, rho: int) -> int:
+    """The rank ``<= rho`` past which a fibre with singular tails ``tail`` holds only rounding noise.
+
+    ``rho`` itself unless the tail past some smaller rank is ``<= DEFICIENT_TOL`` of the whole
+    and ``<= DEFICIENT_GAP`` times the last singular value kept (a clear gap, not a decay).
+    """
+    basis = tail_rank(tail, DEFICIENT_TOL, rho)
+    if basis >= rho:
+        return rho
+    last = math.sqrt(max(tail[basis - 1] ** 2 - tail[basis] ** 2, 0.0))
+    return basis if tail[basis] <= DEFICIENT_GAP * last else rho
 
 
 def _rows_of(previous: np.ndarray | None, base: np.ndarray, cut: int, count: int, pivot_first: bool):
@@ -101,6 +123,7 @@ class TTCross:
         # pivot sets: row k holds the multi-indices of bond k; the first pass fills the Nones
         self.left: list[Any] = [np.zeros((1, 0), np.int64)] + [None] * self.d
         self.right: list[Any] = [None] * self.d + [np.zeros((1, 0), np.int64)]
+        self.n_passes = 0  # passes completed
         self.saturated = 0  # fibres of the last pass that were full-rank in their columns
 
     def random_right(self, size: int) -> None:
@@ -160,8 +183,13 @@ class TTCross:
         Each fibre's test side (the previous pass's pivots on the far side) gets ``extra``
         random multi-indices: like the oversampling of a randomised range finder, they let the
         fibre show its dominant column space and up to ``extra`` more rank than the last pass
-        found. Pivot sets are updated in place; the cores are only returned (the caller keeps
-        the last complete train if the evaluation budget runs out halfway).
+        found. A fibre that is numerically rank-deficient (:func:`significant_rank`, from the
+        second pass on) keeps its number of pivots, chosen by volume in its significant
+        directions (:func:`~trkit.decompose._maxvol.maxvol_rect`), and its core interpolates
+        in the least-squares sense; square maxvol would choose the surplus pivots, and with
+        them part of the others, by rounding noise. Pivot sets are updated in place; the cores
+        are only returned (the caller keeps the last complete train if the evaluation budget
+        runs out halfway).
         """
         d = self.d
         cores: list[Any] = [None] * d
@@ -177,14 +205,21 @@ class TTCross:
                 f = self._fibre(k, test, self.right[k + 1])
                 a, n, b = f.shape
                 mat, cap = f.reshape(a, n * b).T, self.caps[k]
-            u, rho = truncated_basis(mat, self.rank_tol, cap)
+            u, tail = singular_tail(mat)
+            rho = tail_rank(tail, self.rank_tol, min(cap, mat.shape[0]))
+            # the first pass's test side is random, not pivots: a deficiency there (e.g. test
+            # indices that a function of a sum cannot tell apart) says little about the tensor
+            basis = significant_rank(tail, rho) if self.n_passes > 0 else rho
             if rho == min(mat.shape) < cap:
                 self.saturated += 1  # full rank in what it was shown: more test indices may show more
             if left_to_right:  # the pivots this bond had, as rows of this fibre's unfolding
                 start = _rows_of(self.left[k + 1], self.left[k], k, n, pivot_first=True)
             else:
                 start = _rows_of(self.right[k], self.right[k + 1], 1, b, pivot_first=False)
-            rows, coef = maxvol(u, start=start)
+            if basis < rho:  # rank-deficient: rho pivots by volume in the significant directions
+                rows, coef = maxvol_rect(u[:, :basis], rho, start=start)
+            else:
+                rows, coef = maxvol(u[:, :rho], start=start)
             if left_to_right:
                 cores[k] = coef.reshape(a, n, -1)
                 alpha, i = np.divmod(rows, n)
@@ -193,6 +228,7 @@ class TTCross:
                 cores[k] = coef.T.reshape(-1, n, b)
                 i, beta = np.divmod(rows, b)
                 self.right[k] = np.hstack([i[:, None], self.right[k + 1][beta]])
+        self.n_passes += 1
         last = d - 1 if left_to_right else 0
         cores[last] = self._fibre(last, self.left[last], self.right[last + 1])
         return cores
