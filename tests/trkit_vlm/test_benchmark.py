@@ -207,6 +207,31 @@ def test_transfer_protocol_is_tuned_on_its_source_and_used_by_its_units(model, t
         tune(suite, tmp_path, suite.recipes, model=spec, bundle=bundle, log=None, protocol="nope")
 
 
+def test_a_method_can_run_in_some_protocols_only(tmp_path):
+    """``protocols: [base-to-novel]`` keeps a method out of the transfer units and out of their tuning."""
+    d_methods = {
+        "MMA": {"method": "mma", "adapter": {"hidden": 4}, "optim": {**SGD, "lr": 0.5, "epochs": 2}},
+        "LoRA": {"method": "lora", "adapter": {"rank": 1}, "optim": {**SGD, "lr": 0.5, "epochs": 2},
+                 "protocols": ["base-to-novel"]},
+    }  # fmt: skip
+    suite = _suite(methods=d_methods)
+    assert suite.method("LoRA").protocols == ["base-to-novel"] and suite.method("MMA").protocols is None
+    units = plan_units(suite, protocol_runs(suite), str(tmp_path / "runs"))
+    by_protocol = {p: [sorted(r["label"] for r in u["runs"]) for u in units if u["protocol"] == p] for p in
+                   ("base-to-novel", "cross-task")}  # fmt: skip
+    assert by_protocol["base-to-novel"] and all(labels == ["LoRA", "MMA"] for labels in by_protocol["base-to-novel"])
+    assert by_protocol["cross-task"] and all(labels == ["MMA"] for labels in by_protocol["cross-task"])
+    only_lora = plan_units(suite.select(methods=["LoRA"]), protocol_runs(suite.select(methods=["LoRA"])), "x")
+    assert {u["protocol"] for u in only_lora} == {"base-to-novel"}  # no empty transfer units
+    logs: list[str] = []
+    tune(suite, tmp_path, tmp_path / "r.json", methods=["LoRA"], log=logs.append, protocol="cross-task")
+    assert any("not tuned for cross-task" in line and "LoRA" in line for line in logs)
+    with pytest.raises(InputError, match="methods.LoRA.protocols names \\['nope'\\]"):
+        _suite(methods={**d_methods, "LoRA": {**d_methods["LoRA"], "protocols": ["nope"]}})
+    with pytest.raises(InputError, match="non-empty list"):
+        _suite(methods={**d_methods, "LoRA": {**d_methods["LoRA"], "protocols": "base-to-novel"}})
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=2, max_size=25))
 def test_paired_difference_matches_scipy(pairs):
@@ -313,7 +338,7 @@ def test_shipped_suite_has_a_bracketed_recipe_for_every_method_and_protocol():
     for protocol in [BASE_TO_NOVEL, *[p.name for p in suite.transfer]]:
         table = content["recipes"] if protocol == BASE_TO_NOVEL else content["by_protocol"][protocol]
         for m in suite.methods:
-            if not m.trains:
+            if not m.trains or not m.runs_in(protocol):
                 continue
             r = table[m.label]
             assert not r["still_on_edge"], (protocol, m.label)

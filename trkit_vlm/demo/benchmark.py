@@ -140,13 +140,18 @@ def digest(records: list) -> str:
 def protocol_runs(suite: SuiteConfig) -> dict[str, list[dict[str, Any]]]:
     """``{protocol: method_runs(...)}`` with each protocol's tuned recipes (see ``SuiteConfig.load_recipes``)."""
     names = [BASE_TO_NOVEL, *[p.name for p in suite.transfer]]
-    return {name: method_runs(suite, suite.load_recipes(name)) for name in names}
+    return {name: method_runs(suite, suite.load_recipes(name), name) for name in names}
 
 
-def method_runs(suite: SuiteConfig, recipes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One run description per method of ``suite`` (its optimiser completed by the tuned recipe)."""
+def method_runs(
+    suite: SuiteConfig, recipes: dict[str, dict[str, Any]], protocol: str | None = None
+) -> list[dict[str, Any]]:
+    """One run description per method of ``suite`` (that runs in ``protocol``, when given), its optimiser
+    completed by the tuned recipe."""
     runs = []
     for m in suite.methods:
+        if protocol is not None and not m.runs_in(protocol):
+            continue
         optim = suite.optim_for(m, recipes) if m.trains else {}
         runs.append({"label": m.label, "method": m.method, "adapter": m.adapter, "loss": m.loss, "optim": optim})
     return runs
@@ -171,6 +176,8 @@ def plan_units(
     # Seed by seed: a suite stopped part-way has every protocol of the seeds it finished (still paired).
     for seed in seeds if seeds is not None else suite.seeds:
         for protocol, source, targets in protocols:
+            if isinstance(runs, dict) and not runs[protocol]:
+                continue  # no method runs in this protocol
             units.append(
                 {
                     "protocol": protocol,

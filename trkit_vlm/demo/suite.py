@@ -46,6 +46,8 @@ class MethodEntry:
 
     ``optim`` holds the optimiser fields that are fixed (name, batch size, weight decay, ...); the tuned
     ``lr`` and ``epochs`` come from the recipes file (or from ``optim`` itself when it gives them).
+    ``protocols``: the protocols it runs (and is tuned) in, e.g. an ablation on base-to-novel alone;
+    None: every protocol of the suite.
     """
 
     label: str
@@ -53,10 +55,14 @@ class MethodEntry:
     adapter: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
+    protocols: list[str] | None = None
 
     @property
     def trains(self) -> bool:
         return self.method is not None
+
+    def runs_in(self, protocol: str) -> bool:
+        return self.protocols is None or protocol in self.protocols
 
 
 @dataclass
@@ -169,11 +175,16 @@ class SuiteConfig:
 def _method_entry(label: str, d: Any) -> MethodEntry:
     if not isinstance(d, dict):
         raise InputError(f"methods.{label} must be a mapping, got {d!r}")
-    unknown = sorted(set(d) - {"method", "adapter", "loss", "optim"})
+    unknown = sorted(set(d) - {"method", "adapter", "loss", "optim", "protocols"})
     if unknown:
-        raise InputError(f"methods.{label}: unknown key(s) {unknown}; known: adapter, loss, method, optim")
+        raise InputError(f"methods.{label}: unknown key(s) {unknown}; known: adapter, loss, method, optim, protocols")
     entry = MethodEntry(label, d.get("method"), dict(d.get("adapter") or {}), dict(d.get("loss") or {}))
     entry.optim = dict(d.get("optim") or {})
+    protocols = d.get("protocols")
+    if protocols is not None:
+        if not (isinstance(protocols, list) and protocols and all(isinstance(x, str) for x in protocols)):
+            raise InputError(f"methods.{label}.protocols must be a non-empty list of protocol names, got {protocols!r}")
+        entry.protocols = list(protocols)
     if entry.method is not None:
         try:  # every field checked as a run would check it (a placeholder lr and epochs when they are tuned)
             RunConfig(
@@ -236,6 +247,11 @@ def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig
         raise InputError(f"the protocols name task(s) {missing} that are not under tasks ({sorted(tasks)})")
     if BASE_TO_NOVEL in {p.name for p in transfer}:
         raise InputError(f"{BASE_TO_NOVEL!r} is the base-to-novel protocol's name; call the transfer one otherwise")
+    names = [BASE_TO_NOVEL, *[p.name for p in transfer]]
+    for m in methods:
+        bad = sorted(set(m.protocols or []) - set(names))
+        if bad:
+            raise InputError(f"methods.{m.label}.protocols names {bad}, not protocols of the suite ({names})")
     tuning_seeds = set(suite.tuning.seeds) | set(suite.tuning.transfer_seeds or [])
     if not seeds or tuning_seeds & set(seeds):
         raise InputError(

@@ -83,7 +83,9 @@ def run_benchmark(
         every = json.loads(path.read_text())["runs"]
         old = [r for r in every if r["method"] in labels]
         done = {
-            k for k in {_unit_key(r) for r in old} if {r["method"] for r in old if _unit_key(r) == k} >= set(labels)
+            k
+            for k in {_unit_key(r) for r in old}
+            if {r["method"] for r in old if _unit_key(r) == k} >= {m.label for m in suite.methods if m.runs_in(k[0])}
         }
         # Other methods' runs stay (a suite run method by method); these methods' units are whole or run again.
         runs = [r for r in every if r["method"] not in labels or _unit_key(r) in done]
@@ -205,7 +207,13 @@ def tune(
     if protocol != BASE_TO_NOVEL and protocol not in transfer:
         raise InputError(f"no protocol {protocol!r} in the suite; it has {[BASE_TO_NOVEL, *transfer]}")
     metric = "hm" if protocol == BASE_TO_NOVEL else "all"
-    labels = methods or [m.label for m in suite.methods if m.trains]
+    labels = [m.label for m in suite.methods if m.trains] if methods is None else list(methods)
+    skipped = [label for label in labels if not suite.method(label).runs_in(protocol)]
+    if skipped:
+        log(f"  not tuned for {protocol} (the suite runs them in other protocols only): {', '.join(skipped)}")
+    labels = [label for label in labels if label not in skipped]
+    if not labels:
+        return json.loads(Path(recipes_path).read_text()) if Path(recipes_path).is_file() else {"recipes": {}}
     entries = {label: suite.method(label) for label in labels}
     grids = {}
     for label, m in entries.items():
