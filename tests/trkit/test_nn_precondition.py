@@ -15,6 +15,7 @@ from trkit.nn.precondition import (
     RingPreconditioner,
     _NormalEquations,
     core_grams,
+    limit_relative_steps,
     precondition_ring_grads,
     ring_cores,
     tangent_projection,
@@ -367,3 +368,42 @@ def test_bad_input():
         precondition_ring_grads(ring.cores, [None])
     with pytest.raises(InputError, match="shape"):
         tangent_projection(ring.cores, torch.zeros(3, 4, dtype=F64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.integers(1, 6), st.floats(1e-3, 1e3)), min_size=1, max_size=5),
+    st.floats(1e-3, 1.0),
+    st.floats(1e-3, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_limit_relative_steps_caps_each_core_and_keeps_directions(specs, lr, ratio, seed):
+    """After the limit, ``lr * ||grad_k|| <= ratio * ||G_k||`` for every core; a gradient under its cap is
+    untouched, one over it keeps its direction; the count of limited cores is exact."""
+    g = torch.Generator().manual_seed(seed)
+    cores = []
+    for r, n, scale in specs:
+        c = torch.randn(r, n, r, generator=g, dtype=torch.float64).requires_grad_(False)
+        c.grad = scale * torch.randn(r, n, r, generator=g, dtype=torch.float64)
+        cores.append(c)
+    before = [c.grad.clone() for c in cores]
+    over = [lr * float(b.norm()) > ratio * float(c.norm()) for b, c in zip(before, cores)]
+    limited, total = limit_relative_steps(cores, lr, ratio)
+    assert (limited, total) == (sum(over), len(cores))
+    for c, b, o in zip(cores, before, over):
+        assert lr * float(c.grad.norm()) <= ratio * float(c.norm()) * (1 + 1e-9)
+        if o:
+            cos = float((c.grad * b).sum() / (c.grad.norm() * b.norm()))
+            assert cos == pytest.approx(1.0, abs=1e-12)
+            assert lr * float(c.grad.norm()) == pytest.approx(ratio * float(c.norm()), rel=1e-9)
+        else:
+            assert torch.equal(c.grad, b)
+
+
+def test_limit_relative_steps_bad_input_and_missing_grads():
+    c = torch.ones(1, 2, 1)
+    assert limit_relative_steps([c], 0.1, 0.5) == (0, 0)  # no gradient: nothing to limit
+    with pytest.raises(InputError, match="must be > 0"):
+        limit_relative_steps([c], 0.0, 0.5)
+    with pytest.raises(InputError, match="must be > 0"):
+        limit_relative_steps([c], 0.1, -1.0)

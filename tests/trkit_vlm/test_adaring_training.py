@@ -142,7 +142,12 @@ def test_the_run_config_sets_the_preconditioner():
     aset = get_adapters(tv.add_adapters(tiny_model(), AdaRingConfig(hidden=4, ranks=[1, 2])))
     cond = StepConditioning(aset, OptimConfig(precondition="scaled_gd", precondition_damping=0.5), total_steps=3)
     assert (cond.pre.method, cond.pre.damping) == ("scaled_gd", 0.5) and len(cond.pre.modules) == 10
-    assert cond.describe() == {"precondition": "scaled_gd", "precondition_damping": 0.5, "max_grad_norm": None}
+    assert cond.describe() == {
+        "precondition": "scaled_gd",
+        "precondition_damping": 0.5,
+        "max_grad_norm": None,
+        "core_step_ratio": None,
+    }
     assert StepConditioning(aset, OptimConfig(), total_steps=3).pre is None
 
 
@@ -150,7 +155,12 @@ def test_dense_adapters_get_no_preconditioner():
     model = tv.add_adapters(tiny_model(), MMAConfig(hidden=4))
     cond = StepConditioning(get_adapters(model), OptimConfig(precondition="gauss_newton"), total_steps=3)
     assert cond.pre is None and cond.ranks is None
-    assert cond.describe() == {"precondition": None, "precondition_damping": None, "max_grad_norm": None}
+    assert cond.describe() == {
+        "precondition": None,
+        "precondition_damping": None,
+        "max_grad_norm": None,
+        "core_step_ratio": None,
+    }
 
 
 def _ranked(**over) -> dict:
@@ -257,3 +267,36 @@ def test_run_config_checks_the_training_options():
     ):
         with pytest.raises(ValueError, match=msg):
             apply_overrides(cfg, [bad]).validate()
+
+
+def test_core_step_ratio_limits_steps_and_is_inert_when_loose(tmp_path, data_root):
+    """``optim.core_step_ratio``: a tiny ratio shrinks the core steps (logged fraction) and moves the cores
+    less than an unlimited run; a ratio no step reaches gives exactly the unlimited run."""
+    import torch
+    from safetensors.torch import load_file
+
+    def run(name, **over):
+        cfg = tiny_config(
+            tmp_path / name, data_root, method="adaring", **_ranked(**{"adapter.rank_budget": None, **over})
+        )
+        m = train(cfg, progress=False)
+        log = [json.loads(line) for line in (cfg.run_dir() / "log.jsonl").read_text().splitlines()]
+        return m, [r for r in log if r["type"] == "epoch"], load_file(cfg.run_dir() / "adapters.safetensors")
+
+    free, free_log, free_w = run("free")
+    loose, loose_log, loose_w = run("loose", **{"optim.core_step_ratio": 1e6})
+    tight, tight_log, tight_w = run("tight", **{"optim.core_step_ratio": 1e-4})
+    assert "core_step_limited_fraction" not in free_log[0]
+    assert all(r["core_step_limited_fraction"] == 0.0 for r in loose_log)
+    assert all(torch.equal(free_w[k], loose_w[k]) for k in free_w) and loose["hm"] == free["hm"]
+    # every step limited at first; fewer as the cosine schedule takes lr towards 0 (the cap is ratio/lr)
+    assert tight_log[0]["core_step_limited_fraction"] == 1.0
+    assert all(r["core_step_limited_fraction"] > 0 for r in tight_log)
+    _, _, init_w = run("init", **{"optim.lr": 1e-12})  # the same seed: the cores as initialised
+    cores = [k for k in free_w if ".g_" in k]
+    assert cores
+
+    def moved(w):
+        return sum(float((w[k] - init_w[k]).norm()) for k in cores)
+
+    assert 0 < moved(tight_w) < 0.2 * moved(free_w)

@@ -41,6 +41,7 @@ __all__ = [
     "core_grams",
     "transfer_matrices",
     "tangent_projection",
+    "limit_relative_steps",
 ]
 
 _METHODS = ("gauss_newton", "scaled_gd")
@@ -267,6 +268,34 @@ def tangent_projection(
         p = [a + (rs_new / rs) * b for a, b in zip(r, p)]
         rs = rs_new
     return jvp(u)
+
+
+@torch.no_grad()
+def limit_relative_steps(cores: Iterable[torch.Tensor], lr: float, max_ratio: float) -> tuple[int, int]:
+    """Shrink each core's ``.grad`` so that a plain step ``lr * grad`` moves the core by at most
+    ``max_ratio`` of its own norm (a per-core trust region, scale-free like LARS's trust ratio).
+
+    Why: the preconditioned update keeps the reconstructed weight's first-order move equal to a dense
+    step, but a core is a factor of a product: a step comparable to the core itself leaves the linear
+    regime, and with momentum such steps can run away (the weight's norm grows, then the loss). The
+    direction of each core's update is kept; only oversized steps shrink.
+
+    Returns:
+        ``(limited, total)``: how many cores with a gradient had their step shrunk, out of how many.
+    """
+    if not (lr > 0 and max_ratio > 0):
+        raise InputError(f"lr and max_ratio must be > 0, got {lr} and {max_ratio}")
+    limited = total = 0
+    for c in cores:
+        if c.grad is None:
+            continue
+        total += 1
+        cap = max_ratio * float(c.norm()) / lr
+        norm = float(c.grad.norm())
+        if norm > cap:
+            c.grad.mul_(cap / norm)
+            limited += 1
+    return limited, total
 
 
 class RingPreconditioner:

@@ -2,7 +2,8 @@
 
 Per optimiser step (gradients already unscaled under AMP)::
 
-    cond.before_step()   # raw gradient norm logged; rank scores accumulated; preconditioning; clipping
+    cond.before_step(lr) # raw gradient norm logged; rank scores accumulated; preconditioning;
+                         # the cores' step limit (optim.core_step_ratio); clipping
     optimizer.step()
     cond.after_step(step)   # rank allocation on schedule (step counts from 1)
 
@@ -12,8 +13,8 @@ shapes). The preconditioner and the rank allocator come from the adapter set
 
 Logged per epoch (:meth:`StepConditioning.epoch_stats`): the raw gradient norm before any
 preconditioning or clipping (median, max), the norm of the update direction after preconditioning,
-the fraction of steps whose norm was clipped, and the conjugate-gradient iterations of the
-Gauss-Newton preconditioner.
+the fraction of steps whose norm was clipped, the conjugate-gradient iterations of the
+Gauss-Newton preconditioner, and with ``core_step_ratio`` the fraction of core steps it shrank.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from trkit.nn.precondition import limit_relative_steps, ring_cores
 from trkit_vlm.adapters.base import AdapterSet
 from trkit_vlm.training.config import OptimConfig
 
@@ -50,6 +52,7 @@ class StepConditioning:
     def __init__(self, adapters: AdapterSet, optim: OptimConfig, total_steps: int):
         self.adapters = adapters
         self.max_norm = optim.max_grad_norm
+        self.step_ratio = optim.core_step_ratio
         self.precondition = optim.precondition
         self.pre = None
         if optim.precondition != "none":
@@ -63,10 +66,12 @@ class StepConditioning:
         self._updates: list[float] = []
         self._clipped = 0
         self._cg: list[float] = []
+        self._limited = [0, 0]  # cores whose step was limited, cores stepped
 
     @torch.no_grad()
-    def before_step(self) -> None:
-        """Between backward (unscaled gradients) and ``optimizer.step()``."""
+    def before_step(self, lr: float | None = None) -> None:
+        """Between backward (unscaled gradients) and ``optimizer.step()``; ``lr``: the step's learning rate
+        (needed with ``core_step_ratio``)."""
         self._norms.append(grad_norm(self.params))
         if not math.isfinite(self._norms[-1]):  # an AMP overflow: the scaler skips this step
             self._updates.append(self._norms[-1])
@@ -79,9 +84,19 @@ class StepConditioning:
                 self._cg.append(self.pre.last_stats["cg_iterations_mean"])
         update = grad_norm(self.params) if self.pre is not None else self._norms[-1]
         self._updates.append(update)
+        if self.step_ratio is not None and lr:
+            cores = [c for m in self._ring_modules() for c in ring_cores(m)]
+            limited, total = limit_relative_steps(cores, lr, self.step_ratio)
+            self._limited[0] += limited
+            self._limited[1] += total
         if self.max_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
             self._clipped += int(update > self.max_norm)
+
+    def _ring_modules(self) -> list:
+        from trkit.nn import CrossLayerTR, TRLinear
+
+        return [m for m in self.adapters.modules() if isinstance(m, (TRLinear, CrossLayerTR))]
 
     def after_step(self, step: int) -> None:
         """After ``optimizer.step()``; ``step`` counts the optimiser steps taken, from 1."""
@@ -101,6 +116,8 @@ class StepConditioning:
             }
             if self._cg:
                 out["cg_iterations_mean"] = sum(self._cg) / len(self._cg)
+            if self.step_ratio is not None:
+                out["core_step_limited_fraction"] = self._limited[0] / max(self._limited[1], 1)
         if self.ranks is not None:
             out["adapter_params"] = self.ranks.n_params()
         self._reset()
@@ -120,6 +137,7 @@ class StepConditioning:
             "precondition": self.precondition if self.pre is not None else None,
             "precondition_damping": self.pre.damping if self.pre is not None else None,
             "max_grad_norm": self.max_norm,
+            "core_step_ratio": self.step_ratio,
         }
 
     def state_dict(self) -> dict:

@@ -68,6 +68,9 @@ class OptimConfig:
     # Its damping in gain units (no direction moves past 1/damping x plain SGD); 0.1 was chosen on validation
     # over 1e-3 and 1 (benchmarks/adaring_validation.py --study precondition).
     precondition_damping: float = 0.1
+    # A step on a tensor-ring core moves it by at most this fraction of its norm (lr x update, after
+    # preconditioning; trkit.nn.precondition.limit_relative_steps); None: no limit.
+    core_step_ratio: float | None = None
     skip_nonfinite: bool = False  # skip optimiser steps whose loss is NaN/inf (counted) instead of stopping the run
 
 
@@ -222,6 +225,8 @@ def _check_numbers(cfg: RunConfig) -> None:
         ("loss.lambda_text_l1", cfg.loss.lambda_text_l1, 0.0, math.inf, ">= 0", True),
         ("loss.lambda_logits", cfg.loss.lambda_logits, 0.0, math.inf, ">= 0", True),
     ]
+    if o.core_step_ratio is not None:
+        checks.append(("optim.core_step_ratio", o.core_step_ratio, 0.0, math.inf, "> 0 (or null: no limit)", False))
     if o.max_grad_norm is not None:
         checks.append(("optim.max_grad_norm", o.max_grad_norm, 0.0, math.inf, "> 0 (or null)", False))
     for name, value, low, high, expected, low_included in checks:

@@ -267,7 +267,8 @@ class Trainer:
                 skip = self._bad_step(bad, epoch, loss_value)
                 if not skip:
                     self.scaler.unscale_(self.opt)
-                    self.conditioning.before_step()  # grad norm, rank scores, preconditioning, clipping
+                    # grad norm, rank scores, preconditioning, core step limit, clipping
+                    self.conditioning.before_step(self.opt.param_groups[0]["lr"])
                     self.scaler.step(self.opt)
                     self.scaler.update()
                 skipped, bad = skipped + skip, False
