@@ -1,0 +1,169 @@
+"""How the suite's AdaRing recipe was chosen: design variants on the suite's base-to-novel VALIDATION tasks.
+
+Every variant trains on the same few-shot draws (seeds 1001, 1002: disjoint from the test seeds 1-20) and is
+scored on validation images (held out from the small CLIP's pre-training; never the test set) of the four
+base-to-novel tasks of configs/suites/adapters.yaml, at the suite's learning rates (0.02 / 0.05 / 0.1, 10
+epochs). Each run is the suite's own unit of work (``trkit_vlm.demo.benchmark``), so the numbers are the
+ones ``trkit-vlm benchmark --tune`` would see.
+
+    python benchmarks/adaring_placement.py                   # the table from the stored runs
+    python benchmarks/adaring_placement.py --run --workers 2  # run what is missing (about 8 s a run)
+    python benchmarks/adaring_placement.py --run --variants "MMA|all layers R[3,6]"
+
+Runs are appended to benchmarks/results/adaring_placement_runs.jsonl as they finish (a rerun skips the ones
+there); the table goes to benchmarks/results/adaring_placement.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from _common import env_info, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "adaring_placement_runs.jsonl"
+SUITE = ROOT / "configs" / "suites" / "adapters.yaml"
+
+SGD = {"name": "sgd", "batch_size": 16, "weight_decay": 0.0005}
+GN = {**SGD, "precondition": "gauss_newton", "precondition_damping": 0.1}
+TEXT = {"lambda_text": 8.0}
+# The recipe the suite ran before this study: MMA's placement (the last 4 of 6 layers).
+BEFORE = {"hidden": 32, "ranks": [2, 4], "rank_budget": 0.1, "learn_branch_scale": False, "init": "kaiming",
+          "diversity_weight": 0.1}  # fmt: skip
+# Every layer of both towers; the budget as a count, 10% of the suite's MMA (71,040 at its 4 layers).
+ALL = {**BEFORE, "text_layers": "1-6", "image_layers": "1-6", "rank_budget": 7104}
+AL36 = {**ALL, "ranks": [3, 6]}
+
+
+def _v(method: str, adapter: dict, loss: dict, optim: dict) -> tuple:
+    return (method, adapter, loss, optim)
+
+
+# label -> (method, adapter fields, loss weights, optimiser without lr and epochs)
+VARIANTS: dict[str, tuple] = {
+    "MMA": _v("mma", {"hidden": 32}, {}, SGD),
+    "AdaRing": _v("adaring", BEFORE, TEXT, GN),
+    "R[3,6]": _v("adaring", {**BEFORE, "ranks": [3, 6]}, TEXT, GN),
+    "R[4,8]": _v("adaring", {**BEFORE, "ranks": [4, 8]}, TEXT, GN),
+    "bias none": _v("adaring", {**BEFORE, "bias": "none"}, TEXT, GN),
+    "bias all": _v("adaring", {**BEFORE, "bias": "all"}, TEXT, GN),
+    "damp1": _v("adaring", BEFORE, TEXT, {**GN, "precondition_damping": 1.0}),
+    "magnitude": _v("adaring", {**BEFORE, "rank_score": "magnitude"}, TEXT, GN),
+    "h16": _v("adaring", {**BEFORE, "hidden": 16, "rank_budget": 7104}, TEXT, GN),
+    "adamw": _v("adaring", BEFORE, TEXT, {"name": "adamw", "batch_size": 16, "weight_decay": 0.01}),
+    "all layers": _v("adaring", ALL, TEXT, GN),
+    "all layers R[3,6]": _v("adaring", AL36, TEXT, GN),
+    "MMA h2 all layers": _v("mma", {"hidden": 2, "text_layers": "1-6", "image_layers": "1-6"}, {}, SGD),
+    "AL36 li3": _v("adaring", AL36, {**TEXT, "lambda_image": 3.0}, GN),
+    "AL36 li10": _v("adaring", AL36, {**TEXT, "lambda_image": 10.0}, GN),
+    "AL36 li30": _v("adaring", AL36, {**TEXT, "lambda_image": 30.0}, GN),
+    "AL36 kl1": _v("adaring", AL36, {**TEXT, "lambda_logits": 1.0}, GN),
+    **{f"AL36 csr{r}": _v("adaring", AL36, TEXT, {**GN, "core_step_ratio": r}) for r in (0.02, 0.05, 0.1)},
+}
+ADAMW_LRS = (0.0003, 0.001, 0.003)
+LRS = (0.02, 0.05, 0.1)
+TASKS = ("contrast", "blur", "edges", "distractor")
+
+
+def run_key(label: str, lr: float, epochs: int) -> str:
+    """The identity of a run's recipe (a changed variant is a new key; its old runs stay in the file)."""
+    return hashlib.sha1(json.dumps([*VARIANTS[label], lr, epochs], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_missing(labels: list[str], seeds: list[int], workers: int, epochs: int = 10) -> None:
+    from trkit_vlm.demo.benchmark import ModelSpec, execute, plan_units
+    from trkit_vlm.demo.suite import load_suite
+
+    done = {(r["key"], r["seed"], r["task"]) for r in load_runs()}
+    runs = []
+    for label in labels:
+        method, adapter, loss, optim = VARIANTS[label]
+        for lr in ADAMW_LRS if optim["name"] == "adamw" else LRS:
+            runs.append({"label": f"{label}\t{lr}\t{run_key(label, lr, epochs)}", "method": method,
+                         "adapter": adapter, "loss": loss, "optim": {**optim, "lr": lr, "epochs": epochs}})  # fmt: skip
+    suite = load_suite(SUITE).select(tasks=list(TASKS))
+    units = []
+    for u in plan_units(suite, runs, str(ROOT / "output" / "adaring_placement"), "val", seeds, 50, transfer=False):
+        u["runs"] = [r for r in u["runs"] if (r["label"].split("\t")[2], u["seed"], u["source"]) not in done]
+        if u["runs"]:
+            units.append(u)
+    for i, (unit, rows) in enumerate(execute(units, ModelSpec(), workers, 1, False), 1):
+        with RUNS.open("a") as f:
+            for r in rows:
+                label, lr, key = r["method"].split("\t")
+                f.write(json.dumps({"variant": label, "lr": float(lr), "key": key, "seed": r["seed"], "task": r["task"],
+                                    "hm": r["hm"], "base": r["base"], "novel": r["novel"],
+                                    "train_s": r["train_time_s"]}) + "\n")  # fmt: skip
+        print(f"[{i}/{len(units)}] {unit['source']} seed {unit['seed']}", flush=True)
+
+
+def load_runs() -> list[dict]:
+    return [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.is_file() else []
+
+
+def summarise(seeds: list[int]) -> dict:
+    """Per variant and lr: mean validation HM over tasks and draws (only complete draws), per task, worst run."""
+    keys = {run_key(label, lr, 10): (label, lr) for label in VARIANTS for lr in (*LRS, *ADAMW_LRS)}
+    cells: dict[tuple, dict] = {}
+    for r in load_runs():
+        if r["key"] in keys and r["seed"] in seeds:
+            cells.setdefault(keys[r["key"]], {}).setdefault(r["seed"], {})[r["task"]] = r
+    table = []
+    for (label, lr), by_seed in cells.items():
+        full = {s: d for s, d in by_seed.items() if len(d) == len(TASKS)}
+        if not full:
+            continue
+        rows = [r for d in full.values() for r in d.values()]
+        table.append({
+            "variant": label, "lr": lr, "draws": sorted(full), "hm": float(np.mean([r["hm"] for r in rows])),
+            "per_task": {t: float(np.mean([d[t]["hm"] for d in full.values()])) for t in TASKS},
+            "worst_run_hm": float(min(r["hm"] for r in rows)),
+        })  # fmt: skip
+    best = {}
+    for row in table:
+        if row["variant"] not in best or row["hm"] > best[row["variant"]]["hm"]:
+            best[row["variant"]] = row
+    return {"grid": sorted(table, key=lambda r: (r["variant"], r["lr"])), "best": best}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="store_true", help="run the variants' missing runs first")
+    ap.add_argument("--variants", default="|".join(VARIANTS), help="labels separated by |")
+    ap.add_argument("--seeds", default="1001,1002", help="few-shot draws (disjoint from the test seeds)")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    labels, seeds = args.variants.split("|"), [int(s) for s in args.seeds.split(",")]
+    unknown = sorted(set(labels) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    if args.run:
+        run_missing(labels, seeds, args.workers)
+    s = summarise(seeds)
+    print(f"{'variant':24s} {'lr':>7s} {'HM':>6s}  " + " ".join(f"{t:>10s}" for t in TASKS) + "  worst run")
+    for row in s["grid"]:
+        mark = " *" if s["best"][row["variant"]] is row else ""
+        tasks = " ".join(f"{row['per_task'][t]:10.1f}" for t in TASKS)
+        print(f"{row['variant']:24s} {row['lr']:7g} {row['hm']:6.2f}  {tasks}  {row['worst_run_hm']:9.1f}{mark}")
+    write_json(RESULTS / "adaring_placement.json", {
+        "title": "AdaRing design variants on the suite's base-to-novel validation tasks (small Fashion-MNIST CLIP)",
+        "command": "python benchmarks/adaring_placement.py", "seeds": seeds, "tasks": list(TASKS),
+        "scored": "mean validation HM over the four tasks and the draws; * the best lr of each variant",
+        "variants": {k: {"method": v[0], "adapter": v[1], "loss": v[2], "optim": v[3]} for k, v in VARIANTS.items()},
+        **s, "best": list(s["best"].values()), "env": env_info(),
+    })  # fmt: skip
+    assert math.isfinite(sum(r["hm"] for r in s["grid"]))
+
+
+if __name__ == "__main__":
+    main()
