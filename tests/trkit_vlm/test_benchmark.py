@@ -306,7 +306,7 @@ def test_combined_results_keep_methods_that_cover_some_protocols(tmp_path):
 
     def row(method, protocol, task, seed, score):
         b2n = protocol == "base-to-novel"
-        return {"method": method, "protocol": protocol, "source": "a" if b2n else "a", "task": task, "seed": seed,
+        return {"method": method, "protocol": protocol, "source": "a", "task": task, "seed": seed,
                 "hm": score if b2n else None, "base": score if b2n else None, "novel": score if b2n else None,
                 "all": None if b2n else score, "test_digest": f"{protocol}{task}{seed}", "shots_digest": None,
                 "n_trainable": 1, "steps": 1, "train_time_s": 0.0}  # fmt: skip

@@ -139,8 +139,9 @@ def combine_results(paths: list[str | Path], output_dir: str | Path, reference: 
     keys = [(r["method"], r["protocol"], r["task"], r["seed"]) for r in runs]
     if len(set(keys)) != len(keys):
         raise InputError("the results files share runs (the same method, protocol, task and seed)")
-    needed = {(m, p, t) for m in {r["method"] for r in runs} for p, t in {(r["protocol"], r["task"]) for r in runs}
-              if any(r["method"] == m and r["protocol"] == p for r in runs)}  # fmt: skip
+    covered = {(r["method"], r["protocol"]) for r in runs}  # which protocols each method runs in
+    cells = {(r["protocol"], r["task"]) for r in runs}
+    needed = {(m, p, t) for m, p in covered for pp, t in cells if pp == p}
     have = set(keys)
     seeds = sorted(s for s in {r["seed"] for r in runs} if all((m, p, t, s) in have for m, p, t in needed))
     if not seeds:

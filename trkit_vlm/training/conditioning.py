@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from trkit.errors import InputError
+from trkit.nn.cross_layer import CrossLayerTR
+from trkit.nn.linear import TRLinear
 from trkit.nn.precondition import limit_relative_steps, ring_cores
 from trkit_vlm.adapters.base import AdapterSet
 from trkit_vlm.training.config import OptimConfig
@@ -53,6 +56,8 @@ class StepConditioning:
         self.adapters = adapters
         self.max_norm = optim.max_grad_norm
         self.step_ratio = optim.core_step_ratio
+        # the tensor-ring modules whose cores the step limit acts on, found once (as the preconditioner does)
+        self.rings = [m for m in adapters.modules() if isinstance(m, (TRLinear, CrossLayerTR))]
         self.precondition = optim.precondition
         self.pre = None
         if optim.precondition != "none":
@@ -84,19 +89,17 @@ class StepConditioning:
                 self._cg.append(self.pre.last_stats["cg_iterations_mean"])
         update = grad_norm(self.params) if self.pre is not None else self._norms[-1]
         self._updates.append(update)
-        if self.step_ratio is not None and lr:
-            cores = [c for m in self._ring_modules() for c in ring_cores(m)]
-            limited, total = limit_relative_steps(cores, lr, self.step_ratio)
-            self._limited[0] += limited
-            self._limited[1] += total
+        if self.step_ratio is not None:
+            if lr is None:
+                raise InputError("optim.core_step_ratio needs the step's learning rate: call before_step(lr)")
+            if lr > 0:  # lr 0 (the schedule's end) takes no step to limit
+                cores = [c for m in self.rings for c in ring_cores(m)]
+                limited, total = limit_relative_steps(cores, lr, self.step_ratio)
+                self._limited[0] += limited
+                self._limited[1] += total
         if self.max_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
             self._clipped += int(update > self.max_norm)
-
-    def _ring_modules(self) -> list:
-        from trkit.nn import CrossLayerTR, TRLinear
-
-        return [m for m in self.adapters.modules() if isinstance(m, (TRLinear, CrossLayerTR))]
 
     def after_step(self, step: int) -> None:
         """After ``optimizer.step()``; ``step`` counts the optimiser steps taken, from 1."""
