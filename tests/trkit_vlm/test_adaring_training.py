@@ -218,11 +218,17 @@ def test_rank_adaptation_keeps_the_budget_and_eval_reproduces_it(tmp_path, data_
     assert epochs[-1]["adapter_params"] <= 2400
 
 
-def test_fraction_budget_is_of_mma_at_the_same_shape():
+def test_fraction_budget_is_of_mma_at_its_own_placement():
     info = tower_info(tiny_model())
     cfg = AdaRingConfig(hidden=8, rank_budget=0.1)
     mma = count_trainable(tv.add_adapters(tiny_model(), MMAConfig(hidden=8)))
     assert rank_budget_params(cfg, info) == int(0.1 * mma)
+    # Adapting every layer does not raise the budget: it stays a fraction of MMA as MMA runs.
+    every = AdaRingConfig(hidden=8, rank_budget=0.1, text_layers="all", image_layers="ALL")
+    assert rank_budget_params(every, info) == int(0.1 * mma)
+    every_mma = MMAConfig(hidden=8, text_layers="all", image_layers="all")
+    mma_every = count_trainable(tv.add_adapters(tiny_model(), every_mma))
+    assert mma_every > mma and rank_budget_params(every, info) < int(0.1 * mma_every)
     assert rank_budget_params(AdaRingConfig(rank_budget=1234), info) == 1234
     assert rank_budget_params(AdaRingConfig(), info) is None
 

@@ -143,8 +143,14 @@ def test_bad_placement_and_misuse():
     with pytest.raises(ValueError, match="START-END"):
         MMAConfig(text_layers="five")
     assert get_adapters(m) is None and count_trainable(m) > 0  # failed calls left the model untouched
+    with pytest.raises(ValueError, match="or 'all'"):
+        MMAConfig(text_layers="every")
     tv.add_adapters(m, MMAConfig(text_layers="1-2", image_layers="3..4"))
     assert get_adapters(m).image_layers == [3, 4]
+    every = tv.add_adapters(_model(), MMAConfig(text_layers="all", image_layers=" All "))
+    depth = len(every.visual.transformer.resblocks)
+    assert get_adapters(every).text_layers == get_adapters(every).image_layers == list(range(1, depth + 1))
+    assert get_adapters(every).config.image_layers == "all"  # kept as spelled: any depth
     with pytest.raises(ValueError, match="already has adapters"):
         tv.add_adapters(m, MMAConfig())
     with pytest.raises(TypeError, match="must be an adapter config .*MMAConfig .mma.*got dict"):

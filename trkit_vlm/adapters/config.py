@@ -18,19 +18,23 @@ from trkit_vlm.typecheck import check_field_types
 if TYPE_CHECKING:
     from trkit_vlm.adapters.base import AdapterSet
 
-__all__ = ["AdapterConfig", "PairedAdapterConfig", "LayerSpec", "default_layers", "resolve_layers"]
+__all__ = ["ALL_LAYERS", "AdapterConfig", "PairedAdapterConfig", "LayerSpec", "default_layers", "resolve_layers"]
 
-LayerSpec = Any  # None | (start, end) 1-based inclusive | "5-12" | "5..12"
+LayerSpec = Any  # None | (start, end) 1-based inclusive | "5-12" | "5..12" | "all"
+ALL_LAYERS = "all"  # every layer of the tower, whatever its depth
 
 
-def normalise_layer_spec(spec: LayerSpec, name: str) -> list[int] | None:
-    """``None`` or ``[start, end]`` (1-based, inclusive) from any accepted spelling; InputError otherwise."""
+def normalise_layer_spec(spec: LayerSpec, name: str) -> list[int] | str | None:
+    """``None``, ``"all"`` or ``[start, end]`` (1-based, inclusive) from any accepted spelling; InputError
+    otherwise."""
     if spec is None:
         return None
     if isinstance(spec, str):
+        if spec.strip().lower() == ALL_LAYERS:
+            return ALL_LAYERS
         m = re.fullmatch(r"\s*(\d+)\s*(?:-|\.\.|:)\s*(\d+)\s*", spec)
         if not m:
-            raise InputError(f"{name}={spec!r}: expected 'START-END' or 'START..END' (1-based, inclusive)")
+            raise InputError(f"{name}={spec!r}: expected 'START-END' or 'START..END' (1-based, inclusive) or 'all'")
         return [int(m.group(1)), int(m.group(2))]
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
         return [int(spec[0]), int(spec[1])]
@@ -58,7 +62,7 @@ def resolve_layers(
         if rng is None:
             out.append(dflt)
             continue
-        a, b = rng
+        a, b = (1, depth) if rng == ALL_LAYERS else rng
         if not 1 <= a <= b <= depth:
             raise InputError(
                 f"{tower}_layers {a}..{b} is outside the {tower} tower's {depth} layers "
@@ -104,8 +108,9 @@ class PairedAdapterConfig(AdapterConfig):
 
     Args:
         hidden: bottleneck width (32 in MMA).
-        text_layers, image_layers: 1-based inclusive ranges of equal length, or None for MMA's placement
-            scaled to depth (layers 5..12 of 12-layer towers).
+        text_layers, image_layers: 1-based inclusive ranges of equal length (``"3-6"``, ``(3, 6)``), ``"all"``
+            for every layer of the tower, or None for MMA's placement scaled to depth (layers 5..12 of
+            12-layer towers).
         scale: output scale with MMA's gradient-scaling rule (0.001 in MMA).
     """
 

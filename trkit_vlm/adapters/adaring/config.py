@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from trkit.errors import InputError
-from trkit_vlm.adapters.config import PairedAdapterConfig, resolve_layers
+from trkit_vlm.adapters.config import PairedAdapterConfig, default_layers, resolve_layers
 from trkit_vlm.adapters.mma.config import mma_param_count
 
 __all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count", "rank_budget_params"]
@@ -60,7 +60,9 @@ class AdaRingConfig(PairedAdapterConfig):
         rank_budget: rank adaptation during training (``trkit.nn.RankAllocator``): ``ranks`` are the
             starting ranks, and bond slices are removed until the adapter's parameters (cores, biases,
             branch scales) fit this budget: a number <= 1 is a fraction of MMA's parameter count at the
-            same width and layers, a larger one a parameter count. None: fixed ranks.
+            same hidden width and MMA's own placement (the baseline as it runs, whatever layers AdaRing
+            adapts: with ``text_layers="all"`` the budget stays 10% of MMA at 0.1), a larger one a
+            parameter count. None: fixed ranks.
         rank_warmup, rank_final: fractions of the training steps before the first removal and after
             the budget is reached (AdaLoRA's cubic schedule in between).
         rank_every: optimiser steps between re-allocations.
@@ -147,12 +149,13 @@ def projection_dims(info: dict, hidden: int) -> dict[str, tuple[int, int]]:
 
 def rank_budget_params(config: AdaRingConfig, info: dict) -> int | None:
     """``config.rank_budget`` as a parameter count (a fraction is of MMA's count at the same hidden width and
-    layers, rounded down); None without rank adaptation."""
+    MMA's default placement, rounded down); None without rank adaptation."""
     if config.rank_budget is None:
         return None
     if config.rank_budget > 1:
         return int(config.rank_budget)
-    tl, _ = resolve_layers(config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"])
+    # MMA as the baseline runs it: a recipe that adapts more layers than MMA keeps the same budget.
+    tl, _ = default_layers(info["text"]["depth"], info["image"]["depth"])
     mma = mma_param_count(info["text"]["width"], info["image"]["width"], config.hidden, len(tl))
     return int(config.rank_budget * mma)
 

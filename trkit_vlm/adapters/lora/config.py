@@ -31,8 +31,8 @@ class LoRAConfig(AdapterConfig):
         dropout: dropout on the update's input during training (0 switches it off).
         targets: which projections: any of ``"q", "k", "v", "o"``.
         towers: which towers: ``"text"``, ``"image"`` or both.
-        text_layers, image_layers: 1-based inclusive ranges, or None for the placement MMA uses (the last
-            two thirds of the layers; CLIP-LoRA adapts every layer: set ``"1-12"`` for that).
+        text_layers, image_layers: 1-based inclusive ranges, "all", or None for the placement MMA uses (the last
+            two thirds of the layers; CLIP-LoRA adapts every layer: set ``"all"`` for that).
     """
 
     method: ClassVar[str] = "lora"

@@ -17,7 +17,7 @@ class MMAConfig(PairedAdapterConfig):
 
     Args:
         hidden: bottleneck width (32 in MMA).
-        text_layers, image_layers: 1-based inclusive ranges, or None for MMA's placement scaled to depth
+        text_layers, image_layers: 1-based inclusive ranges, "all", or None for MMA's placement scaled to depth
             (layers 5..12 of 12-layer towers).
         scale: output scale with the gradient-scaling rule (0.001 in MMA).
     """
