@@ -20,9 +20,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from trkit_vlm.data.datasets import ClassificationData
 from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.fewshot import fewshot_cache_path
 from trkit_vlm.data.tasks import TaskPools, TaskSpec, scored_data, task_pools
+from trkit_vlm.demo.processes import run_in_processes
 from trkit_vlm.demo.suite import BASE_TO_NOVEL, SuiteConfig
 from trkit_vlm.evaluation.cached import PrefixEvaluator
 from trkit_vlm.models import ClipBundle, load_clip, register_model_config
@@ -307,10 +306,4 @@ def execute(
         for unit in units:
             yield unit, run_unit(ctx, unit, keep_runs)
         return
-    # spawn: each worker starts a clean interpreter (no forked torch thread pools), loads the backbone once.
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(model, threads, keep_runs)
-    ) as pool:
-        futures = {pool.submit(_run_in_worker, u): u for u in units}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+    yield from run_in_processes(_run_in_worker, units, workers, _init_worker, (model, threads, keep_runs))
