@@ -43,6 +43,7 @@ BEFORE = {"hidden": 32, "ranks": [2, 4], "rank_budget": 0.1, "learn_branch_scale
 # Every layer of both towers; the budget as a count, 10% of the suite's MMA (71,040 at its 4 layers).
 ALL = {**BEFORE, "text_layers": "1-6", "image_layers": "1-6", "rank_budget": 7104}
 AL36 = {**ALL, "ranks": [3, 6]}
+CSR = {**GN, "core_step_ratio": 0.1}
 
 
 def _v(method: str, adapter: dict, loss: dict, optim: dict) -> tuple:
@@ -69,6 +70,17 @@ VARIANTS: dict[str, tuple] = {
     "AL36 li30": _v("adaring", AL36, {**TEXT, "lambda_image": 30.0}, GN),
     "AL36 kl1": _v("adaring", AL36, {**TEXT, "lambda_logits": 1.0}, GN),
     **{f"AL36 csr{r}": _v("adaring", AL36, TEXT, {**GN, "core_step_ratio": r}) for r in (0.02, 0.05, 0.1)},
+    # After the suite: its recipe (AL36 csr0.1) lost novel accuracy on edges; fewer early layers or a
+    # stronger pull to the frozen model are the candidates.
+    "AL36 csr0.1 L2-6": _v("adaring", {**AL36, "text_layers": "2-6", "image_layers": "2-6"}, TEXT, CSR),
+    "AL36 csr0.1 L3-6": _v("adaring", {**AL36, "text_layers": "3-6", "image_layers": "3-6"}, TEXT, CSR),
+    "AL36 csr0.1 lt16": _v("adaring", AL36, {"lambda_text": 16.0}, CSR),
+    "AL36 csr0.1 lt32": _v("adaring", AL36, {"lambda_text": 32.0}, CSR),
+    "AL36 csr0.1 li1": _v("adaring", AL36, {**TEXT, "lambda_image": 1.0}, CSR),
+    # The output scale (MMA's 0.001): the distractor task (a text shift) barely moves at 0.001 for any
+    # adapter of this family; a larger scale is a larger step on the adapter's output.
+    "MMA scale0.01": _v("mma", {"hidden": 32, "scale": 0.01}, {}, SGD),
+    "AL36 csr0.1 scale0.01": _v("adaring", {**AL36, "scale": 0.01}, TEXT, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 LRS = (0.02, 0.05, 0.1)
