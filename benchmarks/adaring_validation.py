@@ -115,6 +115,25 @@ VARIANTS.update(
     }
 )
 
+# The suite's recipe (docs/benchmarks/adapters-suite.md) on the quickstart's task: every layer of both
+# towers, ranks 3 and 6 pruned to the same 10% of MMA (7,104), and the per-core step limit.
+EVERY_LAYER = {**FINAL, "ranks": [3, 6], "text_layers": "all", "image_layers": "all"}
+STEP_LIMIT = {**GN_CHOSEN, "core_step_ratio": 0.1}
+VARIANTS["AdaRing, every layer [3,6], step limit"] = _v("adaring", EVERY_LAYER, KGCOOP, STEP_LIMIT)
+# Its ablations (the quickstart's recipe from then on), each at the same budget; run on the TEST split.
+VARIANTS.update(
+    {
+        "every layer, fixed ranks [1,(3,3,2)]": _v(
+            "adaring", {**EVERY_LAYER, "ranks": [1, [3, 3, 2]], "rank_budget": None}, KGCOOP, STEP_LIMIT
+        ),
+        "every layer, single branch [6] -> 10%": _v(
+            "adaring", {**EVERY_LAYER, "ranks": [6], "diversity_weight": 0.0}, KGCOOP, STEP_LIMIT
+        ),
+        "every layer, no diversity": _v("adaring", {**EVERY_LAYER, "diversity_weight": 0.0}, KGCOOP, STEP_LIMIT),
+        "every layer, no GA loss": _v("adaring", EVERY_LAYER, {}, STEP_LIMIT),
+    }
+)
+
 STUDIES: dict[str, dict] = {
     # Item 1: does the preconditioner let AdaRing train at MMA's recipe without clipping?
     "precondition": {
@@ -177,6 +196,33 @@ STUDIES: dict[str, dict] = {
     "loss": {
         "variants": ["adapted hetero [2,4] -> 10%"] + [f"adapted hetero, {n}" for n in LOSS_GRID],
         "compare": [(f"adapted hetero, {n}", "adapted hetero [2,4] -> 10%") for n in LOSS_GRID],
+    },
+    # The quickstart's recipe against the suite's all-layer recipe, both at the quickstart's lr and epochs.
+    "placement": {
+        "variants": ["MMA", "AdaRing", "AdaRing, every layer [3,6], step limit"],
+        "compare": [
+            ("AdaRing, every layer [3,6], step limit", "AdaRing"),
+            ("AdaRing, every layer [3,6], step limit", "MMA"),
+            ("AdaRing", "MMA"),
+        ],
+    },
+    # The quickstart's recipe since the placement study, against MMA and its ablations (test split).
+    "ablation-every-layer": {
+        "variants": [
+            "MMA",
+            "AdaRing, every layer [3,6], step limit",
+            "every layer, fixed ranks [1,(3,3,2)]",
+            "every layer, single branch [6] -> 10%",
+            "every layer, no diversity",
+            "every layer, no GA loss",
+        ],
+        "compare": [
+            ("AdaRing, every layer [3,6], step limit", "MMA"),
+            ("AdaRing, every layer [3,6], step limit", "every layer, fixed ranks [1,(3,3,2)]"),
+            ("AdaRing, every layer [3,6], step limit", "every layer, single branch [6] -> 10%"),
+            ("AdaRing, every layer [3,6], step limit", "every layer, no diversity"),
+            ("AdaRing, every layer [3,6], step limit", "every layer, no GA loss"),
+        ],
     },
     # The final ablations (test split): each part of AdaRing against its ablation at equal parameters.
     "ablation": {
@@ -346,8 +392,11 @@ def main() -> None:
     seeds = parse_seeds(a.seeds)
     if a.split == "val" and min(seeds) <= 20:
         raise SystemExit("seeds 1-20 are the test seeds; choose validation seeds above 20 (e.g. 1001-1010)")
-    if a.split == "test" and (max(seeds) > 20 or set(a.study) - {"ablation"}):
-        raise SystemExit("the test split is for the final ablation study (--study ablation) on test seeds 1-20")
+    if a.split == "test" and (max(seeds) > 20 or set(a.study) - {"ablation", "ablation-every-layer"}):
+        raise SystemExit(
+            "the test split is for the final ablation studies (--study ablation / ablation-every-layer) on test "
+            "seeds 1-20"
+        )
     if not a.summary:
         from trkit_vlm.data.fashion_mnist import fashion_mnist_data
         from trkit_vlm.data.tasks import apply_task
