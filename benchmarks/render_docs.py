@@ -105,7 +105,11 @@ def section(name: str, data: dict) -> str:
 
 
 # results with a docs page of their own (every run of the suite would swamp this page)
-OWN_PAGE = {"adapters_suite": "benchmarks/adapters-suite.md", "suite_recipes": "benchmarks/adapters-suite.md"}
+OWN_PAGE = {
+    "adapters_suite": "benchmarks/adapters-suite.md",
+    "suite_recipes": "benchmarks/adapters-suite.md",
+    "adaring_placement": "benchmarks/adapters-suite.md",  # its variant grid is a table there
+}
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ from trkit.env import env_info
 from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.tasks import TaskSpec, apply_task
 from trkit_vlm.demo.benchmark import prefix_depth
+from trkit_vlm.demo.processes import run_in_processes
 from trkit_vlm.demo.small_clip import PretrainRecipe, load_small_clip, pretrain_info
 from trkit_vlm.demo.tasks import DEFAULT_SHIFT_STRENGTH, contrast_task
 from trkit_vlm.evaluation.cached import PrefixEvaluator
@@ -39,9 +40,11 @@ from trkit_vlm.training.train import train
 MMA_OPTIM = {"name": "sgd", "lr": 0.05, "epochs": 20, "batch_size": 16, "weight_decay": 5e-4}
 # AdaRing trains at MMA's recipe, unclipped, with its cores' Gauss-Newton preconditioner
 # (trkit.nn.RingPreconditioner, damping 0.1): without it the three-core product diverges at these rates.
-ADARING_OPTIM = {**MMA_OPTIM, "precondition": "gauss_newton", "precondition_damping": 0.1}
+# The per-core step limit (10% of a core's norm a step) guards against the rare runaway step.
+ADARING_OPTIM = {**MMA_OPTIM, "precondition": "gauss_newton", "precondition_damping": 0.1, "core_step_ratio": 0.1}
 OPTIM = MMA_OPTIM  # the default recipe for a variant that names none
-# Fixed views (no random crops at 28 px), so the frozen prefix (layers 1-2) is computed once per image.
+# Fixed views (no random crops at 28 px), so a frozen prefix (the image blocks before the first adapted one)
+# is computed once per image.
 DATA = {"augment": False}
 # Generalisation-aware loss of AdaRing: text consistency to the frozen model (KgCoOp's weight 8). The
 # image term (PromptSRC's L1, weight 10) pulls features back to the frozen ones, which under a domain
@@ -49,13 +52,17 @@ DATA = {"augment": False}
 GA_LOSS = {"lambda_text": 8.0, "lambda_image": 0.0}
 NO_LOSS = {"lambda_text": 0.0, "lambda_image": 0.0}
 
-# AdaRing: branches of TR rank 2 and 4 adapted down to 10% of MMA's parameters during training, fixed
-# branch scales, Kaiming-initialised cores, the branch-diversity term. All chosen on validation
-# (benchmarks/adaring_validation.py, docs/tutorials/quickstart.md).
+# AdaRing: one cross-layer ring per projection over EVERY layer of both towers (a layer costs the ring
+# only its slice of the layer core), branches of TR rank 3 and 6 adapted down to 10% of MMA's parameters
+# (MMA at its own placement) during training, fixed branch scales, Kaiming-initialised cores, the
+# branch-diversity term. All chosen on validation (benchmarks/adaring_validation.py --study placement,
+# docs/tutorials/quickstart.md; the benchmark suite's recipe, benchmarks/adaring_placement.py).
 ADARING = {
     "hidden": 32,
-    "ranks": [2, 4],
+    "ranks": [3, 6],
     "rank_budget": 0.1,
+    "text_layers": "all",
+    "image_layers": "all",
     "learn_branch_scale": False,
     "init": "kaiming",
     "diversity_weight": 0.1,
@@ -63,10 +70,11 @@ ADARING = {
 
 # label -> (method, adapter fields, loss weights, optimiser). MMA's design scaled to the small model:
 # hidden 32, the last two thirds of the 6 layers (3..6) of both towers, scale 0.001 with gradient scaling.
+# AdaRing's output scale and gradient rule are MMA's.
 VARIANTS: dict[str, tuple] = {
     "MMA": ("mma", {"hidden": 32}, NO_LOSS, MMA_OPTIM),
     "AdaRing": ("adaring", ADARING, GA_LOSS, ADARING_OPTIM),
-    "AdaRing, single branch": ("adaring", {**ADARING, "ranks": [4], "diversity_weight": 0.0}, GA_LOSS, ADARING_OPTIM),
+    "AdaRing, single branch": ("adaring", {**ADARING, "ranks": [6], "diversity_weight": 0.0}, GA_LOSS, ADARING_OPTIM),
     "AdaRing, no GA loss": ("adaring", ADARING, NO_LOSS, ADARING_OPTIM),
 }
 ZERO_SHOT = "zero-shot"
@@ -232,14 +240,8 @@ def _train_all(qc: QuickstartConfig, jobs: list[tuple[str, int]], bundle, data, 
         for label, seed in jobs:
             yield _train_one(qc, label, seed, bundle, data, evaluator)
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(
-        min(qc.workers, len(jobs)), mp_context=get_context("spawn"), initializer=_init_worker, initargs=(qc,)
-    ) as pool:
-        for fut in as_completed([pool.submit(_train_in_worker, job) for job in jobs]):
-            yield fut.result()
+    for _, run in run_in_processes(_train_in_worker, jobs, min(qc.workers, len(jobs)), _init_worker, (qc,)):
+        yield run
 
 
 def aggregate_runs(runs: list[dict]) -> list[dict]:
