@@ -81,6 +81,8 @@ VARIANTS: dict[str, tuple] = {
     # adapter of this family; a larger scale is a larger step on the adapter's output.
     "MMA scale0.01": _v("mma", {"hidden": 32, "scale": 0.01}, {}, SGD),
     "AL36 csr0.1 scale0.01": _v("adaring", {**AL36, "scale": 0.01}, TEXT, CSR),
+    # MMA at 0.01 gains on distractor (its text side moves); AdaRing's text-consistency term may hold it back.
+    "AL36 csr0.1 scale0.01 noGA": _v("adaring", {**AL36, "scale": 0.01}, {}, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 LRS = (0.02, 0.05, 0.1)
