@@ -109,6 +109,7 @@ OWN_PAGE = {
     "adapters_suite": "benchmarks/adapters-suite.md",
     "suite_recipes": "benchmarks/adapters-suite.md",
     "adaring_placement": "benchmarks/adapters-suite.md",  # its variant grid is a table there
+    "adaring_validation": "concepts/adaring.md",  # its studies are tables there
 }
 
 
