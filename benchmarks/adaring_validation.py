@@ -96,24 +96,29 @@ LOSS_GRID = {
 for _n, _loss in LOSS_GRID.items():
     VARIANTS[f"adapted hetero, {_n}"] = _v("adaring", ADAPTED, _loss, GN_CHOSEN)
 
+
+def _ablations(prefix: str, recipe: dict, single_rank: int, optim: dict) -> dict[str, dict]:
+    """One ablation per part of an AdaRing recipe, each at its parameter budget: fixed ranks, one branch
+    (no diversity term), no diversity term, no GA loss."""
+    return {
+        f"{prefix}, fixed ranks [1,(3,3,2)]": _v(
+            "adaring", {**recipe, "ranks": [1, [3, 3, 2]], "rank_budget": None}, KGCOOP, optim
+        ),
+        f"{prefix}, single branch [{single_rank}] -> 10%": _v(
+            "adaring", {**recipe, "ranks": [single_rank], "diversity_weight": 0.0}, KGCOOP, optim
+        ),
+        f"{prefix}, no diversity": _v("adaring", {**recipe, "diversity_weight": 0.0}, KGCOOP, optim),
+        f"{prefix}, no GA loss": _v("adaring", recipe, {}, optim),
+    }
+
+
 # The final recipe (chosen on validation by the studies above) and one ablation per part, each at the
 # same parameter budget; run once on the TEST split (--split test, seeds 1-10).
 DIVERSITY = 0.1
 FINAL = {**ADAPTED, "diversity_weight": DIVERSITY}
-VARIANTS.update(
-    {
-        "AdaRing": _v("adaring", FINAL, KGCOOP, GN_CHOSEN),
-        "AdaRing, fixed ranks [1,(3,3,2)]": _v(
-            "adaring", {**FINAL, "ranks": [1, [3, 3, 2]], "rank_budget": None}, KGCOOP, GN_CHOSEN
-        ),
-        "AdaRing, single branch [4] -> 10%": _v(
-            "adaring", {**FINAL, "ranks": [4], "diversity_weight": 0.0}, KGCOOP, GN_CHOSEN
-        ),
-        "AdaRing, no diversity": _v("adaring", {**FINAL, "diversity_weight": 0.0}, KGCOOP, GN_CHOSEN),
-        "AdaRing, no GA loss": _v("adaring", FINAL, {}, GN_CHOSEN),
-        "AdaRing, clipped recipe": _v("adaring", FINAL, KGCOOP, CLIPPED),
-    }
-)
+VARIANTS["AdaRing"] = _v("adaring", FINAL, KGCOOP, GN_CHOSEN)
+VARIANTS.update(_ablations("AdaRing", FINAL, 4, GN_CHOSEN))
+VARIANTS["AdaRing, clipped recipe"] = _v("adaring", FINAL, KGCOOP, CLIPPED)
 
 # The suite's recipe (docs/benchmarks/adapters-suite.md) on the quickstart's task: every layer of both
 # towers, ranks 3 and 6 pruned to the same 10% of MMA (7,104), and the per-core step limit.
@@ -124,18 +129,7 @@ VARIANTS["AdaRing, every layer [3,6], step limit"] = _v("adaring", EVERY_LAYER, 
 # check at the quickstart's MMA recipe, not a re-tuned MMA.
 VARIANTS["MMA, scale 0.01"] = _v("mma", {"hidden": 32, "scale": 0.01}, {}, MMA_RECIPE)
 # Its ablations (the quickstart's recipe from then on), each at the same budget; run on the TEST split.
-VARIANTS.update(
-    {
-        "every layer, fixed ranks [1,(3,3,2)]": _v(
-            "adaring", {**EVERY_LAYER, "ranks": [1, [3, 3, 2]], "rank_budget": None}, KGCOOP, STEP_LIMIT
-        ),
-        "every layer, single branch [6] -> 10%": _v(
-            "adaring", {**EVERY_LAYER, "ranks": [6], "diversity_weight": 0.0}, KGCOOP, STEP_LIMIT
-        ),
-        "every layer, no diversity": _v("adaring", {**EVERY_LAYER, "diversity_weight": 0.0}, KGCOOP, STEP_LIMIT),
-        "every layer, no GA loss": _v("adaring", EVERY_LAYER, {}, STEP_LIMIT),
-    }
-)
+VARIANTS.update(_ablations("every layer", EVERY_LAYER, 6, STEP_LIMIT))
 
 STUDIES: dict[str, dict] = {
     # Item 1: does the preconditioner let AdaRing train at MMA's recipe without clipping?
