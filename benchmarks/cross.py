@@ -15,7 +15,7 @@ random first pivots); evaluations, times and errors are medians over them. (It w
 ackley study, benchmarks/cross_evals.py: over 12 seeds, medians of 3 seeds moved by about 30% with
 the choice of seeds, for trkit and teneva alike, which decided the ackley verdict either way.)
 
-    python benchmarks/cross.py            # full (about 45 minutes on one core)
+    python benchmarks/cross.py            # full (about 30 minutes on one core)
     python benchmarks/cross.py --quick    # 3 functions, small grids
     python benchmarks/cross.py --wide --only gauss_chain,ackley,abs_sin   # one rank and sweep further
 """
