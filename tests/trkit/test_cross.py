@@ -368,9 +368,9 @@ def test_settled_pivots_cost_no_new_entries():
     assert info.n_iter == 12 and info.n_evals == info8.n_evals  # passes 9-12 found every entry cached
 
 
-def test_oversample_buys_accuracy_with_evaluations():
-    # each pass's fibres get `oversample` more random columns: more entries read, and on a
-    # function the cap does not resolve, a better train
+def test_oversample_reads_more_entries_a_pass():
+    # each pass's fibres get `oversample` more random columns, all new entries (what they buy
+    # in accuracy: test_random_test_columns_keep_pivots_improving)
     shape = (16,) * 6
 
     def abs_sin(idx):
