@@ -216,8 +216,9 @@ def tr_cross(
             towards each fibre's dominant directions: worth it where the rank cap is below what
             the function needs (a non-smooth function: ``abs_sin`` in the cross benchmark needs
             them to reach teneva's error); ``0`` or ``1`` save evaluations where the cap
-            resolves the function (``ackley`` at rank 16, 4 passes: 0.86x the evaluations,
-            2.7e-10 instead of 1.8e-10). See the cross tutorial.
+            resolves the function with room to spare (``ackley`` at rank 16, 4 passes: 0.86x
+            the evaluations, 2.7e-10 instead of 1.8e-10), but at a cap equal to the exact rank
+            some seeds then never find every direction. See the cross tutorial.
         ring: close the result into a ring where that lowers the parameter count at equal
             error (real values only); ``False`` always returns the tensor train (``r_0 = 1``).
         n_holdout: random entries kept aside to measure the error (counted in ``n_evals``);
