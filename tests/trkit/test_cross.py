@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -16,8 +15,6 @@ from trkit.decompose import _tt_cross
 from trkit.decompose._blackbox import BlackBox
 from trkit.decompose._maxvol import maxvol, maxvol_rect
 from trkit.errors import InputError, InputTypeError
-
-cross_module = importlib.import_module("trkit.decompose.cross")
 
 
 def ring_function(ring: trkit.TensorRing):
@@ -338,13 +335,15 @@ def test_rank_below_the_cap_recovered_to_rounding(monkeypatch):
     assert np.median(errors[0.0]) > 1e-10
 
 
+def abs_sin(idx):
+    """``|sin(2 (x_1 + ... + x_6))| + 0.1`` on 16 points of [0, 1]: needs more rank than 12."""
+    return np.abs(np.sin(2 * np.asarray(idx).sum(1) / 15)) + 0.1
+
+
 def test_random_test_columns_keep_pivots_improving():
     # abs(sin) of a sum needs more rank than 12: at that cap, pivots that only ever see the
     # last pass's pivots settle early; 2 random test columns in every pass keep them moving
     shape = (16,) * 6
-
-    def abs_sin(idx):
-        return np.abs(np.sin(2 * np.asarray(idx).sum(1) / 15)) + 0.1
 
     medians = {}
     for extra in (0, 2):
@@ -372,9 +371,6 @@ def test_oversample_reads_more_entries_a_pass():
     # each pass's fibres get `oversample` more random columns, all new entries (what they buy
     # in accuracy: test_random_test_columns_keep_pivots_improving)
     shape = (16,) * 6
-
-    def abs_sin(idx):
-        return np.abs(np.sin(2 * np.asarray(idx).sum(1) / 15)) + 0.1
 
     evals = []
     for extra in (0, 1, 2):

@@ -318,20 +318,17 @@ def tr_cross(
         if tol is not None and stop_reason == "tol":
             close_tol = (tol - last) / 2
             round_tol = max(round_tol, close_tol)
-        rounded = round_train(cores, round_tol)
-        closed = False
+        rounded, check_seed = round_train(cores, round_tol), 0 if seed is None else int(seed)
+        better = None
         if ring and box.np_dtype != np.complex128:  # the Kronecker split is written for real trains
-            better = close_ring(rounded, close_tol, seed=0 if seed is None else int(seed))
-            if better is not None:
-                tt_ranks = tuple(c.shape[0] for c in rounded)
-                cores, closed = better, True
-        if not closed:
-            # a ring is worth the rounding's float64 noise (r_0^2 fewer numbers); a train keeps its
-            # unrounded cores when the rounding changed it by more than round_tol (at a fixed rank
-            # past the function's numerical rank: 1e-14 instead of 2e-15 on inv_sum)
-            if within(cores, rounded, round_tol, seed=0 if seed is None else int(seed)):
-                cores = rounded
-            tt_ranks = tuple(c.shape[0] for c in cores)
+            better = close_ring(rounded, close_tol, seed=check_seed)
+        # a ring is worth the rounding's float64 noise (r_0^2 fewer numbers); a train keeps its
+        # unrounded cores when the rounding changed it by more than round_tol (at a fixed rank
+        # past the function's numerical rank: 1e-14 instead of 2e-15 on inv_sum)
+        closed = better is not None
+        train = rounded if closed or within(cores, rounded, round_tol, seed=check_seed) else cores
+        tt_ranks = tuple(c.shape[0] for c in train)
+        cores = train if better is None else better
         result = as_ring(cores)
         if not return_info:
             return result
