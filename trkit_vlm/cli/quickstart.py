@@ -13,9 +13,9 @@ HELP = "the AdaRing quickstart on the project's small Fashion-MNIST CLIP"
 DESCRIPTION = (
     "Pre-train the small CLIP (once, cached), then train MMA, AdaRing and two AdaRing ablations "
     "on 16 shots of 5 base classes of a contrast-shifted Fashion-MNIST task, seeds 1-3, and "
-    "report base / novel / HM accuracy, trainable parameters and time. About 12 minutes on 2 "
-    "CPU cores from a fresh clone; later runs reuse the pre-trained model. The model is NOT "
-    "OpenAI CLIP; its numbers are not comparable with published ones."
+    "report base / novel / HM accuracy, trainable parameters and time. About 14-16 minutes on 2 "
+    "CPU cores from a fresh clone (8-10 of them pre-training); about 5 minutes once the model is "
+    "cached. The model is NOT OpenAI CLIP; its numbers are not comparable with published ones."
 )
 EXAMPLES = None
 
