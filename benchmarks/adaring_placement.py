@@ -91,6 +91,10 @@ VARIANTS: dict[str, tuple] = {
     "AL36 adamw": _v("adaring", AL36, TEXT, ADAMW),
     # Larger starting ranks, pruned to the same budget: R[2,4] -> R[3,6] on every layer gained 1.6 HM.
     "AL48 csr0.1": _v("adaring", {**ALL, "ranks": [4, 8]}, TEXT, CSR),
+    # Scale 0.01 at lr 0.2 gains on the image tasks but distractor collapses (base up, novel down: the image
+    # side moves too, an image-scale-only variant collapsed the same way); the image-feature L1 holds the
+    # image features near the frozen model's.
+    "AL36 csr0.1 scale0.01 li1": _v("adaring", {**AL36, "scale": 0.01}, {**TEXT, "lambda_image": 1.0}, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
