@@ -14,7 +14,7 @@ DESCRIPTION = (
     "Pre-train the small CLIP (once, cached), then train MMA, AdaRing and two AdaRing ablations "
     "on 16 shots of 5 base classes of a contrast-shifted Fashion-MNIST task, seeds 1-3, and "
     "report base / novel / HM accuracy, trainable parameters and time. About 14-16 minutes on 2 "
-    "CPU cores from a fresh clone (8-10 of them pre-training); about 5 minutes once the model is "
+    "CPU cores from a fresh clone (8-11 of them pre-training); about 5 minutes once the model is "
     "cached. The model is NOT OpenAI CLIP; its numbers are not comparable with published ones."
 )
 EXAMPLES = None
