@@ -9,9 +9,11 @@ ones ``trkit-vlm benchmark --tune`` would see.
     python benchmarks/adaring_placement.py                   # the table from the stored runs
     python benchmarks/adaring_placement.py --run --workers 2  # run what is missing (about 8 s a run)
     python benchmarks/adaring_placement.py --run --variants "MMA|all layers R[3,6]"
+    python benchmarks/adaring_placement.py --seeds 1001,1002,1003 --paired "MMA@0.05"  # draw-by-draw CIs
 
 Runs are appended to benchmarks/results/adaring_placement_runs.jsonl as they finish (a rerun skips the ones
-there); the table goes to benchmarks/results/adaring_placement.json.
+there); the table goes to benchmarks/results/adaring_placement.json, the paired comparison (--paired: each
+variant minus one reference, draw by draw, with a 95% t interval) to adaring_placement_paired.json.
 """
 
 from __future__ import annotations
@@ -95,6 +97,20 @@ VARIANTS: dict[str, tuple] = {
     # side moves too, an image-scale-only variant collapsed the same way); the image-feature L1 holds the
     # image features near the frozen model's.
     "AL36 csr0.1 scale0.01 li1": _v("adaring", {**AL36, "scale": 0.01}, {**TEXT, "lambda_image": 1.0}, CSR),
+    # The suite's AdaRing loses novel accuracy on edges where LoRA (dropout 0.25 on its input) gains: the same
+    # input dropout on the adapters; and a wider bottleneck at the same budget (hidden 16 scored lower than 32).
+    **{f"AL36 csr0.1 drop{p}": _v("adaring", {**AL36, "dropout": p}, TEXT, CSR) for p in (0.1, 0.25, 0.5)},
+    **{f"AL36 csr0.1 h{h}": _v("adaring", {**AL36, "hidden": h}, TEXT, CSR) for h in (48, 64)},
+    # Per-layer biases on the up projections too: a class-agnostic shift of each layer's residual stream.
+    "AL36 csr0.1 bias all": _v("adaring", {**AL36, "bias": "all"}, TEXT, CSR),
+    # The two variants with a positive (not resolved) paired mean on twelve draws, together.
+    "AL36 csr0.1 L2-6 drop0.1": _v(
+        "adaring", {**AL36, "text_layers": "2-6", "image_layers": "2-6", "dropout": 0.1}, TEXT, CSR
+    ),
+    # When the budget is reached (AdaLoRA's schedule: rank_final of the steps train at the final ranks; 0.3).
+    **{f"AL36 csr0.1 rf{f}": _v("adaring", {**AL36, "rank_final": f}, TEXT, CSR) for f in (0.1, 0.5)},
+    "AL36 csr0.1 magnitude": _v("adaring", {**AL36, "rank_score": "magnitude"}, TEXT, CSR),
+    "AL36 csr0.1 h64 bias none": _v("adaring", {**AL36, "hidden": 64, "bias": "none"}, TEXT, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
@@ -165,6 +181,31 @@ def summarise(seeds: list[int]) -> dict:
     return {"grid": sorted(table, key=lambda r: (r["variant"], r["lr"])), "best": best}
 
 
+def paired_to(reference: str, seeds: list[int], labels: list[str]) -> list[dict]:
+    """Each variant (at each of its lrs) minus ``reference`` ("LABEL@LR"), draw by draw: the mean validation HM
+    over the tasks per draw, then the mean difference with its 95% t interval (only draws both completed)."""
+    from trkit_vlm.evaluation.paired import paired_difference
+
+    ref_label, ref_lr = reference.rsplit("@", 1)
+    per_draw: dict[tuple, dict[int, dict]] = {}
+    keys = {run_key(label, lr, 10): (label, lr) for label in VARIANTS for lr in KNOWN_LRS}
+    for r in load_runs():
+        if r["key"] in keys and r["seed"] in seeds:
+            per_draw.setdefault(keys[r["key"]], {}).setdefault(r["seed"], {})[r["task"]] = r["hm"]
+    full = {cell: {s: float(np.mean(list(d.values()))) for s, d in by.items() if len(d) == len(TASKS)}
+            for cell, by in per_draw.items()}  # fmt: skip
+    ref = full.get((ref_label, float(ref_lr)), {})
+    rows = []
+    for (label, lr), by in sorted(full.items()):
+        common = sorted(set(by) & set(ref))
+        if label not in labels or (label, lr) == (ref_label, float(ref_lr)) or len(common) < 2:
+            continue
+        d = paired_difference([by[s] for s in common], [ref[s] for s in common])
+        rows.append({"variant": label, "lr": lr, "reference": reference, "draws": common,
+                     "hm": float(np.mean([by[s] for s in common])), **d})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="store_true", help="run the variants' missing runs first")
@@ -175,6 +216,11 @@ def main() -> None:
         "--lrs",
         default=None,
         help="learning rates to run, comma-separated (default: SGD 0.02,0.05,0.1; AdamW 0.0003,0.001,0.003)",
+    )
+    ap.add_argument(
+        "--paired",
+        metavar="LABEL@LR",
+        help="also print each variant minus this one, draw by draw, with a 95%% t interval (e.g. 'MMA@0.05')",
     )
     args = ap.parse_args()
     labels, seeds = args.variants.split("|"), [int(s) for s in args.seeds.split(",")]
@@ -193,6 +239,19 @@ def main() -> None:
         mark = " *" if s["best"][row["variant"]] is row else ""
         tasks = " ".join(f"{row['per_task'][t]:10.1f}" for t in TASKS)
         print(f"{row['variant']:24s} {row['lr']:7g} {row['hm']:6.2f}  {tasks}  {row['worst_run_hm']:9.1f}{mark}")
+    if args.paired:
+        # The screening table above stays the two-draw one; paired comparisons on more draws go to their own file.
+        rows = paired_to(args.paired, seeds, labels)
+        print(f"\npaired with {args.paired} (mean validation HM over the tasks, draw by draw; 95% t interval):")
+        for row in rows:
+            print(f"{row['variant']:28s} {row['lr']:7g} {row['hm']:6.2f}  {row['mean']:+6.2f} "
+                  f"[{row['ci_low']:+6.2f}, {row['ci_high']:+6.2f}]  {len(row['draws'])} draws")  # fmt: skip
+        write_json(RESULTS / "adaring_placement_paired.json", {
+            "title": "AdaRing variants minus a reference, paired by validation draw (small Fashion-MNIST CLIP)",
+            "command": f"python benchmarks/adaring_placement.py --seeds {args.seeds} --paired '{args.paired}'",
+            "reference": args.paired, "seeds": seeds, "rows": rows, "env": env_info(),
+        })  # fmt: skip
+        return
     write_json(RESULTS / "adaring_placement.json", {
         "title": "AdaRing design variants on the suite's base-to-novel validation tasks (small Fashion-MNIST CLIP)",
         "command": "python benchmarks/adaring_placement.py", "seeds": seeds, "tasks": list(TASKS),

@@ -126,6 +126,26 @@ def test_gradient_scaling_rule_hand_computed():
     torch.testing.assert_close(x.grad, s * gu * 2.0 * torch.tensor([[0.5, -0.25]]))  # true gradient
 
 
+def test_input_dropout_masks_the_adapter_input_only_in_training():
+    """dropout p: y = branch(mask * h / (1 - p)) * s in training, with torch's mask for that seed; no mask in eval."""
+    info = {"text": {"width": 4, "depth": 1}, "image": {"width": 4, "depth": 1}}
+    aset = MMAConfig(hidden=3, scale=0.5, dropout=0.5).build(info)
+    plain = MMAConfig(hidden=3, scale=0.5).build(info)
+    plain.load_state_dict(aset.state_dict())  # dropout adds no parameters: the same weights load
+    h = torch.randn(6, 4)
+    aset.eval()
+    torch.testing.assert_close(aset.adapter_output("image", 0, h, nn.Identity()), plain.branch("image", 0, h) * 0.5)
+    aset.train()
+    torch.manual_seed(3)
+    y = aset.adapter_output("image", 0, h, nn.Identity())
+    torch.manual_seed(3)
+    mask = torch.nn.functional.dropout(torch.ones_like(h), 0.5)  # the same draw: entries 0 or 1/(1-p)
+    assert 0 < int((mask == 0).sum()) < h.numel()
+    torch.testing.assert_close(y, plain.branch("image", 0, h * mask) * 0.5)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        MMAConfig(dropout=1.0)
+
+
 def test_grad_scale_function():
     x = torch.tensor([1.0, -2.0], requires_grad=True)
     y = grad_scale(x, 0.25)

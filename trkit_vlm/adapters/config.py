@@ -112,12 +112,15 @@ class PairedAdapterConfig(AdapterConfig):
             for every layer of the tower, or None for MMA's placement scaled to depth (layers 5..12 of
             12-layer towers).
         scale: output scale with MMA's gradient-scaling rule (0.001 in MMA).
+        dropout: dropout on the adapter's input ``ln_1(x)`` during training, as LoRA's on its update's input
+            (0, MMA's and the default, switches it off).
     """
 
     hidden: int = 32
     text_layers: LayerSpec = None
     image_layers: LayerSpec = None
     scale: float = 0.001
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.text_layers = normalise_layer_spec(self.text_layers, "text_layers")
@@ -127,3 +130,5 @@ class PairedAdapterConfig(AdapterConfig):
             raise InputError(f"hidden must be >= 1, got {self.hidden}")
         if self.scale < 0:
             raise InputError(f"scale must be >= 0, got {self.scale}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")

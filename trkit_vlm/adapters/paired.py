@@ -50,6 +50,7 @@ class PairedAdapterSet(AdapterSet):
         self.text_layers, self.image_layers = resolve_layers(
             config.text_layers, config.image_layers, info["text"]["depth"], info["image"]["depth"]
         )
+        self.input_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @property
     def n_pairs(self) -> int:
@@ -75,7 +76,7 @@ class PairedAdapterSet(AdapterSet):
         s = float(self.config.scale)
         if s == 0.0:
             return self.branch(tower, k, ln_1(x)) * 0.0
-        h = ln_1(grad_scale(x, s))
+        h = self.input_dropout(ln_1(grad_scale(x, s)))
         return grad_scale(self.branch(tower, k, h) * s, 1.0 / s)
 
     def attach(self, model: nn.Module, towers: dict[str, nn.Module]) -> None:
