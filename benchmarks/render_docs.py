@@ -109,6 +109,8 @@ OWN_PAGE = {
     "adapters_suite": "benchmarks/adapters-suite.md",
     "suite_recipes": "benchmarks/adapters-suite.md",
     "adaring_placement": "benchmarks/adapters-suite.md",  # its variant grid is a table there
+    "adaring_placement_paired": "benchmarks/adapters-suite.md",  # its twelve-draw comparison too
+    "adaring_init_variance": "benchmarks/adapters-suite.md",  # and its split of the spread
     "adaring_validation": "concepts/adaring.md",  # its studies are tables there
 }
 

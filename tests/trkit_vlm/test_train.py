@@ -146,3 +146,25 @@ def test_cli_train_and_errors(tmp_path, data_root, capsys):
         (tmp_path / "moved.png").rename(data_root / "images" / "red_thing" / "test_1.png")
     assert main(["train", "-c", str(tmp_path / "c.json"), "--no-progress", "--seed", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["seed"] == 2
+
+
+def test_init_seed_sets_the_adapters_start_and_nothing_else(tmp_path, data_root):
+    """init_seed draws the adapters' initial weights (default: seed); the few-shot draw stays the seed's."""
+    from trkit_vlm.adapters import get_adapters
+    from trkit_vlm.training.distributed import init_distributed
+    from trkit_vlm.training.train import build_model, prepare_data
+
+    def start(**over):
+        cfg = tiny_config(tmp_path, data_root, method="adaring", **over)
+        _, model, _ = build_model(cfg, None, torch.device("cpu"))
+        return cfg, get_adapters(model).state_dict()
+
+    cfg, default = start()
+    _, same = start(init_seed=cfg.seed)
+    cfg7, other = start(init_seed=7)
+    assert cfg7.init_seed == 7 and cfg7.run_dir() == cfg.run_dir()
+    assert all(torch.equal(default[k], same[k]) for k in default)
+    assert max((default[k] - other[k]).abs().max().item() for k in default) > 1e-3
+    info = init_distributed("cpu")
+    shots = [prepare_data(c, None, info)[1].train for c in (cfg, cfg7)]
+    assert shots[0] == shots[1] and len(shots[0]) > 0

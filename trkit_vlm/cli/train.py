@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="open_clip model name")
     parser.add_argument("--pretrained", help="local CLIP checkpoint file")
     parser.add_argument("--shots", type=int, help="images per class")
-    parser.add_argument("--seed", type=int, help="seed (few-shot sample, adapter init, order)")
+    parser.add_argument("--seed", type=int, help="seed (few-shot sample, adapter init unless init_seed is set, order)")
     parser.add_argument(
         "--output-dir", "-o", help="results root (run folder is <root>/<dataset>/<method>/shots_K/seedS)"
     )

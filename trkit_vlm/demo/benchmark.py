@@ -214,6 +214,7 @@ def _run_config(ctx: Context, unit: dict, run: dict, spec: dict, output_dir: str
         optim=OptimConfig(**run["optim"]),
         loss=LossConfig(**run["loss"]),
         seed=unit["seed"],
+        init_seed=run.get("init_seed"),  # a variance study's own adapter initialisation (None: the draw's seed)
         output_dir=str(Path(output_dir) / unit["protocol"] / unit["source"] / slug),
         log_every=10**9,
         checkpoint=False,

@@ -99,6 +99,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 1
+    init_seed: int | None = None  # seed of the adapters' initial weights (None: seed); data and order keep seed
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     output_dir: str = "output"

@@ -84,8 +84,8 @@ def prepare_data(
 def build_model(
     cfg: RunConfig, bundle: ClipBundle | None, device: torch.device
 ) -> tuple[ClipBundle, torch.nn.Module, AdapterConfig]:
-    """Load (or take) the CLIP bundle and add the configured adapters (initialised from cfg.seed, or with
-    the weights of ``cfg.init_adapters``)."""
+    """Load (or take) the CLIP bundle and add the configured adapters (initialised from ``cfg.init_seed``,
+    which defaults to ``cfg.seed``, or with the weights of ``cfg.init_adapters``)."""
     if bundle is None:
         if cfg.model_config is not None:
             register_model_config(cfg.model, cfg.model_config)
@@ -96,7 +96,7 @@ def build_model(
             "and start from their weights with cfg.init_adapters = <adapter file or run folder>"
         )
     adapter_cfg = adapter_config_from_dict({"method": cfg.method, **cfg.adapter})
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     model = add_adapters(bundle.model.to(device), adapter_cfg)
     if cfg.init_adapters is not None:
         try:
