@@ -109,6 +109,9 @@ VARIANTS: dict[str, tuple] = {
     ),
     # When the budget is reached (AdaLoRA's schedule: rank_final of the steps train at the final ranks; 0.3).
     **{f"AL36 csr0.1 rf{f}": _v("adaring", {**AL36, "rank_final": f}, TEXT, CSR) for f in (0.1, 0.5)},
+    # The spread on edges is the random start (benchmarks/adaring_init_variance.py): more random directions at
+    # the start, for the allocator to prune to the same budget, average over more of them.
+    "AL612 csr0.1": _v("adaring", {**ALL, "ranks": [6, 12]}, TEXT, CSR),
     "AL36 csr0.1 magnitude": _v("adaring", {**AL36, "rank_score": "magnitude"}, TEXT, CSR),
     "AL36 csr0.1 h64 bias none": _v("adaring", {**AL36, "hidden": 64, "bias": "none"}, TEXT, CSR),
 }
