@@ -1,13 +1,13 @@
 """How much of a run's validation score is the adapters' random start, and how much the few-shot draw?
 
-The suite's AdaRing and MMA (their suite recipes at lr 0.05, 10 epochs), on the suite's base-to-novel
+The suite's AdaRing and MMA (their suite recipes at lr 0.05, 10 epochs), and AdaRing on fewer layers, on the suite's base-to-novel
 VALIDATION images of the image tasks where their scores spread most (contrast, edges), on few-shot draws
 1001-1006 (disjoint from the test seeds), each draw trained from three adapter initialisations
 (``RunConfig.init_seed``: the draw's own seed, as the suite does, and two others). Per method and task the
 spread of HM and of novel accuracy is split into the part between initialisations on one draw and the
 part between draws (one-way random effects).
 
-    python benchmarks/adaring_init_variance.py --workers 2      # about 6 minutes on 2 cores (5.6 measured)
+    python benchmarks/adaring_init_variance.py --workers 2      # about 12 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import numpy as np  # noqa: E402
 from _common import env_info, write_json  # noqa: E402
 from adaring_placement import RESULTS, SUITE, VARIANTS  # noqa: E402
 
-METHODS = {"MMA": "MMA", "AdaRing (the suite's)": "AL36 csr0.1"}  # label -> adaring_placement variant
+# label -> adaring_placement variant; the last two ask whether the spread comes with the early layers
+METHODS = {
+    "MMA": "MMA",
+    "AdaRing (the suite's)": "AL36 csr0.1",
+    "AdaRing, layers 3-6": "AL36 csr0.1 L3-6",
+    "AdaRing, MMA's layers (the suite's)": "AdaRing",
+}
 TASKS = ("contrast", "edges")
 DRAWS = tuple(range(1001, 1007))
 INIT_OFFSETS = (None, 100, 200)  # None: the draw's seed (the suite); otherwise init_seed = draw + offset
@@ -83,11 +89,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = run(args.workers)
     table = summarise(rows)
-    print(f"\n{'method':24s} {'task':9s} {'HM':>6s} {'sd init':>8s} {'sd draw':>8s}   {'novel':>6s} {'sd init':>8s} "
+    print(f"\n{'method':36s} {'task':9s} {'HM':>6s} {'sd init':>8s} {'sd draw':>8s}   {'novel':>6s} {'sd init':>8s} "
           f"{'sd draw':>8s}")  # fmt: skip
     for e in table:
         h, n = e["hm"], e["novel"]
-        print(f"{e['method']:24s} {e['task']:9s} {h['mean']:6.2f} {h['sd_init']:8.2f} {h['sd_draw']:8.2f}   "
+        print(f"{e['method']:36s} {e['task']:9s} {h['mean']:6.2f} {h['sd_init']:8.2f} {h['sd_draw']:8.2f}   "
               f"{n['mean']:6.2f} {n['sd_init']:8.2f} {n['sd_draw']:8.2f}")  # fmt: skip
     write_json(RESULTS / "adaring_init_variance.json", {
         "title": "Spread of validation scores: adapter initialisation vs few-shot draw (small Fashion-MNIST CLIP)",
