@@ -1,11 +1,11 @@
 """How much of a run's validation score is the adapters' random start, and how much the few-shot draw?
 
-The suite's AdaRing and MMA (their suite recipes at lr 0.05, 10 epochs), and AdaRing on fewer layers, on the suite's base-to-novel
-VALIDATION images of the image tasks where their scores spread most (contrast, edges), on few-shot draws
-1001-1006 (disjoint from the test seeds), each draw trained from three adapter initialisations
-(``RunConfig.init_seed``: the draw's own seed, as the suite does, and two others). Per method and task the
-spread of HM and of novel accuracy is split into the part between initialisations on one draw and the
-part between draws (one-way random effects).
+The suite's AdaRing and MMA (their suite recipes at lr 0.05, 10 epochs), and AdaRing on fewer layers, on the
+suite's base-to-novel VALIDATION images of the image tasks where their scores spread most (contrast, edges),
+on few-shot draws 1001-1006 (disjoint from the test seeds), each draw trained from three adapter
+initialisations (``RunConfig.init_seed``: the draw's own seed, as the suite does, and two others). Per method
+and task the spread of HM and of novel accuracy is split into the part between initialisations on one draw
+and the part between draws (one-way random effects).
 
     python benchmarks/adaring_init_variance.py --workers 2      # about 12 minutes on 2 cores
 """
