@@ -7,7 +7,7 @@ initialisations (``RunConfig.init_seed``: the draw's own seed, as the suite does
 and task the spread of HM and of novel accuracy is split into the part between initialisations on one draw
 and the part between draws (one-way random effects).
 
-    python benchmarks/adaring_init_variance.py --workers 2      # about 12 minutes on 2 cores
+    python benchmarks/adaring_init_variance.py --workers 2      # about 10 minutes on 2 cores (9.8 measured)
 """
 
 from __future__ import annotations
