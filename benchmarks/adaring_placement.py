@@ -114,6 +114,13 @@ VARIANTS: dict[str, tuple] = {
     "AL612 csr0.1": _v("adaring", {**ALL, "ranks": [6, 12]}, TEXT, CSR),
     "AL36 csr0.1 magnitude": _v("adaring", {**AL36, "rank_score": "magnitude"}, TEXT, CSR),
     "AL36 csr0.1 h64 bias none": _v("adaring", {**AL36, "hidden": 64, "bias": "none"}, TEXT, CSR),
+    # A start that does not depend on the seed: the down projections' input cores read the leading principal
+    # directions of the frozen model's adapter inputs on the shots (init "pca"; the other cores stay random).
+    "AL36 csr0.1 pca": _v("adaring", {**AL36, "init": "pca"}, TEXT, CSR),
+    # The pca start gains on contrast and loses novel accuracy on edges (an image shift): the image-feature
+    # L1 to the frozen model, or a stronger text term, as the brake; and the text term alone on twelve draws.
+    "AL36 csr0.1 pca li1": _v("adaring", {**AL36, "init": "pca"}, {**TEXT, "lambda_image": 1.0}, CSR),
+    "AL36 csr0.1 pca lt16": _v("adaring", {**AL36, "init": "pca"}, {"lambda_text": 16.0}, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)

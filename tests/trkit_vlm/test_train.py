@@ -168,3 +168,70 @@ def test_init_seed_sets_the_adapters_start_and_nothing_else(tmp_path, data_root)
     info = init_distributed("cpu")
     shots = [prepare_data(c, None, info)[1].train for c in (cfg, cfg7)]
     assert shots[0] == shots[1] and len(shots[0]) > 0
+
+
+def test_pca_start_reads_the_frozen_inputs_and_not_the_seed(tmp_path, data_root, monkeypatch):
+    """AdaRing's init="pca": the down projections' input cores are the leading eigenvectors of the frozen
+    model's ln_1 inputs on the shots (recomputed here from ln_1's own outputs and numpy's eigh), the same
+    for any init_seed; the other cores stay random."""
+    import trkit_vlm.training.train as train_module
+    from trkit_vlm.adapters import adapters_disabled, get_adapters
+    from trkit_vlm.data.transforms import build_transforms, load_image
+    from trkit_vlm.models import clip_towers
+    from trkit_vlm.training.distributed import init_distributed
+    from trkit_vlm.training.seeding import seed_everything
+    from trkit_vlm.training.train import build_model, prepare_data
+
+    class Started(Exception):
+        pass
+
+    def start_and_stop(trainer):
+        assert original(trainer)
+        starts.append({k: v.clone() for k, v in get_adapters(trainer.model).state_dict().items()})
+        raise Started
+
+    original, starts = train_module.start_from_data, []
+    monkeypatch.setattr(train_module, "start_from_data", start_and_stop)
+
+    def start(init_seed):
+        cfg = tiny_config(tmp_path / f"s{init_seed}", data_root, method="adaring", init_seed=init_seed,
+                          **{"adapter.init": "pca"})  # fmt: skip
+        with pytest.raises(Started):
+            train(cfg, progress=False)
+        return cfg, starts[-1]
+
+    cfg, a = start(1)
+    _, b = start(7)
+    downs = [k for k in a if ".down_" in k and k.endswith("g_in")]
+    assert len(downs) == 4  # two branches x two towers
+    assert all(torch.equal(a[k], b[k]) for k in downs)
+    assert max((a[k] - b[k]).abs().max().item() for k in a if ".shared." in k) > 1e-3
+
+    # The reference: ln_1's outputs at every adapted image block over all training images, on the random
+    # tiny model train() drew (seeded, then the data, then the model, as train() does).
+    seed_everything(cfg.seed)
+    records = prepare_data(cfg, None, init_distributed("cpu"))[1].train
+    _, model, _ = build_model(cfg, None, torch.device("cpu"))
+    tf, _ = build_transforms(model, augment=False)
+    images = torch.stack([tf(load_image(p)) for p, _ in records])
+    outs: list[torch.Tensor] = []
+    blocks = clip_towers(model)["image"].resblocks
+    hooks = [
+        blocks[layer - 1].ln_1.register_forward_hook(lambda m, i, o: outs.append(o.reshape(-1, o.shape[-1])))
+        for layer in get_adapters(model).adapted_layers("image")
+    ]
+    with torch.no_grad(), adapters_disabled(model):
+        model.encode_image(images)
+    for h in hooks:
+        h.remove()
+    cov = np.mean([np.cov(o.double().numpy(), rowvar=False, bias=True) for o in outs], axis=0)
+    vals, vecs = np.linalg.eigh(cov)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    for k in (k for k in downs if "down_image" in k):
+        g = a[k].double()  # (R1, d_in, R2)
+        cols = g.permute(0, 2, 1).reshape(-1, g.shape[1]).numpy()
+        m = cols.shape[0]
+        assert vals[m - 1] - vals[m] > 1e-6 * vals[0]  # the subspace is well defined
+        norms = np.linalg.norm(cols, axis=1)
+        np.testing.assert_allclose(norms, norms[0], rtol=1e-6)  # one norm for all directions
+        np.testing.assert_allclose(np.abs(np.sum(cols / norms[:, None] * vecs[:, :m].T, axis=1)), 1.0, atol=1e-5)

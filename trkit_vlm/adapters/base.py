@@ -141,6 +141,15 @@ class AdapterSet(nn.Module):
         """
         return None
 
+    def needs_input_statistics(self) -> bool:
+        """True when the start depends on the data: training then calls :meth:`start_from_inputs` before
+        the first step (``trkit_vlm.training.data_start``)."""
+        return False
+
+    def start_from_inputs(self, covariances: dict[str, torch.Tensor]) -> None:
+        """Set the starting weights from ``{tower: (width, width)}``, the covariance of the frozen model's
+        ``ln_1`` inputs of the adapted blocks on the training data (averaged over the adapted layers)."""
+
     def parts(self) -> dict[str, int]:
         """Parameter count per named part, for ``trainable_summary``."""
         out: dict[str, int] = {}

@@ -33,6 +33,7 @@ from trkit_vlm.data.transforms import check_files
 from trkit_vlm.models import ClipBundle, load_clip, provided_model, register_model_config, registered_model_config
 from trkit_vlm.training.checkpoint import fingerprint
 from trkit_vlm.training.config import RunConfig, save_config
+from trkit_vlm.training.data_start import start_from_data
 from trkit_vlm.training.distributed import DistInfo, barrier, broadcast_object, init_distributed, on_main, shutdown
 from trkit_vlm.training.init_adapters import check_init_adapters
 from trkit_vlm.training.loop import Trainer
@@ -169,6 +170,8 @@ def train(
         trainer = Trainer(cfg, bundle, model, train_data, fs, info, run_dir, progress=progress, evaluator=evaluator)
         if start is not None:
             trainer.try_resume(start[0])
+        elif cfg.init_adapters is None:
+            start_from_data(trainer)  # an init that reads the training shots (AdaRing's "pca"); else nothing
         result = trainer.fit(stop_after_epoch)
         return broadcast_object(result, info)
     finally:

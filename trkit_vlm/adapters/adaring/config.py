@@ -13,7 +13,7 @@ __all__ = ["AdaRingConfig", "PROJECTIONS", "adaring_param_count", "rank_budget_p
 
 PROJECTIONS = ("down_text", "down_image", "shared", "up_text", "up_image")
 _BIAS_MODES = {"hidden": ("down_text", "down_image", "shared"), "all": PROJECTIONS, "none": ()}
-_INITS = ("zero_up", "kaiming")
+_INITS = ("zero_up", "kaiming", "pca")
 _RANK_SCORES = ("sensitivity", "magnitude")
 
 
@@ -48,7 +48,11 @@ class AdaRingConfig(PairedAdapterConfig):
         bias: ``"hidden"`` per-layer biases on down and shared (default), ``"all"`` also on up, ``"none"``.
         init: ``"zero_up"`` (default): the layer core of each up projection is zero, so the adapted model
             starts exactly at the frozen one while that core still receives gradient; ``"kaiming"``: all
-            cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale.
+            cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale; ``"pca"``: as
+            ``"kaiming"``, but the input core of each down projection holds the leading principal directions
+            of the frozen model's ``ln_1`` inputs on the training shots (orthonormal, at the random core's
+            norm), so the start does not depend on the seed's draw of those directions
+            (``trkit_vlm.training.data_start``).
         diversity_weight: weight of the branch-diversity regulariser (mean squared cosine similarity of
             branch outputs); 0 disables it. The default 0.1 was chosen on validation from 0, 0.01, 0.1, 1
             and 10 (``benchmarks/adaring_validation.py --study diversity``; differences there were within

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trkit.nn import CrossLayerTR
+from trkit.nn.init import core_std
 from trkit_vlm.adapters.adaring.config import PROJECTIONS, projection_dims
 from trkit_vlm.adapters.adaring.ranks import AdaRingRankAdaptation
 from trkit_vlm.adapters.paired import PairedAdapterSet
@@ -73,6 +74,31 @@ class AdaRingAdapterSet(PairedAdapterSet):
                     if self.config.init == "zero_up" and p.startswith("up_"):
                         tr.g_layer.zero_()
             self.branch_scale.fill_(float(self.config.branch_scale_init))
+
+    def needs_input_statistics(self) -> bool:
+        return self.config.init == "pca"
+
+    def start_from_inputs(self, covariances: dict[str, torch.Tensor]) -> None:
+        """``init="pca"``: the input core ``G_in (R1, d_in, R2)`` of each down projection gets the leading
+        ``R1 R2`` eigenvectors of its tower's input covariance (the first ``R2`` in ``G_in[0]``, and so on),
+        each scaled to the norm a column of the random core has in expectation; the other cores keep their
+        random start."""
+        with torch.no_grad():
+            for tower, cov in covariances.items():
+                s = "text" if tower == "text" else "image"
+                _, vecs = torch.linalg.eigh(cov.double())
+                vecs = vecs.flip(-1)  # descending variance
+                for md in self.branches:
+                    tr = md["down_" + s]
+                    g = tr.g_in
+                    r1, d_in, r2 = g.shape
+                    m = min(r1 * r2, d_in)
+                    ranks = [int(c.shape[0]) for c in tr.cores]
+                    norm = core_std(math.sqrt(2.0 / tr.d_out), ranks) * math.sqrt(d_in)
+                    dirs = (vecs[:, :m].t() * norm).to(g)  # (m, d_in)
+                    flat = g.permute(0, 2, 1).reshape(r1 * r2, d_in).clone()
+                    flat[:m] = dirs
+                    g.copy_(flat.reshape(r1, r2, d_in).permute(0, 2, 1))
 
     def tower_pre_forward(self, tower: str) -> None:
         """Build each projection's dense weights for all layers once per tower pass: one contraction
