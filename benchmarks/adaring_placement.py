@@ -121,6 +121,12 @@ VARIANTS: dict[str, tuple] = {
     # L1 to the frozen model, or a stronger text term, as the brake; and the text term alone on twelve draws.
     "AL36 csr0.1 pca li1": _v("adaring", {**AL36, "init": "pca"}, {**TEXT, "lambda_image": 1.0}, CSR),
     "AL36 csr0.1 pca lt16": _v("adaring", {**AL36, "init": "pca"}, {"lambda_text": 16.0}, CSR),
+    # Is the gap to MMA the 10% budget or the parameterisation? The same recipe at twice the budget, and
+    # with no pruning (ranks 3 and 6 kept: 34,184 parameters, 48% of MMA's 71,040).
+    "AL36 csr0.1 b20": _v("adaring", {**AL36, "rank_budget": 14208}, TEXT, CSR),
+    "AL36 csr0.1 unpruned": _v("adaring", {**AL36, "rank_budget": None}, TEXT, CSR),
+    # Is the edges loss AdaRing's or the placement's? MMA itself on all six layers (1.5x its parameters).
+    "MMA all layers": _v("mma", {"hidden": 32, "text_layers": "1-6", "image_layers": "1-6"}, {}, SGD),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
@@ -256,7 +262,8 @@ def main() -> None:
                   f"[{row['ci_low']:+6.2f}, {row['ci_high']:+6.2f}]  {len(row['draws'])} draws")  # fmt: skip
         write_json(RESULTS / "adaring_placement_paired.json", {
             "title": "AdaRing variants minus a reference, paired by validation draw (small Fashion-MNIST CLIP)",
-            "command": f"python benchmarks/adaring_placement.py --seeds {args.seeds} --paired '{args.paired}'",
+            "command": f"python benchmarks/adaring_placement.py --seeds {args.seeds} --variants '{args.variants}' "
+                       f"--paired '{args.paired}'",
             "reference": args.paired, "seeds": seeds, "rows": rows, "env": env_info(),
         })  # fmt: skip
         return
