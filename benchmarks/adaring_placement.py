@@ -127,6 +127,9 @@ VARIANTS: dict[str, tuple] = {
     "AL36 csr0.1 unpruned": _v("adaring", {**AL36, "rank_budget": None}, TEXT, CSR),
     # Is the edges loss AdaRing's or the placement's? MMA itself on all six layers (1.5x its parameters).
     "MMA all layers": _v("mma", {"hidden": 32, "text_layers": "1-6", "image_layers": "1-6"}, {}, SGD),
+    # Ranks 2 and 4 unpruned (15,832 parameters): the reference for a patched screen (not kept) with one ring
+    # for layers 1-2 and one for layers 3-6 at these ranks (29,912 parameters; docs/benchmarks/adapters-suite.md).
+    "AL24 unpruned": _v("adaring", {**ALL, "ranks": [2, 4], "rank_budget": None}, TEXT, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
