@@ -7,7 +7,9 @@ initialisations (``RunConfig.init_seed``: the draw's own seed, as the suite does
 and task the spread of HM and of novel accuracy is split into the part between initialisations on one draw
 and the part between draws (one-way random effects).
 
-    python benchmarks/adaring_init_variance.py --workers 2      # about 10 minutes on 2 cores (9.8 measured)
+    python benchmarks/adaring_init_variance.py --workers 2      # about 12 minutes on 2 cores (5 methods)
+
+Runs already in the results file are kept (a method added to METHODS runs alone); ``--fresh`` reruns all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _common import env_info, write_json  # noqa: E402
@@ -28,6 +31,9 @@ METHODS = {
     "AdaRing (the suite's)": "AL36 csr0.1",
     "AdaRing, layers 3-6": "AL36 csr0.1 L3-6",
     "AdaRing, MMA's layers (the suite's)": "AdaRing",
+    # Does a start read from the data (the down projections' input cores; the other cores stay random)
+    # take the spread between starts away?
+    "AdaRing, pca start": "AL36 csr0.1 pca",
 }
 TASKS = ("contrast", "edges")
 DRAWS = tuple(range(1001, 1007))
@@ -44,7 +50,8 @@ def split_variance(scores: np.ndarray) -> dict[str, float]:
     return {"sd_init": within**0.5, "sd_draw": between**0.5, "sd_all": float(scores.std(ddof=1))}
 
 
-def run(workers: int) -> list[dict]:
+def run(workers: int, stored: list[dict]) -> list[dict]:
+    """Train what ``stored`` (earlier rows) lacks; returns the stored rows still in METHODS plus the new ones."""
     from trkit_vlm.demo.benchmark import ModelSpec, execute, plan_units
     from trkit_vlm.demo.suite import load_suite
 
@@ -56,11 +63,15 @@ def run(workers: int) -> list[dict]:
                          "optim": {**optim, "lr": LR, "epochs": EPOCHS}, "init_offset": offset})  # fmt: skip
     suite = load_suite(SUITE).select(tasks=list(TASKS))
     units = plan_units(suite, runs, "output/adaring_init_variance", "val", list(DRAWS), 50, transfer=False)
+    rows = [r for r in stored if r["method"] in METHODS]
+    have = {(r["method"], r["init_offset"], r["seed"], r["task"]) for r in rows}
     for u in units:  # the init seed depends on the draw, so it is set per unit
         u["runs"] = [
-            {**r, "init_seed": None if r["init_offset"] is None else u["seed"] + r["init_offset"]} for r in u["runs"]
+            {**r, "init_seed": None if r["init_offset"] is None else u["seed"] + r["init_offset"]}
+            for r in u["runs"]
+            if (r["label"].split("\t")[0], r["init_offset"], u["seed"], u["source"]) not in have
         ]
-    rows = []
+    units = [u for u in units if u["runs"]]
     for i, (unit, out) in enumerate(execute(units, ModelSpec(), workers, 1, False), 1):
         for r in out:
             label, offset = r["method"].split("\t")
@@ -86,8 +97,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--fresh", action="store_true", help="rerun every method (default: keep the stored runs)")
     args = ap.parse_args()
-    rows = run(args.workers)
+    path = RESULTS / "adaring_init_variance.json"
+    stored = [] if args.fresh or not path.is_file() else json.loads(path.read_text())["runs"]
+    rows = run(args.workers, stored)
     table = summarise(rows)
     print(f"\n{'method':36s} {'task':9s} {'HM':>6s} {'sd init':>8s} {'sd draw':>8s}   {'novel':>6s} {'sd init':>8s} "
           f"{'sd draw':>8s}")  # fmt: skip
@@ -95,7 +109,7 @@ def main() -> None:
         h, n = e["hm"], e["novel"]
         print(f"{e['method']:36s} {e['task']:9s} {h['mean']:6.2f} {h['sd_init']:8.2f} {h['sd_draw']:8.2f}   "
               f"{n['mean']:6.2f} {n['sd_init']:8.2f} {n['sd_draw']:8.2f}")  # fmt: skip
-    write_json(RESULTS / "adaring_init_variance.json", {
+    write_json(path, {
         "title": "Spread of validation scores: adapter initialisation vs few-shot draw (small Fashion-MNIST CLIP)",
         "command": "python benchmarks/adaring_init_variance.py --workers 2",
         "methods": METHODS, "tasks": list(TASKS), "draws": list(DRAWS), "init_offsets": list(INIT_OFFSETS),
