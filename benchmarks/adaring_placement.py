@@ -130,6 +130,9 @@ VARIANTS: dict[str, tuple] = {
     # Ranks 2 and 4 unpruned (15,832 parameters): the reference for a patched screen (not kept) with one ring
     # for layers 1-2 and one for layers 3-6 at these ranks (29,912 parameters; docs/benchmarks/adapters-suite.md).
     "AL24 unpruned": _v("adaring", {**ALL, "ranks": [2, 4], "rank_budget": None}, TEXT, CSR),
+    # MMA's optimiser as it is (no Gauss-Newton preconditioner), the step limit kept as the guard: does the
+    # preconditioner make the outcome depend on the start?
+    "AL36 csr0.1 noGN": _v("adaring", AL36, TEXT, {**SGD, "core_step_ratio": 0.1}),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)

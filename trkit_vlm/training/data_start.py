@@ -2,9 +2,10 @@
 
 Some adapter inits (AdaRing's ``init="pca"``) read where the inputs of the adapted blocks vary most. Before
 the first step, one pass of the frozen model over the training batches (one epoch, at most ``max_batches``)
-accumulates, per tower and adapted layer, the mean and second moment of ``ln_1(x)`` over every token; the
-adapter set receives each tower's covariance averaged over its adapted layers (every layer weighs the same)
-through ``AdapterSet.start_from_inputs``. Only ``d x d`` sums are kept, so memory does not grow with the
+accumulates, per tower and adapted layer, the mean and second moment of ``ln_1(x)`` over every token (text:
+the class prompts as training feeds them, padding included); the adapter set receives each tower's
+covariance averaged over its adapted layers (every layer weighs the same) through
+``AdapterSet.start_from_inputs``. Only ``d x d`` sums are kept, so memory does not grow with the
 data, and under DDP the sums are added over the processes so every rank starts from the same weights.
 """
 
