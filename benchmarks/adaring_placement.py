@@ -133,6 +133,10 @@ VARIANTS: dict[str, tuple] = {
     # MMA's optimiser as it is (no Gauss-Newton preconditioner), the step limit kept as the guard: does the
     # preconditioner make the outcome depend on the start?
     "AL36 csr0.1 noGN": _v("adaring", AL36, TEXT, {**SGD, "core_step_ratio": 0.1}),
+    # What else AdaRing has and MMA has not: the text-consistency term (MMA trains on cross-entropy alone)
+    # and the branch-diversity term.
+    "AL36 csr0.1 noGA": _v("adaring", AL36, {}, CSR),
+    "AL36 csr0.1 div0": _v("adaring", {**AL36, "diversity_weight": 0.0}, TEXT, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
