@@ -137,6 +137,13 @@ VARIANTS: dict[str, tuple] = {
     # and the branch-diversity term.
     "AL36 csr0.1 noGA": _v("adaring", AL36, {}, CSR),
     "AL36 csr0.1 div0": _v("adaring", {**AL36, "diversity_weight": 0.0}, TEXT, CSR),
+    # The pca start gains on contrast and the later layers keep edges: the two together.
+    **{
+        f"AL36 csr0.1 pca L{a}-6": _v(
+            "adaring", {**AL36, "init": "pca", "text_layers": f"{a}-6", "image_layers": f"{a}-6"}, TEXT, CSR
+        )
+        for a in (2, 3)
+    },
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
