@@ -186,22 +186,26 @@ def test_pca_start_reads_the_frozen_inputs_and_not_the_seed(tmp_path, data_root,
         pass
 
     def start_and_stop(trainer):
+        before = (torch.get_rng_state(), np.random.get_state()[1].copy())
         assert original(trainer)
+        # The pass leaves the random state as it was, so the run's batches and dropout masks do not change.
+        assert torch.equal(torch.get_rng_state(), before[0]) and np.array_equal(np.random.get_state()[1], before[1])
         starts.append({k: v.clone() for k, v in get_adapters(trainer.model).state_dict().items()})
         raise Started
 
     original, starts = train_module.start_from_data, []
     monkeypatch.setattr(train_module, "start_from_data", start_and_stop)
 
-    def start(init_seed):
+    def start(init_seed, **over):
         cfg = tiny_config(tmp_path / f"s{init_seed}", data_root, method="adaring", init_seed=init_seed,
-                          **{"adapter.init": "pca"})  # fmt: skip
+                          **{"adapter.init": "pca", **over})  # fmt: skip
         with pytest.raises(Started):
             train(cfg, progress=False)
         return cfg, starts[-1]
 
     cfg, a = start(1)
     _, b = start(7)
+    start(3, **{"data.augment": True})  # random crops draw from the global generator: it must be restored
     downs = [k for k in a if ".down_" in k and k.endswith("g_in")]
     assert len(downs) == 4  # two branches x two towers
     assert all(torch.equal(a[k], b[k]) for k in downs)
