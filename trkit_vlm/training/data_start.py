@@ -11,6 +11,8 @@ data, and under DDP the sums are added over the processes so every rank starts f
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from trkit_vlm.adapters.base import TOWERS, adapters_disabled, get_adapters
@@ -43,28 +45,26 @@ def input_covariances(trainer, max_batches: int = 64) -> dict[str, torch.Tensor]
     left as it was, so the run trains as it would without this pass."""
     model, adapters = trainer.model, get_adapters(trainer.model)
     towers = clip_towers(model)
-    hooks, handles = {}, []
+    moments: dict[str, list[_Moments]] = {tower: [] for tower in TOWERS}
+    handles = []
     for tower in TOWERS:
         for layer in adapters.adapted_layers(tower):
             blk = towers[tower].resblocks[layer - 1]
-            hooks[(tower, layer)] = m = _Moments(int(blk.ln_1.normalized_shape[0]))
+            moments[tower].append(m := _Moments(int(blk.ln_1.normalized_shape[0])))
             handles.append(blk.register_forward_pre_hook(m, with_kwargs=True))
     state = rng_state()
     try:
         with torch.no_grad(), adapters_disabled(model), trainer._autocast():
-            for i, (x, _, _) in enumerate(trainer.batches(0)):
-                if i >= max_batches:
-                    break
+            for x, _, _ in itertools.islice(trainer.batches(0), max_batches):
                 trainer.forward(x, trainer.cached)
     finally:
         for h in handles:
             h.remove()
         set_rng_state(state)
     out: dict[str, torch.Tensor] = {}
-    for tower in TOWERS:
+    for tower, per_layer in moments.items():
         covs = []
-        for layer in adapters.adapted_layers(tower):
-            m = hooks[(tower, layer)]
+        for m in per_layer:
             n, s, ss = (all_reduce_sum(t, trainer.info) for t in (m.n, m.s, m.ss))
             mean = s / n
             covs.append(ss / n - torch.outer(mean, mean))

@@ -51,7 +51,7 @@ class AdaRingConfig(PairedAdapterConfig):
             cores drawn so reconstructed weights have MMA's Kaiming (fan_out) scale; ``"pca"``: as
             ``"kaiming"``, but the input core of each down projection holds the leading principal directions
             of the frozen model's ``ln_1`` inputs on the training shots (orthonormal, at the random core's
-            norm), so the start does not depend on the seed's draw of those directions
+            expected norm), so the start does not depend on the seed's draw of those directions
             (``trkit_vlm.training.data_start``).
         diversity_weight: weight of the branch-diversity regulariser (mean squared cosine similarity of
             branch outputs); 0 disables it. The default 0.1 was chosen on validation from 0, 0.01, 0.1, 1

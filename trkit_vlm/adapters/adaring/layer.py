@@ -27,6 +27,11 @@ def branch_similarity(outs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sims).mean()
 
 
+def _kaiming_std(tr: CrossLayerTR) -> float:
+    """MMA's Kaiming (fan_out, relu) std, the one every reconstructed weight starts with."""
+    return math.sqrt(2.0 / tr.d_out)
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
     """``x @ w + bias[k]`` with ``w`` of shape ``(d_in, d_out)``."""
     return F.linear(x, w.t(), bias[k] if bias is not None else None)
@@ -68,7 +73,7 @@ class AdaRingAdapterSet(PairedAdapterSet):
         with torch.no_grad():
             for md in self.branches:
                 for p, tr in md.items():
-                    tr.reset_parameters(std=math.sqrt(2.0 / tr.d_out))
+                    tr.reset_parameters(std=_kaiming_std(tr))
                     if tr.bias is not None:
                         tr.bias.zero_()
                     if self.config.init == "zero_up" and p.startswith("up_"):
@@ -93,8 +98,7 @@ class AdaRingAdapterSet(PairedAdapterSet):
                     g = tr.g_in
                     r1, d_in, r2 = g.shape
                     m = min(r1 * r2, d_in)
-                    ranks = [int(c.shape[0]) for c in tr.cores]
-                    norm = core_std(math.sqrt(2.0 / tr.d_out), ranks) * math.sqrt(d_in)
+                    norm = core_std(_kaiming_std(tr), tr.ranks) * math.sqrt(d_in)
                     dirs = (vecs[:, :m].t() * norm).to(g)  # (m, d_in)
                     flat = g.permute(0, 2, 1).reshape(r1 * r2, d_in).clone()
                     flat[:m] = dirs
