@@ -78,11 +78,15 @@ def _environments(transfers: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """For each core ``k`` the product of the other cores' transfer matrices around the ring,
     ``E_{k+1} ... E_{k-1}``: rows ``(b, b')`` its right bond, columns ``(a, a')`` its left bond."""
     d = len(transfers)
+    if d == 1:  # a one-core ring: nothing around it
+        rb2 = transfers[0].shape[1]
+        return [torch.eye(rb2, dtype=transfers[0].dtype, device=transfers[0].device)]
     out = []
     for k in range(d):
-        rb2 = transfers[k].shape[1]
-        m = torch.eye(rb2, dtype=transfers[0].dtype, device=transfers[0].device)
-        for j in range(1, d):
+        # Start from the next core's transfer, not an identity: at a bond of rank r the identity is
+        # r^2 x r^2 (1 GiB at r = 128), and its product costs r^4 times the next bond's r^2.
+        m = transfers[(k + 1) % d]
+        for j in range(2, d):
             m = m @ transfers[(k + j) % d]
         out.append(m)
     return out
