@@ -47,6 +47,10 @@ ALL = {**BEFORE, "text_layers": "1-6", "image_layers": "1-6", "rank_budget": 710
 AL36 = {**ALL, "ranks": [3, 6]}
 CSR = {**GN, "core_step_ratio": 0.1}
 ADAMW = {"name": "adamw", "batch_size": 16, "weight_decay": 0.01}
+# A ring whose ranks can hold any per-layer weights of the small CLIP (width 128, hidden 32, 6 layers): R1 = 1,
+# R2 = d_in (G_in square), R3 = the 6 layers, so each layer's slice is a free matrix; 141,044 parameters.
+FREE = {**ALL, "ranks": [{"down_text": [1, 128, 6], "down_image": [1, 128, 6], "shared": [1, 32, 6],
+                          "up_text": [1, 32, 6], "up_image": [1, 32, 6]}], "rank_budget": None}  # fmt: skip
 
 
 def _v(method: str, adapter: dict, loss: dict, optim: dict) -> tuple:
@@ -144,6 +148,17 @@ VARIANTS: dict[str, tuple] = {
         )
         for a in (2, 3)
     },
+    # The weights' form or their rank? A ring whose ranks can hold any per-layer weights (R1 = 1, R2 = d_in,
+    # R3 = the 6 layers: G_in is square, each layer's slice is a free matrix; 141,044 parameters, 1.3x MMA on
+    # all six layers), trained by the same recipe: the cores' product form, without the rank limit.
+    "AL free ring": _v("adaring", FREE, TEXT, CSR),
+    # The free ring loses edges as the rank-limited rings do: is it the recipe? The free ring set up as MMA on
+    # all layers would be: biases on every projection, no text-consistency term, and steps that move each
+    # layer's weight as MMA's SGD does (Gauss-Newton with little damping: with these ranks the ring's tangent
+    # space is every weight stack, so the preconditioned step is the dense one), no step limit.
+    "AL free ring as MMA": _v("adaring", {**FREE, "bias": "all"}, {}, {**GN, "precondition_damping": 0.001}),
+    # That collapses on blur; the suite's recipe with only the step limit removed: is the limit what costs edges?
+    "AL free ring noCSR": _v("adaring", FREE, TEXT, GN),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
