@@ -82,8 +82,9 @@ def test_masks_travel_with_state_dict():
     assert bonds.kept_ranks(b) == bonds.kept_ranks(a)
 
 
-def test_slice_magnitudes_against_dense():
-    ring = tn.CrossLayerTR(5, 4, 3, (3, 2, 4), dtype=F64).ring()
+@pytest.mark.parametrize("ranks", [(3, 2, 4), (1, 5, 2)])  # a rank-1 bond, and one wider than its modes
+def test_slice_magnitudes_against_dense(ranks):
+    ring = tn.CrossLayerTR(5, 4, 3, ranks, dtype=F64).ring()
     mags = slice_magnitudes(ring.cores)
     for k, bond_mags in enumerate(mags):
         assert bond_mags.shape == (ring.ranks[k],)

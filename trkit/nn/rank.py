@@ -40,12 +40,16 @@ def slice_magnitudes(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     transfers = transfer_matrices(cs)
     out = []
     for k in range(d):
+        # ||Y_{k,j}||^2 is entry ((j, j), (j, j)) of the ring's transfer product opened at bond k,
+        # T_k T_{k+1} ... T_{k-1}. Only those r diagonal entries are needed, so the product is taken
+        # from the right on the r columns (j, j) alone: at a rank-128 bond the whole r^2 x r^2
+        # matrix would be 2 GiB.
         r = cs[k].shape[0]
-        z = torch.eye(r * r, dtype=torch.float64, device=cs[0].device)
-        for j in range(d):  # all the way round, opened at bond k: rows and columns (a, a') of bond k
-            z = z @ transfers[(k + j) % d]
-        diag = torch.arange(r, device=z.device)
-        out.append(z.reshape(r, r, r, r)[diag, diag, diag, diag].clamp_min(0).sqrt().to(cores[0].dtype))
+        jj = torch.arange(r, device=cs[0].device) * (r + 1)  # flat index of (j, j)
+        v = transfers[(k - 1) % d][:, jj]
+        for i in range(2, d + 1):
+            v = transfers[(k - i) % d] @ v
+        out.append(v[jj, torch.arange(r, device=v.device)].clamp_min(0).sqrt().to(cores[0].dtype))
     return out
 
 
