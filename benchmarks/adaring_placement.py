@@ -159,6 +159,9 @@ VARIANTS: dict[str, tuple] = {
     "AL free ring as MMA": _v("adaring", {**FREE, "bias": "all"}, {}, {**GN, "precondition_damping": 0.001}),
     # That collapses on blur; the suite's recipe with only the step limit removed: is the limit what costs edges?
     "AL free ring noCSR": _v("adaring", FREE, TEXT, GN),
+    # The free ring's down projections start as products of two random matrices (a spread-out spectrum); with
+    # the pca start G_in is orthogonal, so each layer's down weight starts iid Gaussian as MMA's does.
+    "AL free ring pca": _v("adaring", {**FREE, "init": "pca"}, TEXT, CSR),
 }
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
