@@ -148,9 +148,8 @@ VARIANTS: dict[str, tuple] = {
         )
         for a in (2, 3)
     },
-    # The weights' form or their rank? A ring whose ranks can hold any per-layer weights (R1 = 1, R2 = d_in,
-    # R3 = the 6 layers: G_in is square, each layer's slice is a free matrix; 141,044 parameters, 1.3x MMA on
-    # all six layers), trained by the same recipe: the cores' product form, without the rank limit.
+    # The weights' form or their rank? FREE (above; 1.3x MMA on all six layers) trained by the same recipe:
+    # the cores' product form, without the rank limit.
     "AL free ring": _v("adaring", FREE, TEXT, CSR),
     # The free ring loses edges as the rank-limited rings do: is it the recipe? The free ring set up as MMA on
     # all layers would be: biases on every projection, no text-consistency term, and steps that move each

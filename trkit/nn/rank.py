@@ -45,11 +45,12 @@ def slice_magnitudes(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         # from the right on the r columns (j, j) alone: at a rank-128 bond the whole r^2 x r^2
         # matrix would be 2 GiB.
         r = cs[k].shape[0]
-        jj = torch.arange(r, device=cs[0].device) * (r + 1)  # flat index of (j, j)
+        j = torch.arange(r, device=cs[0].device)
+        jj = j * (r + 1)  # flat index of (j, j)
         v = transfers[(k - 1) % d][:, jj]
         for i in range(2, d + 1):
             v = transfers[(k - i) % d] @ v
-        out.append(v[jj, torch.arange(r, device=v.device)].clamp_min(0).sqrt().to(cores[0].dtype))
+        out.append(v[jj, j].clamp_min(0).sqrt().to(cores[0].dtype))
     return out
 
 
