@@ -344,3 +344,77 @@ def test_shipped_suite_has_a_bracketed_recipe_for_every_method_and_protocol():
             assert not r["still_on_edge"], (protocol, m.label)
             assert r["optim"]["lr"] == max(r["points"], key=lambda p: p["score"])["lr"]
             assert suite.load_recipes(protocol)[m.label] == r["optim"]
+
+
+def _compress_suite(budget: int = 600, **over):
+    adamw = {"name": "adamw", "batch_size": 10, "weight_decay": 0.0005}
+    methods = {
+        "MMA": {"method": "mma", "adapter": {"hidden": 4}, "optim": {**SGD, "lr": 0.5, "epochs": 2}},
+        "AdaRing from MMA": {
+            "method": "adaring",
+            "compress": {"source": "MMA", "budget": budget},
+            "optim": {**adamw, "lr": 1e-3, "epochs": 1},
+        },  # fmt: skip
+    }
+    tuning = {"seeds": [7], "eval_per_class": 2, "extend": 0, "grids": {"adamw": {"lr": [1e-3, 1e-2], "epochs": [1]}}}
+    return _suite(seeds=[1], base_to_novel=["noise"], transfer={}, methods=methods, tuning=tuning, **over)
+
+
+def test_a_compressed_method_trains_its_source_compresses_it_and_fine_tunes(model, tmp_path):
+    """compress: {source: MMA, budget: N}: the unit's MMA run is compressed to <= N parameters (once, reused
+    from the MMA row), the result is fine-tuned from those weights, and the kept folder re-evaluates to its row."""
+    from trkit_vlm.adapters.io import read_adapter_file
+
+    spec, bundle = model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_benchmark(_compress_suite(), tmp_path / "both", model=spec, bundle=bundle, log=None)
+        alone = run_benchmark(
+            _compress_suite().select(methods=["AdaRing from MMA"]), tmp_path / "alone", model=spec, bundle=bundle,
+            log=None,
+        )  # fmt: skip
+    rows = {r["method"]: r for r in res["runs"]}
+    mma, ring = rows["MMA"], rows["AdaRing from MMA"]
+    assert 0 < ring["n_trainable"] <= 600 < mma["n_trainable"]
+    assert ring["shots_digest"] == mma["shots_digest"] and ring["test_digest"] == mma["test_digest"]
+    # the source's training is part of the method's cost
+    assert ring["train_time_s"] > mma["train_time_s"] and ring["steps"] > mma["steps"]
+    cfg = json.loads((Path(ring["run_dir"]) / "config.json").read_text())
+    compressed = Path(cfg["init_adapters"])
+    assert compressed.name == "compressed" and cfg["method"] == "adaring"
+    saved, _, _ = read_adapter_file(compressed / "adapters.safetensors")
+    assert saved.method == "adaring"
+    report = json.loads((compressed / "report.json").read_text())
+    assert Path(report["source"]).resolve() == Path(mma["run_dir"]).resolve()  # the MMA row's own run
+    metrics = evaluate_run(ring["run_dir"])
+    assert metrics["hm"] == pytest.approx(ring["hm"], abs=1e-6)
+    # Selected alone, the method trains its source itself, on the same draw, to the same result.
+    (solo,) = alone["runs"]
+    assert solo["method"] == "AdaRing from MMA" and solo["hm"] == pytest.approx(ring["hm"], abs=1e-6)
+
+
+def test_a_compressed_method_is_tuned_at_its_sources_recipe(model, tmp_path):
+    spec, bundle = model
+    suite = _compress_suite().select(methods=["AdaRing from MMA"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        content = tune(suite, tmp_path, tmp_path / "recipes.json", model=spec, bundle=bundle, log=None)
+    points = content["recipes"]["AdaRing from MMA"]["points"]
+    assert sorted(p["lr"] for p in points) == [1e-3, 1e-2]
+    assert all(0 <= p["score"] <= 100 for p in points)
+
+
+def test_compress_entries_are_checked():
+    with pytest.raises(InputError, match="must name an MMA method"):
+        _suite(methods={"LoRA": {"method": "lora", "adapter": {"rank": 1}},
+                                 "X": {"method": "adaring", "compress": {"source": "LoRA", "budget": 10}}})  # fmt: skip
+    with pytest.raises(InputError, match="not in the suite"):
+        _suite(methods={"X": {"method": "adaring", "compress": {"source": "MMA", "budget": 10}}})
+    mma = {"method": "mma", "adapter": {"hidden": 4}}
+    with pytest.raises(InputError, match="budget must be a parameter count"):
+        _suite(methods={"MMA": mma, "X": {"method": "adaring", "compress": {"source": "MMA", "budget": 0.1}}})
+    with pytest.raises(InputError, match="no adapter fields"):
+        _suite(methods={"MMA": mma, "X": {"method": "adaring", "adapter": {"ranks": [2]},
+                                          "compress": {"source": "MMA", "budget": 10}}})  # fmt: skip
+    with pytest.raises(InputError, match=r"compress must be \{source: LABEL, budget: N\}"):
+        _suite(methods={"MMA": mma, "X": {"method": "adaring", "compress": {"source": "MMA"}}})

@@ -10,7 +10,10 @@ per scored image set: the frozen image prefix (the blocks before the first adapt
   and of each target task (other pictures, other prompts).
 
 Each run is the regular ``train()`` (``trkit-vlm train``) with the task recorded in its config, so a kept run
-folder re-evaluates with ``trkit-vlm eval RUN`` to the same numbers.
+folder re-evaluates with ``trkit-vlm eval RUN`` to the same numbers. A method with ``compress`` (see
+:class:`~trkit_vlm.demo.suite.MethodEntry`) trains its MMA source on the same draw, compresses it
+(``trkit-vlm compress``, into the run's ``compressed/`` folder) and fine-tunes the result
+(``trkit-vlm train --init-adapters``); its ``steps`` are both stages' and its ``train_time_s`` the three together.
 """
 
 from __future__ import annotations
@@ -33,14 +36,24 @@ from trkit_vlm.data.fashion_mnist import fashion_mnist_data
 from trkit_vlm.data.fewshot import fewshot_cache_path
 from trkit_vlm.data.tasks import TaskPools, TaskSpec, scored_data, task_pools
 from trkit_vlm.demo.processes import run_in_processes
-from trkit_vlm.demo.suite import BASE_TO_NOVEL, SuiteConfig
+from trkit_vlm.demo.suite import BASE_TO_NOVEL, MethodEntry, SuiteConfig
 from trkit_vlm.evaluation.cached import PrefixEvaluator
 from trkit_vlm.models import ClipBundle, load_clip, register_model_config
 from trkit_vlm.training import prefix_cache as pc
 from trkit_vlm.training.config import DataConfig, LossConfig, OptimConfig, RunConfig
+from trkit_vlm.training.init_adapters import config_with_init_adapters
 from trkit_vlm.training.train import train
 
-__all__ = ["ModelSpec", "Context", "method_runs", "protocol_runs", "plan_units", "run_unit", "execute"]
+__all__ = [
+    "ModelSpec",
+    "Context",
+    "run_description",
+    "method_runs",
+    "protocol_runs",
+    "plan_units",
+    "run_unit",
+    "execute",
+]
 
 
 @dataclass
@@ -119,6 +132,7 @@ def prefix_depth(bundle: ClipBundle, methods: list[dict[str, Any]]) -> int:
     for m in methods:
         if m["method"] is None:
             continue
+        m = m["compress"]["source"] if "compress" in m else m  # a compressed ring adapts its source's layers
         add_adapters(model, adapter_config_from_dict({"method": m["method"], **m["adapter"]}))
         try:
             n = min(n, pc.first_adapted_layer(model, "image") - 1)
@@ -142,6 +156,20 @@ def protocol_runs(suite: SuiteConfig) -> dict[str, list[dict[str, Any]]]:
     return {name: method_runs(suite, suite.load_recipes(name), name) for name in names}
 
 
+def run_description(
+    suite: SuiteConfig, entry: MethodEntry, optim: dict[str, Any], recipes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What a unit needs to train ``entry`` with the optimiser fields ``optim``; for an entry with ``compress``,
+    also its source's run at the source's tuned recipe (from ``recipes``)."""
+    run = {"label": entry.label, "method": entry.method, "adapter": entry.adapter, "loss": entry.loss, "optim": optim}
+    if entry.compress is not None:
+        source = entry.compress_source
+        assert source is not None  # set when the suite was read
+        source_run = run_description(suite, source, suite.optim_for(source, recipes), recipes)
+        run["compress"] = {"source": source_run, "budget": entry.compress["budget"]}
+    return run
+
+
 def method_runs(
     suite: SuiteConfig, recipes: dict[str, dict[str, Any]], protocol: str | None = None
 ) -> list[dict[str, Any]]:
@@ -152,7 +180,7 @@ def method_runs(
         if protocol is not None and not m.runs_in(protocol):
             continue
         optim = suite.optim_for(m, recipes) if m.trains else {}
-        runs.append({"label": m.label, "method": m.method, "adapter": m.adapter, "loss": m.loss, "optim": optim})
+        runs.append(run_description(suite, m, optim, recipes))
     return runs
 
 
@@ -243,6 +271,7 @@ def run_unit(ctx: Context, unit: dict[str, Any], keep_runs: bool = True) -> list
         return out
 
     rows = []
+    trained: dict[str, tuple[RunConfig, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="trkit-bench-") as tmp:
         out_dir = unit["output_dir"] if keep_runs else tmp
         for run in unit["runs"]:
@@ -252,8 +281,7 @@ def run_unit(ctx: Context, unit: dict[str, Any], keep_runs: bool = True) -> list
                 scores, meta = evaluate(model), {"n_trainable": 0, "steps": 0, "epochs": 0, "train_time_s": 0.0}
                 meta.update(eval_time_s=time.perf_counter() - t0, shots_digest=None, run_dir=None)
             else:
-                cfg = _run_config(ctx, unit, run, specs[unit["source"]], out_dir)
-                m = train(cfg, bundle=ctx.bundle, data=data[unit["source"]], progress=False, evaluator=evaluate)
+                cfg, m = _train(ctx, unit, run, specs[unit["source"]], data[unit["source"]], out_dir, evaluate, trained)
                 scores = {k: m[k] for k in ("base", "novel", "hm", "all", "targets") if k in m}
                 fewshot = fewshot_cache_path(cfg.output_dir, cfg.fewshot_key(), cfg.data.shots, cfg.seed)
                 meta = {k: m[k] for k in ("n_trainable", "steps", "epochs", "train_time_s", "eval_time_s")}
@@ -272,6 +300,41 @@ def run_unit(ctx: Context, unit: dict[str, Any], keep_runs: bool = True) -> list
     for r in rows:
         r["unit_setup_s"] = setup_s
     return rows
+
+
+def _train(
+    ctx: Context, unit: dict, run: dict, spec: dict, data: ClassificationData, out_dir: str, evaluator, trained: dict
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Train and score one run of a unit; ``trained`` holds the unit's finished runs by recipe, so an MMA run
+    that is both a row of the suite and a compressed method's source trains once."""
+    key = json.dumps(run, sort_keys=True)
+    if key in trained:
+        return trained[key]
+    if "compress" not in run:
+        cfg = _run_config(ctx, unit, run, spec, out_dir)
+        trained[key] = cfg, train(cfg, bundle=ctx.bundle, data=data, progress=False, evaluator=evaluator)
+        return trained[key]
+    from trkit_vlm.compression.run import compress_run  # the compression stack only when a suite uses it
+
+    _, source = _train(ctx, unit, run["compress"]["source"], spec, data, out_dir, evaluator, trained)
+    base = _run_config(ctx, unit, {**run, "adapter": {}}, spec, out_dir)
+    ring, budget = Path(base.output_dir) / "compressed", run["compress"]["budget"]
+    t0 = time.perf_counter()
+    fraction = budget / source["n_trainable"]
+    result = compress_run(source["run_dir"], ring, budget=fraction, bundle=ctx.bundle, data=data, evaluate=False)
+    compress_s, n_params = time.perf_counter() - t0, result["result"].n_params
+    if n_params > budget:
+        raise InputError(f"{run['label']}: the compressed adapter has {n_params} parameters, over the budget {budget}")
+    cfg = config_with_init_adapters(base, str(ring))
+    m = train(cfg, bundle=ctx.bundle, data=data, progress=False, evaluator=evaluator)
+    # the method's cost is its source's too: steps and time of both stages (and the compression's time)
+    m = {
+        **m,
+        "steps": source["steps"] + m["steps"],
+        "train_time_s": source["train_time_s"] + compress_s + m["train_time_s"],
+    }
+    trained[key] = cfg, m
+    return cfg, m
 
 
 # ------------------------------------------------------------------------------------- processes

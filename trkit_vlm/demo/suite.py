@@ -17,6 +17,10 @@ A suite is a YAML or JSON file (``configs/suites/adapters.yaml`` is the project'
     methods:                   # label -> method (null: zero-shot), adapter and loss fields, fixed optimiser fields
       zero-shot: {method: null}
       MMA: {method: mma, adapter: {hidden: 32}, optim: {name: sgd, batch_size: 16, weight_decay: 0.0005}}
+      AdaRing from MMA:        # train MMA (its tuned recipe), compress it to 7,104 parameters, fine-tune that
+        method: adaring
+        compress: {source: MMA, budget: 7104}
+        optim: {name: adamw, batch_size: 16, weight_decay: 0.0005}
     tuning: {seeds: [1001, 1002, 1003], eval_per_class: 50, extend: 3,
              grids: {sgd: {lr: [0.02, 0.05, 0.1], epochs: [10, 20, 40]}}}
 
@@ -35,7 +39,15 @@ from trkit.errors import InputError
 from trkit_vlm.data.tasks import TaskSpec
 from trkit_vlm.training.config import LossConfig, OptimConfig, RunConfig, read_config_file
 
-__all__ = ["MethodEntry", "TransferProtocol", "TuningConfig", "SuiteConfig", "load_suite", "suite_from_dict"]
+__all__ = [
+    "MethodEntry",
+    "TransferProtocol",
+    "TuningConfig",
+    "SuiteConfig",
+    "load_suite",
+    "read_recipes",
+    "suite_from_dict",
+]
 
 BASE_TO_NOVEL = "base-to-novel"
 
@@ -48,6 +60,10 @@ class MethodEntry:
     ``lr`` and ``epochs`` come from the recipes file (or from ``optim`` itself when it gives them).
     ``protocols``: the protocols it runs (and is tuned) in, e.g. an ablation on base-to-novel alone;
     None: every protocol of the suite.
+    ``compress``: ``{source: LABEL, budget: N}``: each run first trains the suite's MMA method ``LABEL`` (at
+    its tuned recipe) on the same draw, compresses it into an AdaRing adapter of at most ``N`` parameters
+    (``trkit-vlm compress``), then fine-tunes that with this entry's optimiser and loss. The adapter's fields
+    come from the compression, so ``adapter`` stays empty.
     """
 
     label: str
@@ -56,6 +72,8 @@ class MethodEntry:
     loss: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
     protocols: list[str] | None = None
+    compress: dict[str, Any] | None = None
+    compress_source: MethodEntry | None = field(default=None, repr=False)  # the entry ``compress`` names
 
     @property
     def trains(self) -> bool:
@@ -152,14 +170,9 @@ class SuiteConfig:
         """
         if self.recipes is None:
             return {}
-        path = Path(self.recipes)
-        if not path.is_file():
+        if not Path(self.recipes).is_file():
             raise FileNotFoundError(f"recipes file {self.recipes} not found: run 'trkit-vlm benchmark --tune' first")
-        content = json.loads(path.read_text())
-        out = {label: r["optim"] for label, r in content["recipes"].items()}
-        if protocol != BASE_TO_NOVEL:
-            out.update({label: r["optim"] for label, r in content.get("by_protocol", {}).get(protocol, {}).items()})
-        return out
+        return read_recipes(self.recipes, protocol)
 
     def optim_for(self, entry: MethodEntry, recipes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The full optimiser fields of ``entry``: its fixed ones, then its tuned ``lr`` and ``epochs``."""
@@ -172,12 +185,25 @@ class SuiteConfig:
         return optim
 
 
+def read_recipes(path: str | Path, protocol: str = BASE_TO_NOVEL) -> dict[str, dict[str, Any]]:
+    """``{label: optimiser fields}`` of ``protocol`` from a recipes file (``{}`` when there is no file yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    content = json.loads(path.read_text())
+    out = {label: r["optim"] for label, r in content["recipes"].items()}
+    if protocol != BASE_TO_NOVEL:
+        out.update({label: r["optim"] for label, r in content.get("by_protocol", {}).get(protocol, {}).items()})
+    return out
+
+
 def _method_entry(label: str, d: Any) -> MethodEntry:
     if not isinstance(d, dict):
         raise InputError(f"methods.{label} must be a mapping, got {d!r}")
-    unknown = sorted(set(d) - {"method", "adapter", "loss", "optim", "protocols"})
+    known = {"method", "adapter", "loss", "optim", "protocols", "compress"}
+    unknown = sorted(set(d) - known)
     if unknown:
-        raise InputError(f"methods.{label}: unknown key(s) {unknown}; known: adapter, loss, method, optim, protocols")
+        raise InputError(f"methods.{label}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
     entry = MethodEntry(label, d.get("method"), dict(d.get("adapter") or {}), dict(d.get("loss") or {}))
     entry.optim = dict(d.get("optim") or {})
     protocols = d.get("protocols")
@@ -185,6 +211,8 @@ def _method_entry(label: str, d: Any) -> MethodEntry:
         if not (isinstance(protocols, list) and protocols and all(isinstance(x, str) for x in protocols)):
             raise InputError(f"methods.{label}.protocols must be a non-empty list of protocol names, got {protocols!r}")
         entry.protocols = list(protocols)
+    if d.get("compress") is not None:
+        entry.compress = _compress_field(label, entry, d["compress"])
     if entry.method is not None:
         try:  # every field checked as a run would check it (a placeholder lr and epochs when they are tuned)
             RunConfig(
@@ -196,6 +224,21 @@ def _method_entry(label: str, d: Any) -> MethodEntry:
         except (InputError, TypeError) as err:
             raise InputError(f"methods.{label}: {err}") from None
     return entry
+
+
+def _compress_field(label: str, entry: MethodEntry, c: Any) -> dict[str, Any]:
+    """``methods.LABEL.compress`` checked on its own (that its source is an MMA method: ``suite_from_dict``)."""
+    if not isinstance(c, dict) or set(c) != {"source", "budget"}:
+        raise InputError(f"methods.{label}.compress must be {{source: LABEL, budget: N}}, got {c!r}")
+    budget = c["budget"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise InputError(f"methods.{label}.compress.budget must be a parameter count >= 1, got {budget!r}")
+    if entry.method != "adaring" or entry.adapter:
+        raise InputError(
+            f"methods.{label}: compress gives an adaring adapter whose fields come from the compression; "
+            f"set method: adaring and no adapter fields (got method {entry.method!r}, adapter {entry.adapter})"
+        )
+    return {"source": str(c["source"]), "budget": budget}
 
 
 def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig:
@@ -252,6 +295,14 @@ def suite_from_dict(d: dict[str, Any], source: str | None = None) -> SuiteConfig
         bad = sorted(set(m.protocols or []) - set(names))
         if bad:
             raise InputError(f"methods.{m.label}.protocols names {bad}, not protocols of the suite ({names})")
+        if m.compress is not None:
+            source = next((s for s in methods if s.label == m.compress["source"]), None)
+            if source is None or source.method != "mma" or source.compress is not None:
+                raise InputError(
+                    f"methods.{m.label}.compress.source must name an MMA method of the suite, got "
+                    f"{m.compress['source']!r} ({'not in the suite' if source is None else source.method})"
+                )
+            m.compress_source = source  # kept when a selection drops the source's own row
     tuning_seeds = set(suite.tuning.seeds) | set(suite.tuning.transfer_seeds or [])
     if not seeds or tuning_seeds & set(seeds):
         raise InputError(

@@ -22,8 +22,8 @@ import numpy as np
 
 from trkit.env import env_info
 from trkit.errors import InputError
-from trkit_vlm.demo.benchmark import ModelSpec, execute, plan_units, protocol_runs
-from trkit_vlm.demo.suite import BASE_TO_NOVEL, SuiteConfig
+from trkit_vlm.demo.benchmark import ModelSpec, execute, plan_units, protocol_runs, run_description
+from trkit_vlm.demo.suite import BASE_TO_NOVEL, SuiteConfig, read_recipes
 from trkit_vlm.demo.suite_report import forest_plot_png, markdown_tables, summarize
 from trkit_vlm.files import atomic_write_bytes, atomic_write_text
 from trkit_vlm.models import ClipBundle
@@ -227,6 +227,7 @@ def tune(
             "epochs": [int(v) for v in g["epochs"]],
             "ext": {"lr": 0, "epochs": 0},
         }
+    known = read_recipes(recipes_path, protocol)  # the recipes of a compressed method's source
     scores: dict[str, dict[tuple[float, int], list[dict]]] = {label: {} for label in labels}
     model = model or ModelSpec()
     t0 = time.perf_counter()
@@ -237,8 +238,8 @@ def tune(
             m, g = entries[label], grids[label]
             for lr, ep in _grid_points(g["lr"], g["epochs"]):
                 if (lr, ep) not in scores[label]:
-                    runs.append({"label": f"{label}\t{lr}\t{ep}", "method": m.method, "adapter": m.adapter,
-                                 "loss": m.loss, "optim": {**m.optim, "lr": lr, "epochs": ep}})  # fmt: skip
+                    run = run_description(suite, m, {**m.optim, "lr": lr, "epochs": ep}, known)
+                    runs.append({**run, "label": f"{label}\t{lr}\t{ep}"})
         units = _tuning_units(suite, runs, output_dir, protocol)
         for i, (unit, rows) in enumerate(execute(units, model, workers, threads, False, bundle), 1):
             for r in rows:
