@@ -161,18 +161,32 @@ VARIANTS: dict[str, tuple] = {
     # The free ring's down projections start as products of two random matrices (a spread-out spectrum); with
     # the pca start G_in is orthogonal, so each layer's down weight starts iid Gaussian as MMA's does.
     "AL free ring pca": _v("adaring", {**FREE, "init": "pca"}, TEXT, CSR),
+    # A dense start: MMA on all six layers (at lr 0.05) trained on the draw, compressed into one ring per projection
+    # with at most 7,104 parameters (trkit-vlm compress), and that ring fine-tuned with AdamW (the compress
+    # tutorial's heal, MMA's weight decay). Its adapter fields come from the compression (COMPRESSED below).
+    "AL from MMA all layers": _v("adaring", {}, {}, {**ADAMW, "weight_decay": 0.0005}),
+    # AdamW moves the text side (on distractor the heal can trade novel for base, as LoRA does): the GA loss's
+    # text-consistency term, AdaRing's weight 8, in the fine-tune.
+    "AL from MMA all layers lt8": _v("adaring", {}, TEXT, {**ADAMW, "weight_decay": 0.0005}),
+    # The fine-tune with the suite's AdaRing recipe instead (SGD, Gauss-Newton preconditioner, step limit, text term).
+    "AL from MMA all layers sgd": _v("adaring", {}, TEXT, CSR),
 }
+# variant -> (source variant, source lr, parameter budget): the suite's ``compress`` field
+COMPRESSED = {label: ("MMA all layers", 0.05, 7104) for label in VARIANTS if label.startswith("AL from MMA all layers")}
 ADAMW_LRS = (0.0003, 0.001, 0.003)
 ADAMW_EXTRA_LRS = (0.01, 0.03, 0.1)  # past the AdamW grid's edge (--lrs)
+ADAMW_LOW_LRS = (0.0001, 0.00009, 0.00003)  # below it (--lrs; 9e-5: the suite's tuned heal lr)
 LRS = (0.02, 0.05, 0.1)
 EXTRA_LRS = (0.2,)  # the suite's extension past 0.1, run with --lrs for a variant whose best is at 0.1
 TASKS = ("contrast", "blur", "edges", "distractor")
-KNOWN_LRS = (*LRS, *EXTRA_LRS, *ADAMW_LRS, *ADAMW_EXTRA_LRS)  # the runs file is read at these learning rates
+# the runs file is read at these learning rates
+KNOWN_LRS = (*LRS, *EXTRA_LRS, *ADAMW_LRS, *ADAMW_EXTRA_LRS, *ADAMW_LOW_LRS)
 
 
 def run_key(label: str, lr: float, epochs: int) -> str:
     """The identity of a run's recipe (a changed variant is a new key; its old runs stay in the file)."""
-    return hashlib.sha1(json.dumps([*VARIANTS[label], lr, epochs], sort_keys=True).encode()).hexdigest()[:12]
+    recipe = [*VARIANTS[label], lr, epochs] + ([COMPRESSED[label]] if label in COMPRESSED else [])
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_missing(labels: list[str], seeds: list[int], workers: int, epochs: int = 10, lrs=None) -> None:
@@ -186,6 +200,12 @@ def run_missing(labels: list[str], seeds: list[int], workers: int, epochs: int =
         for lr in lrs or (ADAMW_LRS if optim["name"] == "adamw" else LRS):
             runs.append({"label": f"{label}\t{lr}\t{run_key(label, lr, epochs)}", "method": method,
                          "adapter": adapter, "loss": loss, "optim": {**optim, "lr": lr, "epochs": epochs}})  # fmt: skip
+            if label in COMPRESSED:
+                source, source_lr, budget = COMPRESSED[label]
+                s_method, s_adapter, s_loss, s_optim = VARIANTS[source]
+                runs[-1]["compress"] = {"budget": budget, "source": {
+                    "label": source, "method": s_method, "adapter": s_adapter, "loss": s_loss,
+                    "optim": {**s_optim, "lr": source_lr, "epochs": epochs}}}  # fmt: skip
     suite = load_suite(SUITE).select(tasks=list(TASKS))
     units = []
     for u in plan_units(suite, runs, str(ROOT / "output" / "adaring_placement"), "val", seeds, 50, transfer=False):
