@@ -15,6 +15,9 @@ the one that needs the columns), against teneva's figures in ``results/cross.jso
 - ``fixed``: 2 per bond, drawn once and reused in every pass (cached where the rows stay).
 
     python benchmarks/cross_schedules.py          # about 5 minutes on one core
+
+``results/cross_schedules.json`` was measured before ``tr_cross``'s first pass from random pivots ran
+at ``rank - oversample`` (the library's rule since; run again, every schedule here starts that way).
 """
 
 from __future__ import annotations

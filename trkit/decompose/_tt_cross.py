@@ -129,16 +129,17 @@ class TTCross:
         self.right_chosen = False
         self.saturated = 0  # fibres of the last pass that were full-rank in their columns
 
-    def random_right(self, size: int) -> None:
-        """Random nested right sets of ``min(size, caps[k])`` rows (``right[k]`` rows extend ``right[k+1]`` rows).
+    def random_right(self, sizes: list[int]) -> None:
+        """Random nested right sets of ``min(sizes[k], caps[k])`` rows (``right[k]`` rows extend ``right[k+1]`` rows).
 
-        Nested sets make the first pass's fibres consistent with each other, which gives
-        markedly better first pivots than independent random multi-indices.
+        ``sizes`` has one entry per bond (``d + 1``, the ends unused). Nested sets make the
+        first pass's fibres consistent with each other, which gives markedly better first
+        pivots than independent random multi-indices.
         """
         for k in range(self.d - 1, 0, -1):
             below = self.right[k + 1]
             n, b = self.shape[k], below.shape[0]
-            count = min(size, self.caps[k], n * b)
+            count = min(sizes[k], self.caps[k], n * b)
             pick = self.rng.choice(n * b, size=count, replace=False)
             i, beta = np.divmod(pick, b)
             self.right[k] = np.hstack([i[:, None], below[beta]])
@@ -182,8 +183,8 @@ class TTCross:
         fresh = np.stack([self.rng.integers(0, n, extra) for n in shape], 1)
         return np.unique(np.vstack([pivots, fresh]), axis=0)
 
-    def sweep(self, left_to_right: bool, extra: int = 0) -> list[np.ndarray]:
-        """One pass; returns the new cores.
+    def sweep(self, left_to_right: bool, extra: int = 0, caps: list[int] | None = None) -> list[np.ndarray]:
+        """One pass (at rank caps ``caps``, default the engine's); returns the new cores.
 
         Each fibre's test side (the previous pass's pivots on the far side) gets ``extra``
         random multi-indices: like the oversampling of a randomised range finder, they let the
@@ -196,7 +197,7 @@ class TTCross:
         are only returned (the caller keeps the last complete train if the evaluation budget
         runs out halfway).
         """
-        d = self.d
+        d, caps = self.d, self.caps if caps is None else caps
         cores: list[Any] = [None] * d
         self.saturated = 0
         for k in range(d - 1) if left_to_right else range(d - 1, 0, -1):
@@ -204,12 +205,12 @@ class TTCross:
                 test = self._with_random(self.right[k + 1], range(k + 1, d), extra)
                 f = self._fibre(k, self.left[k], test)
                 a, n, b = f.shape
-                mat, cap = f.reshape(a * n, b), self.caps[k + 1]
+                mat, cap = f.reshape(a * n, b), caps[k + 1]
             else:
                 test = self._with_random(self.left[k], range(k), extra)
                 f = self._fibre(k, test, self.right[k + 1])
                 a, n, b = f.shape
-                mat, cap = f.reshape(a, n * b).T, self.caps[k]
+                mat, cap = f.reshape(a, n * b).T, caps[k]
             u, tail = singular_tail(mat)
             rho = tail_rank(tail, self.rank_tol, min(cap, mat.shape[0]))
             # the first pass's test side is random, not pivots: a deficiency there (e.g. test
