@@ -408,9 +408,13 @@ def test_first_pass_runs_oversample_below_the_rank():
     # pass's random test columns bring every inner bond back up to the rank; a single pass runs at it
     shape = (16,) * 10
     for oversample in (0, 2, 3):
-        ranks = []
+        ranks: list[int] = []
+
+        def record(ring, info, ranks=ranks):
+            ranks.append(max(ring.ranks))
+
         trkit.tr_cross(inv_sum, shape=shape, rank=14, max_iter=2, stop_tol=0, ring=False, oversample=oversample,
-                       callback=lambda ring, info: ranks.append(max(ring.ranks)))  # fmt: skip
+                       callback=record)  # fmt: skip
         assert ranks == [14 - oversample, 14]
         one = trkit.tr_cross(inv_sum, shape=shape, rank=14, max_iter=1, ring=False, oversample=oversample)
         assert max(one.ranks) == 14
