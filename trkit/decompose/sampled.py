@@ -146,11 +146,11 @@ def tr_als_sampled(
     When to use it rather than :func:`~trkit.decompose.tr_cross`: if you can evaluate the
     tensor anywhere (a deterministic function of the indices), ``tr_cross`` chooses where to look
     and needs orders of magnitude fewer entries (``1 / (1 + x_1 + ... + x_10)`` on ``16^10``
-    points, rank 8: ``tr_cross`` 18,766 entries, 0.018 s, held-out error 4.8e-9; this function
-    with its defaults 14,789,049 entries, 4.3 s, 3.7e-5; ``benchmarks/cross_vs_sampled.py``).
+    points, rank 8: ``tr_cross`` 13,261 entries, 0.029 s, held-out error 1.2e-8; this function
+    with its defaults 14,789,049 entries, 6.5 s, 3.7e-5; ``benchmarks/cross_vs_sampled.py``).
     Use this one when the entries are not yours to choose (a memory map read in blocks, random
     samples) or are noisy: least squares averages noise that a cross would interpolate (5.8e-4
-    relative noise: 2.6e-4 here, 1.1e-3 with ``tr_cross``).
+    relative noise: 3.1e-4 here, 1.1e-3 with ``tr_cross``).
 
     Args:
         x: dense torch tensor, numpy array or ``np.memmap``, or a callable taking an ``(m, d)``
