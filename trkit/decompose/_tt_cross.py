@@ -129,17 +129,16 @@ class TTCross:
         self.right_chosen = False
         self.saturated = 0  # fibres of the last pass that were full-rank in their columns
 
-    def random_right(self, sizes: list[int]) -> None:
-        """Random nested right sets of ``min(sizes[k], caps[k])`` rows (``right[k]`` rows extend ``right[k+1]`` rows).
+    def random_right(self, size: int) -> None:
+        """Random nested right sets of ``min(size, caps[k])`` rows (``right[k]`` rows extend ``right[k+1]`` rows).
 
-        ``sizes`` has one entry per bond (``d + 1``, the ends unused). Nested sets make the
-        first pass's fibres consistent with each other, which gives markedly better first
-        pivots than independent random multi-indices.
+        Nested sets make the first pass's fibres consistent with each other, which gives
+        markedly better first pivots than independent random multi-indices.
         """
         for k in range(self.d - 1, 0, -1):
             below = self.right[k + 1]
             n, b = self.shape[k], below.shape[0]
-            count = min(sizes[k], self.caps[k], n * b)
+            count = min(size, self.caps[k], n * b)
             pick = self.rng.choice(n * b, size=count, replace=False)
             i, beta = np.divmod(pick, b)
             self.right[k] = np.hstack([i[:, None], below[beta]])

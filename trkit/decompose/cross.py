@@ -88,14 +88,14 @@ def _first_caps(caps: list[int], oversample: int) -> list[int]:
     at the cap and finds pivots as good (inv_sum, rank 14, two passes, medians over 9 seeds:
     41,448 evaluations at 3.5e-15 instead of 47,520 at 2.6e-15; the cross benchmark).
     """
-    return [c if k in (0, len(caps) - 1) else max(1, c - oversample) for k, c in enumerate(caps)]
+    return [max(1, c - oversample) for c in caps]  # the ends stay 1
 
 
 def _passes(eng: TTCross, log: IterationLog, tol, stop_tol: float, held, first_caps, oversample: int, as_ring):
     """Run passes until tol is met on the held-out entries (``tol``) or the train settles.
 
-    The first pass runs at ``first_caps`` with no random test indices (None: it starts from
-    init's pivots at the engine's caps, with none either). Every pass's error goes to ``log``
+    The first pass runs at ``first_caps`` (None: the engine's caps); at a fixed rank it adds no
+    random test indices (its test side is random or init's). Every pass's error goes to ``log``
     (held-out; else the change made by the last pass that read new entries, a rough
     estimate). Returns the last complete train (None if the budget ran out in the first
     pass) and why it stopped.
@@ -321,14 +321,13 @@ def tr_cross(
         if init is not None:
             wide = torch.complex128 if init.dtype.is_complex else torch.float64
             eng.right_from_train([c.detach().cpu().to(wide).numpy() for c in init.cores])
+        else:  # nested random test sets of the full caps
+            eng.random_right(2 if adaptive else max(caps))
+        # a fixed-rank first pass from them has `oversample` fewer pivots when a second pass will
+        # bring them back up
         first_caps = None
-        if init is None and adaptive:
-            eng.random_right([2] * (d + 1))
-        elif init is None:
-            # nested random test sets of the full caps; the first pass's pivots `oversample` fewer
-            # when a second pass will bring them back up
-            eng.random_right(caps)
-            first_caps = _first_caps(caps, int(oversample)) if max_iter > 1 else caps
+        if init is None and not adaptive and max_iter > 1:
+            first_caps = _first_caps(caps, int(oversample))
         held = (hold_idx, hold_val)
         cores, stop_reason = _passes(eng, log, tol, stop_tol, held, first_caps, int(oversample), as_ring)
         if cores is None:
